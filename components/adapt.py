@@ -1,0 +1,30 @@
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Model, Output
+
+from components import IMAGE
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def adapt(
+    source_model: Input[Model],
+    source_train: Input[Dataset],
+    target_unlabelled: Input[Dataset],
+    method: str,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    experiment: str,
+    pipeline_run: str,
+    model: Output[Model],
+):
+    """Adapts the source model to the unlabelled target domain (DANN)."""
+    from tlpipe import steps
+    from tlpipe.errors import exit_on_user_error
+    from tlpipe.train import TrainConfig
+
+    config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
+    facts = exit_on_user_error(steps.adapt)(
+        source_model.path, source_train.path, target_unlabelled.path, model.path, method, config, experiment, pipeline_run
+    )
+    model.metadata.update(facts)

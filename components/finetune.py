@@ -1,0 +1,30 @@
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Model, Output
+
+from components import IMAGE
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def finetune(
+    source_model: Input[Model],
+    target_labelled: Input[Dataset],
+    strategy: str,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    experiment: str,
+    pipeline_run: str,
+    step_name: str,
+    model: Output[Model],
+):
+    """Fine-tunes the source model on the few labelled target images (strategy `scratch`: no transfer)."""
+    from tlpipe import steps
+    from tlpipe.errors import exit_on_user_error
+    from tlpipe.train import TrainConfig
+
+    config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
+    facts = exit_on_user_error(steps.finetune)(
+        source_model.path, target_labelled.path, model.path, strategy, config, experiment, pipeline_run, step_name
+    )
+    model.metadata.update(facts)

@@ -1,0 +1,39 @@
+from kfp import dsl
+from kfp.dsl import Dataset, Output
+
+from components import IMAGE
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def ingest(
+    source: str,
+    target: str,
+    target_labels_per_class: int,
+    seed: int,
+    image_size: int,
+    experiment: str,
+    pipeline_run: str,
+    source_train: Output[Dataset],
+    source_test: Output[Dataset],
+    target_labelled: Output[Dataset],
+    target_unlabelled: Output[Dataset],
+    target_test: Output[Dataset],
+):
+    """Resolves and validates both domains and writes the five seeded, disjoint splits."""
+    from tlpipe import steps
+    from tlpipe.errors import exit_on_user_error
+
+    outputs = {
+        "source_train": source_train,
+        "source_test": source_test,
+        "target_labelled": target_labelled,
+        "target_unlabelled": target_unlabelled,
+        "target_test": target_test,
+    }
+    facts = exit_on_user_error(steps.ingest)(
+        source, target, target_labels_per_class, seed, image_size,
+        out={name: artifact.path for name, artifact in outputs.items()},
+        experiment=experiment, pipeline_run=pipeline_run,
+    )
+    for name, artifact in outputs.items():
+        artifact.metadata.update(facts[name])

@@ -1,0 +1,29 @@
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Model, Output
+
+from components import IMAGE
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def pretrain(
+    source_train: Input[Dataset],
+    backbone: str,
+    pretrained_weights: str,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    experiment: str,
+    pipeline_run: str,
+    model: Output[Model],
+):
+    """Trains backbone + head on the labelled source domain (optionally from pretrained weights)."""
+    from tlpipe import steps
+    from tlpipe.errors import exit_on_user_error
+    from tlpipe.train import TrainConfig
+
+    config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
+    facts = exit_on_user_error(steps.pretrain)(
+        source_train.path, model.path, backbone, pretrained_weights, config, experiment, pipeline_run
+    )
+    model.metadata.update(facts)

@@ -1,0 +1,49 @@
+"""Dataset specs, the strings users pass as `source` and `target`.
+
+- `digits`, `digits-m`: built-in domains (tlpipe.data.builtin)
+- `imagefolder:<dir>`: one sub-folder per class (tlpipe.data.imagefolder)
+"""
+
+from pathlib import Path
+
+from tlpipe.data import builtin, imagefolder
+from tlpipe.data.dataset import ImageSet
+from tlpipe.errors import TlpipeError
+
+BUILTIN = {"digits": lambda seed: builtin.digits(), "digits-m": builtin.digits_m}
+FORMS = "digits, digits-m or imagefolder:<dir>"
+
+
+def _parse(spec: str) -> tuple[str, str]:
+    kind, _, location = spec.partition(":")
+    if kind in BUILTIN and not location:
+        return kind, ""
+    if kind == "imagefolder" and location:
+        return kind, location
+    raise TlpipeError(f"unknown dataset spec '{spec}'; use {FORMS}.")
+
+
+def check_spec(spec: str) -> None:
+    """Cheap checks that can run before a pipeline starts (the full validation runs at ingest)."""
+    kind, location = _parse(spec)
+    if kind == "imagefolder":
+        imagefolder.class_folders(Path(location))
+
+
+def load_domain(spec: str, image_size: int, seed: int) -> ImageSet:
+    kind, location = _parse(spec)
+    if kind == "imagefolder":
+        return imagefolder.read_image_folder(location, image_size)
+    data = BUILTIN[kind](seed)
+    if data.images.shape[1] != image_size:
+        data = ImageSet(_resize(data.images, image_size), data.labels, data.classes)
+    return data
+
+
+def _resize(images, size: int):
+    import torch
+    import torch.nn.functional as F
+
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float()
+    x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()

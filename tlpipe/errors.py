@@ -1,0 +1,36 @@
+"""The one exception type for user mistakes: bad input, bad parameters, unreachable services.
+
+A TlpipeError carries one sentence that names the bad thing and what would be right. Steps and the
+CLI print that sentence and exit non-zero instead of showing a traceback.
+"""
+
+import functools
+import os
+import sys
+
+
+class TlpipeError(Exception):
+    """A problem the user can fix; str(error) is the one sentence they see."""
+
+
+# Set by the local runner so that it can repeat the failing step's sentence at the end of a run.
+ERROR_FILE_ENV = "TLPIPE_ERROR_FILE"
+
+
+def exit_on_user_error(func):
+    """Turns a TlpipeError raised by a step into one line on stderr and exit status 2."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except TlpipeError as error:
+            message = str(error)
+            error_file = os.environ.get(ERROR_FILE_ENV)
+            if error_file:
+                with open(error_file, "w", encoding="utf-8") as f:
+                    f.write(message)
+            print(f"tlpipe: error: {message}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
+
+    return wrapper

@@ -1,0 +1,1 @@
+"""Transfer methods, one module each: supervised training, fine-tuning strategies, DANN."""

@@ -1,0 +1,103 @@
+"""Domain-adversarial training (DANN; Ganin & Lempitsky 2015, Ganin et al. 2016).
+
+The feature extractor learns to classify labelled source images while a domain discriminator,
+fed through a gradient reversal layer, tries to tell source from target features; the reversed
+gradient pushes the features towards being domain-invariant. The reversal coefficient follows
+lambda_p = 2 / (1 + exp(-10 p)) - 1 and the learning rate mu0 / (1 + 10 p)^0.75 (tlpipe.train).
+"""
+
+import copy
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tlpipe.data import ImageSet
+from tlpipe.errors import TlpipeError
+from tlpipe.models import Classifier
+from tlpipe.train import Batches, LogFn, TrainConfig, device, fit, seed_everything, sgd
+
+
+class _ReverseGradient(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, coeff: float) -> torch.Tensor:
+        ctx.coeff = coeff
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return -ctx.coeff * grad, None
+
+
+def reverse_gradient(x: torch.Tensor, coeff: float = 1.0) -> torch.Tensor:
+    """Identity forward; multiplies the gradient by -coeff on the way back."""
+    return _ReverseGradient.apply(x, coeff)
+
+
+def ganin_lambda(p: float) -> float:
+    return 2.0 / (1.0 + math.exp(-10.0 * p)) - 1.0
+
+
+class DomainDiscriminator(nn.Module):
+    """Source-vs-target classifier on features; outputs one logit (source = 1)."""
+
+    def __init__(self, feature_dim: int, hidden: int = 512):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(feature_dim, hidden),
+            nn.BatchNorm1d(hidden),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden, hidden),
+            nn.BatchNorm1d(hidden),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden, 1),
+        )
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.net(features).squeeze(1)
+
+
+def adapt(
+    source_model: Classifier,
+    source: ImageSet,
+    target: ImageSet,
+    config: TrainConfig,
+    log: LogFn | None = None,
+) -> Classifier:
+    """DANN from `source_model` on labelled `source` and unlabelled `target` images."""
+    if not source.is_labelled:
+        raise TlpipeError("DANN needs labelled source images.")
+    if len(target) == 0:
+        raise TlpipeError("DANN needs unlabelled target images; the unlabelled target split is empty.")
+    generator = seed_everything(config.seed)
+    dev = device()
+    model = copy.deepcopy(source_model).to(dev).train()
+    discriminator = DomainDiscriminator(model.feature_dim).to(dev).train()
+    source_batches = Batches(
+        torch.from_numpy(source.images).to(dev),
+        torch.from_numpy(source.labels).to(dev),
+        batch_size=config.batch_size,
+        generator=generator,
+    )
+    target_batches = Batches(torch.from_numpy(target.images).to(dev), batch_size=config.batch_size, generator=generator)
+    optimizer = sgd([{"params": model.parameters()}, {"params": discriminator.parameters()}], config)
+
+    def step(p: float):
+        source_images, labels = next(source_batches)
+        (target_images,) = next(target_batches)
+        n = len(source_images)
+        # One pass over both domains, so batch norm sees the mixture it must serve.
+        features = model.features(torch.cat([source_images, target_images]))
+        logits = model.head(features[:n])
+        classification = F.cross_entropy(logits, labels)
+        domain_logits = discriminator(reverse_gradient(features, ganin_lambda(p)))
+        domain_labels = torch.cat([torch.ones(n, device=dev), torch.zeros(len(target_images), device=dev)])
+        domain = F.binary_cross_entropy_with_logits(domain_logits.float(), domain_labels)
+        domain_accuracy = ((domain_logits > 0).float() == domain_labels).float().mean()
+        metrics = {"loss": classification, "domain_loss": domain, "domain_accuracy": domain_accuracy}
+        return classification + domain, metrics
+
+    steps_per_epoch = max(source_batches.per_epoch, target_batches.per_epoch)
+    fit(step, optimizer, config.epochs, steps_per_epoch, log)
+    return model.eval()

@@ -1,0 +1,93 @@
+"""Fine-tuning a source model on few labelled target images.
+
+Strategies:
+- `full`: every layer trains; transferred blocks at `backbone_lr_scale` times the head's rate.
+- `freeze:<k>`: layer transfer: the first k blocks are copied and frozen (weights and batch-norm
+  statistics), the rest train.
+- `linear-probe`: the whole backbone is a frozen feature extractor; only the head trains.
+- `l2sp:<alpha>`: full fine-tuning with alpha/2 * ||w - w_source||^2 on the backbone in place of
+  weight decay (Li et al. 2018), which keeps the model near the source.
+- `scratch`: no transfer: a freshly initialised model of the same architecture (the target-only
+  baseline).
+"""
+
+import copy
+
+import torch
+
+from tlpipe.data import ImageSet
+from tlpipe.errors import TlpipeError
+from tlpipe.methods.supervised import train_classifier
+from tlpipe.models import Classifier
+from tlpipe.train import LogFn, TrainConfig
+
+STRATEGIES = "full, freeze:<k>, linear-probe, l2sp:<alpha> or scratch"
+
+
+def parse_strategy(strategy: str) -> tuple[str, float]:
+    name, _, arg = strategy.partition(":")
+    try:
+        if name in ("full", "linear-probe", "scratch") and not arg:
+            return name, 0.0
+        if name == "freeze" and arg.isdigit():
+            return name, int(arg)
+        if name == "l2sp" and float(arg) >= 0:
+            return name, float(arg)
+    except ValueError:
+        pass
+    raise TlpipeError(f"unknown fine-tuning strategy '{strategy}'; use {STRATEGIES}.")
+
+
+def freeze_blocks(model: Classifier, k: int) -> None:
+    """Puts the first k blocks out of training: no gradients, batch-norm statistics fixed."""
+    model.train()
+    for block in model.blocks[:k]:
+        block.eval()
+        block.requires_grad_(False)
+
+
+def l2sp_penalty(model: Classifier, source: dict[str, torch.Tensor], alpha: float):
+    """alpha/2 * sum ||w - w_source||^2 over the backbone's parameters."""
+    pairs = [(p, source[name]) for name, p in model.blocks.named_parameters()]
+
+    def penalty() -> torch.Tensor:
+        return 0.5 * alpha * sum(((p - p0) ** 2).sum() for p, p0 in pairs)
+
+    return penalty
+
+
+def finetune(
+    source_model: Classifier,
+    labelled: ImageSet,
+    strategy: str,
+    config: TrainConfig,
+    backbone_lr_scale: float = 0.1,
+    log: LogFn | None = None,
+) -> Classifier:
+    name, arg = parse_strategy(strategy)
+    if not labelled.is_labelled:
+        raise TlpipeError("fine-tuning needs labelled target images; set target_labels_per_class to 1 or more.")
+    if name == "scratch":
+        torch.manual_seed(config.seed)
+        model = Classifier(copy.deepcopy(source_model.spec))
+        model.train()
+        train_classifier(model, labelled, config, log=log)
+        return model
+
+    model = copy.deepcopy(source_model)
+    n_blocks = len(model.blocks)
+    frozen = {"freeze": int(arg), "linear-probe": n_blocks}.get(name, 0)
+    if frozen > n_blocks:
+        raise TlpipeError(f"strategy freeze:{frozen} asks for more blocks than the backbone has ({n_blocks}).")
+    freeze_blocks(model, frozen)
+    backbone = [p for p in model.blocks.parameters() if p.requires_grad]
+    head_group = {"params": list(model.head.parameters())}
+    backbone_group = {"params": backbone, "lr": config.lr * backbone_lr_scale}
+    penalty = None
+    if name == "l2sp":
+        source_weights = {k: v.detach().clone() for k, v in model.blocks.named_parameters()}
+        penalty = l2sp_penalty(model, source_weights, arg)
+        backbone_group["weight_decay"] = 0.0
+    groups = [head_group] + ([backbone_group] if backbone else [])
+    train_classifier(model, labelled, config, param_groups=groups, penalty=penalty, log=log)
+    return model

@@ -1,0 +1,58 @@
+"""Model artifacts (a directory: model.safetensors + model.json) and pretrained weight files.
+
+Nothing here unpickles: weights are safetensors, and `torch.load` runs with weights_only=True.
+"""
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from tlpipe.errors import TlpipeError
+from tlpipe.models.classifier import Classifier, ModelSpec
+
+FORMAT = "tlpipe.model/1"
+
+
+def save_model(directory: str | Path, model: Classifier, **facts) -> dict:
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(directory / "model.safetensors"))
+    meta = {"format": FORMAT, "spec": model.spec.to_dict(), **facts}
+    (directory / "model.json").write_text(json.dumps(meta, indent=2))
+    return meta
+
+
+def load_model(directory: str | Path, device: str | torch.device = "cpu") -> tuple[Classifier, dict]:
+    directory = Path(directory)
+    meta_path, weights_path = directory / "model.json", directory / "model.safetensors"
+    if not meta_path.is_file() or not weights_path.is_file():
+        raise TlpipeError(f"{directory} is not a tlpipe model artifact (model.json and model.safetensors expected).")
+    meta = json.loads(meta_path.read_text())
+    model = Classifier(ModelSpec(**meta["spec"]))
+    model.load_state_dict(load_file(str(weights_path)))
+    return model.to(device), meta
+
+
+def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """A state dict from a .safetensors file or a PyTorch weights file, refusing pickled code."""
+    path = Path(path)
+    if not path.is_file():
+        raise TlpipeError(f"pretrained weights file {path} does not exist.")
+    if path.suffix == ".safetensors":
+        try:
+            return load_file(str(path))
+        except Exception as error:  # safetensors raises its own error types
+            raise TlpipeError(f"pretrained weights {path} are not a valid safetensors file ({error}).") from None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise TlpipeError(
+            f"pretrained weights {path} cannot be loaded as plain tensors (refused: files that run code on load "
+            f"are not accepted; {type(error).__name__})."
+        ) from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise TlpipeError(f"pretrained weights {path} do not hold a state dict of tensors.")
+    return state

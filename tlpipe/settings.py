@@ -1,0 +1,27 @@
+"""Where tlpipe keeps things when no service is configured (the embedded default).
+
+Everything lives under $TLPIPE_HOME (default ./.tlpipe): MLflow on SQLite, MLflow artifacts and the
+KFP pipeline root. The standard variables (MLFLOW_TRACKING_URI, ...) win when set.
+"""
+
+import os
+from pathlib import Path
+
+
+def home() -> Path:
+    return Path(os.environ.get("TLPIPE_HOME", ".tlpipe")).resolve()
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home() / 'mlflow.db'}"
+
+
+def artifact_location() -> str | None:
+    """Artifact root for new experiments; None lets a tracking server choose its own."""
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return None
+    return (home() / "mlartifacts").as_uri()
+
+
+def pipeline_root() -> Path:
+    return home() / "pipeline-root"

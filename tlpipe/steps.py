@@ -1,0 +1,206 @@
+"""The pipeline's steps as plain functions over artifact paths: what each KFP component calls.
+
+Each step validates its input, tracks itself as a nested MLflow run, writes its output artifact
+and returns facts for the component's artifact metadata. User mistakes raise TlpipeError.
+"""
+
+import shutil
+from pathlib import Path
+
+import mlflow
+
+from tlpipe import tracking
+from tlpipe.data import load_dataset, load_domain, save_dataset, split_source, split_target
+from tlpipe.errors import TlpipeError
+from tlpipe.evaluate import Evaluation, compare, format_table, write_report
+from tlpipe.methods import dann, finetune as finetuning, supervised
+from tlpipe.models import Classifier, ModelSpec, load_model, read_weights, save_model
+from tlpipe.train import TrainConfig, device
+
+SOURCE_TEST_FRACTION = 0.2
+TARGET_TEST_FRACTION = 0.3
+
+
+def ingest(
+    source: str,
+    target: str,
+    target_labels_per_class: int,
+    seed: int,
+    image_size: int,
+    out: dict[str, str],
+    experiment: str,
+    pipeline_run: str,
+) -> dict[str, dict]:
+    """Loads both domains, checks they agree, and writes the five split datasets to `out[name]`."""
+    params = {"source": source, "target": target, "target_labels_per_class": target_labels_per_class,
+              "seed": seed, "image_size": image_size}
+    if image_size < 8:
+        raise TlpipeError(f"image_size must be at least 8 pixels, got {image_size}.")
+    source_data = load_domain(source, image_size, seed)
+    target_data = load_domain(target, image_size, seed)
+    if source_data.classes != target_data.classes:
+        only_source = sorted(set(source_data.classes) - set(target_data.classes))
+        only_target = sorted(set(target_data.classes) - set(source_data.classes))
+        raise TlpipeError(
+            f"source and target classes differ: only in source {only_source}, only in target {only_target}; "
+            "both domains need the same class folders."
+        )
+    source_train, source_test = split_source(source_data, SOURCE_TEST_FRACTION, seed)
+    labelled, unlabelled, target_test = split_target(target_data, target_labels_per_class, TARGET_TEST_FRACTION, seed)
+    splits = {"source_train": (source, source_train), "source_test": (source, source_test),
+              "target_labelled": (target, labelled), "target_unlabelled": (target, unlabelled),
+              "target_test": (target, target_test)}
+    facts = {name: save_dataset(out[name], data, spec=spec, split=name, seed=seed) for name, (spec, data) in splits.items()}
+    with tracking.step_run("ingest", experiment, pipeline_run, params):
+        mlflow.log_metrics({f"{name}_count": meta["count"] for name, meta in facts.items()})
+        mlflow.set_tags({f"tlpipe.hash.{name}": meta["content_hash"] for name, meta in facts.items()})
+    return facts
+
+
+def _model_facts(meta: dict) -> dict:
+    return {k: v for k, v in meta.items() if k not in ("format", "spec")} | {"backbone": meta["spec"]["backbone"]}
+
+
+def pretrain(
+    source_train: str,
+    out: str,
+    backbone: str,
+    pretrained_weights: str,
+    config: TrainConfig,
+    experiment: str,
+    pipeline_run: str,
+) -> dict:
+    data, meta = load_dataset(source_train)
+    params = {"backbone": backbone, "pretrained_weights": pretrained_weights or "none", **_config_params("pretrain", config)}
+    weights = read_weights(pretrained_weights) if pretrained_weights else None
+    with tracking.step_run("pretrain", experiment, pipeline_run, params):
+        spec = ModelSpec(backbone=backbone, classes=data.classes, input_size=data.images.shape[1])
+        import torch
+
+        torch.manual_seed(config.seed)
+        model = Classifier(spec, weights, pretrained_weights)
+        final = supervised.pretrain(model, data, config, log=tracking.epoch_logger("train"))
+        saved = save_model(out, model, method="source-only", trained_on=meta["content_hash"], device=str(device()))
+        mlflow.log_metrics({f"final_{k}": v for k, v in final.items()})
+    return _model_facts(saved)
+
+
+def finetune(
+    source_model: str,
+    target_labelled: str,
+    out: str,
+    strategy: str,
+    config: TrainConfig,
+    experiment: str,
+    pipeline_run: str,
+    step_name: str = "finetune",
+) -> dict:
+    finetuning.parse_strategy(strategy)
+    model, _ = load_model(source_model)
+    data, meta = load_dataset(target_labelled)
+    params = {"strategy": strategy, **_config_params(step_name, config)}
+    with tracking.step_run(step_name, experiment, pipeline_run, params):
+        tuned = finetuning.finetune(model, data, strategy, config, log=tracking.epoch_logger("train"))
+        method = "target-only" if strategy == "scratch" else f"finetune:{strategy}"
+        saved = save_model(out, tuned, method=method, trained_on=meta["content_hash"])
+    return _model_facts(saved)
+
+
+def adapt(
+    source_model: str,
+    source_train: str,
+    target_unlabelled: str,
+    out: str,
+    method: str,
+    config: TrainConfig,
+    experiment: str,
+    pipeline_run: str,
+) -> dict:
+    if method != "dann":
+        raise TlpipeError(f"unknown adaptation method '{method}'; use dann.")
+    model, _ = load_model(source_model)
+    source, _ = load_dataset(source_train)
+    target, meta = load_dataset(target_unlabelled)
+    params = {"method": method, **_config_params("adapt", config)}
+    with tracking.step_run("adapt", experiment, pipeline_run, params):
+        adapted = dann.adapt(model, source, target, config, log=tracking.epoch_logger("train"))
+        saved = save_model(out, adapted, method=method, trained_on=meta["content_hash"])
+    return _model_facts(saved)
+
+
+def evaluate(
+    target_test: str,
+    baselines: dict[str, str],
+    candidates: dict[str, str],
+    evaluation_out: str,
+    report_out: str,
+    best_model_out: str,
+    experiment: str,
+    pipeline_run: str,
+) -> Evaluation:
+    """Scores baselines and candidates on the target test split; copies the best model out."""
+    test, meta = load_dataset(target_test)
+    if not test.is_labelled or len(test) == 0:
+        raise TlpipeError(f"target test split {target_test} is empty or unlabelled.")
+    models = {name: (load_model(path)[0], "baseline") for name, path in baselines.items()}
+    models |= {name: (load_model(path)[0], "candidate") for name, path in candidates.items()}
+    paths = baselines | candidates
+    with tracking.step_run("evaluate", experiment, pipeline_run, {"test_hash": meta["content_hash"]}):
+        evaluation = compare(models, test)
+        evaluation.save(evaluation_out)
+        write_report(report_out, evaluation, "tlpipe transfer report",
+                     {"pipeline run": pipeline_run, "target": meta.get("spec", ""), "test split": meta["content_hash"]})
+        mlflow.log_metrics({f"{r.name}_accuracy": r.accuracy for r in evaluation.results})
+        mlflow.log_artifact(report_out, "report")
+        mlflow.log_artifact(evaluation_out, "report")
+        mlflow.log_text(format_table(evaluation), "report/table.txt")
+    shutil.copytree(paths[evaluation.best], best_model_out, dirs_exist_ok=True)
+    return evaluation
+
+
+def register(
+    best_model: str,
+    evaluation_path: str,
+    target_test: str,
+    model_name: str,
+    experiment: str,
+    pipeline_run: str,
+    out: str,
+):
+    """Registers the best model (alias challenger) and moves champion only if it is better."""
+    from tlpipe.registry import register as register_version
+
+    evaluation = Evaluation.load(evaluation_path)
+    test, meta = load_dataset(target_test)
+    if meta["content_hash"] != evaluation.test_hash:
+        raise TlpipeError("the evaluation and the target test split given to register do not match; rerun evaluate.")
+    best = evaluation.result(evaluation.best)
+    model_meta = load_model(best_model)[1]
+    tags = {
+        tracking.PIPELINE_RUN_TAG: pipeline_run,
+        "tlpipe.candidate": best.name,
+        "tlpipe.method": model_meta.get("method", ""),
+        "tlpipe.accuracy": f"{best.accuracy:.6f}",
+        "tlpipe.test_hash": evaluation.test_hash,
+        "tlpipe.trained_on": model_meta.get("trained_on", ""),
+        "tlpipe.code_version": tracking.code_version(),
+        "tlpipe.params": _json(tracking.pipeline_params(experiment, pipeline_run)),
+    }
+    with tracking.step_run("register", experiment, pipeline_run, {"model_name": model_name}):
+        client = tracking.configure()
+        registration = register_version(client, best_model, model_name, best.accuracy, test, tags)
+        mlflow.log_metrics({"accuracy": best.accuracy})
+        mlflow.set_tags({"tlpipe.registered_version": registration.version, "tlpipe.promoted": str(registration.promoted)})
+    registration.save(out)
+    tracking.end_pipeline_run(experiment, pipeline_run, "FINISHED")
+    return registration
+
+
+def _config_params(step: str, config: TrainConfig) -> dict:
+    return {f"{step}_{k}": v for k, v in vars(config).items()}
+
+
+def _json(value) -> str:
+    import json
+
+    return json.dumps(value, sort_keys=True)[:5000]

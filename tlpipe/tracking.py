@@ -1,0 +1,130 @@
+"""MLflow: one parent run per pipeline run, one nested run per step, and the model registry.
+
+Steps run in separate processes (and on a cluster, separate pods), so they find their parent run by
+the tag `tlpipe.pipeline_run` instead of sharing an active run. With MLFLOW_TRACKING_URI unset,
+everything goes to the embedded default under $TLPIPE_HOME (tlpipe.settings).
+"""
+
+import contextlib
+import os
+import subprocess
+from pathlib import Path
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+import tlpipe
+from tlpipe import settings
+from tlpipe.errors import TlpipeError
+
+PIPELINE_RUN_TAG = "tlpipe.pipeline_run"
+ROLE_TAG = "tlpipe.role"
+
+
+def configure() -> MlflowClient:
+    uri = settings.tracking_uri()
+    if uri.startswith("sqlite:"):
+        settings.home().mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return MlflowClient()
+
+
+def experiment_id(client: MlflowClient, name: str) -> str:
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=settings.artifact_location())
+    except MlflowException:  # created meanwhile by a parallel step
+        return client.get_experiment_by_name(name).experiment_id
+
+
+def parent_run_id(client: MlflowClient, experiment: str, pipeline_run: str, pipeline: str = "transfer") -> str:
+    """The MLflow run standing for this pipeline run; created by whichever step comes first."""
+    exp = experiment_id(client, experiment)
+    query = f"tags.`{PIPELINE_RUN_TAG}` = '{pipeline_run}' and tags.`{ROLE_TAG}` = 'pipeline'"
+    found = client.search_runs([exp], filter_string=query, max_results=1)
+    if found:
+        return found[0].info.run_id
+    run = client.create_run(
+        exp,
+        run_name=f"{pipeline}-{pipeline_run[-12:]}",
+        tags={PIPELINE_RUN_TAG: pipeline_run, ROLE_TAG: "pipeline", "tlpipe.code_version": code_version()},
+    )
+    return run.info.run_id
+
+
+@contextlib.contextmanager
+def step_run(step: str, experiment: str, pipeline_run: str, params: dict):
+    """A nested MLflow run for one pipeline step, with its parameters logged."""
+    client = configure()
+    parent = parent_run_id(client, experiment, pipeline_run)
+    with mlflow.start_run(
+        experiment_id=experiment_id(client, experiment),
+        run_name=step,
+        parent_run_id=parent,
+        tags={PIPELINE_RUN_TAG: pipeline_run, ROLE_TAG: "step", "tlpipe.step": step},
+    ) as run:
+        mlflow.log_params(params)
+        yield run
+
+
+def epoch_logger(prefix: str):
+    def log(epoch: int, metrics: dict[str, float]) -> None:
+        mlflow.log_metrics({f"{prefix}_{k}": v for k, v in metrics.items()}, step=epoch)
+
+    return log
+
+
+def end_pipeline_run(experiment: str, pipeline_run: str, status: str) -> None:
+    client = configure()
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return
+    query = f"tags.`{PIPELINE_RUN_TAG}` = '{pipeline_run}' and tags.`{ROLE_TAG}` = 'pipeline'"
+    for run in client.search_runs([exp.experiment_id], filter_string=query):
+        client.set_terminated(run.info.run_id, status)
+
+
+def pipeline_params(experiment: str, pipeline_run: str) -> dict[str, str]:
+    """Every parameter the pipeline's steps logged so far, for lineage tags."""
+    client = configure()
+    exp = experiment_id(client, experiment)
+    query = f"tags.`{PIPELINE_RUN_TAG}` = '{pipeline_run}' and tags.`{ROLE_TAG}` = 'step'"
+    merged: dict[str, str] = {}
+    for run in client.search_runs([exp], filter_string=query):
+        merged.update(run.data.params)
+    return dict(sorted(merged.items()))
+
+
+def code_version() -> str:
+    """tlpipe's version plus the git commit when running from a checkout (or $TLPIPE_GIT_SHA)."""
+    sha = os.environ.get("TLPIPE_GIT_SHA", "")
+    if not sha:
+        repo = Path(tlpipe.__file__).resolve().parent.parent
+        if (repo / ".git").exists():
+            try:
+                sha = subprocess.run(
+                    ["git", "-C", str(repo), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5
+                ).stdout.strip()
+            except (OSError, subprocess.SubprocessError):
+                sha = ""
+    return f"{tlpipe.__version__}+{sha}" if sha else tlpipe.__version__
+
+
+def champion_version(client: MlflowClient, name: str):
+    try:
+        return client.get_model_version_by_alias(name, "champion")
+    except MlflowException:
+        return None
+
+
+def check_reachable() -> None:
+    """Fails fast, naming the server, when the tracking server cannot be reached."""
+    client = configure()
+    try:
+        client.search_experiments(max_results=1)
+    except Exception as error:
+        raise TlpipeError(f"cannot reach the MLflow tracking server at {settings.tracking_uri()} ({type(error).__name__}).") from None

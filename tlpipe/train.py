@@ -1,0 +1,107 @@
+"""The one training loop every method uses.
+
+A method supplies `step(p) -> (loss, metrics)` for training progress p in [0, 1); the loop owns the
+device, mixed precision, the optimizer step, the learning-rate annealing and the per-epoch logging.
+Data stays on the device as uint8 tensors; the loop syncs with the host once per epoch, not per step.
+"""
+
+import math
+import random
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+Metrics = dict[str, torch.Tensor]
+StepFn = Callable[[float], tuple[torch.Tensor, Metrics]]
+LogFn = Callable[[int, dict[str, float]], None]
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    seed: int = 0
+
+
+def device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seeds every RNG a step touches; returns a generator for batch order."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+class Batches:
+    """Endless shuffled minibatches over tensors that already live on the device."""
+
+    def __init__(self, *tensors: torch.Tensor, batch_size: int, generator: torch.Generator):
+        self.tensors = tensors
+        self.n = len(tensors[0])
+        self.batch_size = min(batch_size, self.n)
+        self.generator = generator
+        self.order = torch.empty(0, dtype=torch.int64)
+        self.position = 0
+
+    @property
+    def per_epoch(self) -> int:
+        return math.ceil(self.n / self.batch_size)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> tuple[torch.Tensor, ...]:
+        if self.position + self.batch_size > len(self.order):
+            self.order = torch.randperm(self.n, generator=self.generator)
+            self.position = 0
+        index = self.order[self.position : self.position + self.batch_size].to(self.tensors[0].device)
+        self.position += self.batch_size
+        return tuple(t[index] for t in self.tensors)
+
+
+def annealed_lr(p: float) -> float:
+    """Ganin & Lempitsky's schedule, as a factor of the base rate: 1 / (1 + 10 p)^0.75."""
+    return 1.0 / (1.0 + 10.0 * p) ** 0.75
+
+
+def sgd(param_groups, config: TrainConfig) -> torch.optim.Optimizer:
+    return torch.optim.SGD(param_groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+
+
+def fit(
+    step: StepFn,
+    optimizer: torch.optim.Optimizer,
+    epochs: int,
+    steps_per_epoch: int,
+    log: LogFn | None = None,
+) -> dict[str, float]:
+    """Runs epochs x steps_per_epoch optimizer steps; returns the last epoch's mean metrics."""
+    total = max(1, epochs * steps_per_epoch)
+    base_lrs = [group["lr"] for group in optimizer.param_groups]
+    use_amp = device().type == "cuda"
+    last: dict[str, float] = {}
+    for epoch in range(epochs):
+        sums: Metrics = {}
+        for i in range(steps_per_epoch):
+            p = (epoch * steps_per_epoch + i) / total
+            for group, base in zip(optimizer.param_groups, base_lrs):
+                group["lr"] = base * annealed_lr(p)
+            with torch.autocast(device_type=device().type, dtype=torch.bfloat16, enabled=use_amp):
+                loss, metrics = step(p)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            for name, value in metrics.items():
+                sums[name] = sums.get(name, 0) + value.detach().float()
+        last = {name: float(value) / steps_per_epoch for name, value in sums.items()}
+        if log:
+            log(epoch, last)
+    return last
