@@ -29,7 +29,7 @@ def transfer(
     adapt_method: str = "dann",
     source_epochs: int = 30,
     finetune_epochs: int = 30,
-    adapt_epochs: int = 100,
+    adapt_epochs: int = 120,
     batch_size: int = 64,
     lr: float = 0.01,
     model_name: str = "tlpipe",

@@ -20,7 +20,7 @@ def cmd_run(args) -> None:
     from tlpipe import local
     from tlpipe.evaluate import format_table
 
-    result = local.run(args.pipeline, _params(args.param))
+    result = local.run(args.pipeline, _params(args.param), verbose=args.verbose)
     reg = result.registration
     print()
     print(format_table(result.evaluation))
@@ -32,6 +32,7 @@ def cmd_run(args) -> None:
     else:
         print(f"champion: version {reg.champion_version} kept ({reg.previous_champion_accuracy:.2%} >= {reg.accuracy:.2%})")
     print(f"report: {result.report}")
+    print(f"log: {result.log}")
     print(f"pipeline finished in {result.seconds:.0f} s")
 
 
@@ -41,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run a pipeline on this machine (kfp.local)")
     run.add_argument("pipeline", nargs="?", default="transfer", help="pipeline name (default: transfer)")
     run.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE", help="pipeline parameter")
+    run.add_argument("-v", "--verbose", action="store_true", help="show every step's full log, not just progress")
     run.set_defaults(func=cmd_run)
     return parser
 

@@ -1,7 +1,9 @@
 """Runs a pipeline on this machine with kfp.local (SubprocessRunner, in the current environment)."""
 
-import logging
+import io
 import os
+import shutil
+import sys
 import tempfile
 import time
 import warnings
@@ -22,7 +24,30 @@ class RunResult:
     evaluation: Evaluation
     registration: Registration
     report: Path
+    log: Path
     seconds: float
+
+
+class _LogView(io.TextIOBase):
+    """Sends the whole KFP log to a file and only task status, progress and errors to the terminal."""
+
+    SHOWN = ("Executing task", "finished with status", "] epoch ", "tlpipe: error")
+
+    def __init__(self, terminal, log_file, verbose: bool):
+        self.terminal, self.log_file, self.verbose, self.pending = terminal, log_file, verbose, ""
+
+    def write(self, text: str) -> int:
+        self.log_file.write(text)
+        self.pending += text
+        *lines, self.pending = self.pending.split("\n")
+        for line in lines:
+            if self.verbose or any(mark in line for mark in self.SHOWN):
+                self.terminal.write(line.strip() + "\n")
+        return len(text)
+
+    def flush(self) -> None:
+        self.log_file.flush()
+        self.terminal.flush()
 
 
 def pipeline_arguments(pipeline, given: dict[str, str]) -> dict:
@@ -52,7 +77,7 @@ def preflight(arguments: dict, defaults: dict) -> None:
     tracking.check_reachable()
 
 
-def run(name: str, given: dict[str, str]) -> RunResult:
+def run(name: str, given: dict[str, str], verbose: bool = False) -> RunResult:
     from pipelines import registry
 
     pipelines = registry()
@@ -67,26 +92,36 @@ def run(name: str, given: dict[str, str]) -> RunResult:
 
     from kfp import local
 
+    # Cluster-only settings (image, display names, caching) are expected to be ignored here.
     warnings.filterwarnings("ignore", message=".*non-Python base image.*")
-    logging.getLogger("kfp").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*")
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(settings.pipeline_root()))
     started = time.time()
-    with tempfile.TemporaryDirectory() as tmp:
+    log_path = settings.home() / "logs" / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp, open(log_path, "w") as log_file:
         error_file = Path(tmp) / "error"
         os.environ[ERROR_FILE_ENV] = str(error_file)
+        terminal, sys.stdout = sys.stdout, _LogView(sys.stdout, log_file, verbose)
         try:
             task = pipeline(**arguments)
         except RuntimeError as error:
             _fail_open_runs({**defaults, **arguments}.get("experiment", "tlpipe"), started)
-            message = error_file.read_text() if error_file.exists() else f"{error}; see the step's log above."
+            message = error_file.read_text() if error_file.exists() else f"{error}; the full log is {log_path}"
             raise TlpipeError(message) from None
         finally:
+            sys.stdout = terminal
             os.environ.pop(ERROR_FILE_ENV, None)
     outputs = task.outputs
+    run_dir = Path(outputs["report"].path).parent.parent
+    report = settings.home() / "reports" / f"{run_dir.name}.html"
+    report.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(outputs["report"].path, report)
     return RunResult(
         evaluation=Evaluation.load(outputs["evaluation"].path),
         registration=Registration.load(outputs["registration"].path),
-        report=Path(outputs["report"].path),
+        report=report,
+        log=log_path,
         seconds=time.time() - started,
     )
 

@@ -6,7 +6,6 @@ failed run never moves it.
 """
 
 import json
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -18,7 +17,6 @@ from mlflow.types.schema import Schema, TensorSpec
 import tlpipe
 from tlpipe.data import ImageSet
 from tlpipe.evaluate import score
-from tlpipe.models import load_model
 
 SIGNATURE = ModelSignature(
     inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1, 3), "images")]),
@@ -61,12 +59,10 @@ def log_model(model_dir: str | Path, model_name: str) -> str:
     return str(info.registered_model_version)
 
 
-def champion_accuracy(client, model_name: str, version, test: ImageSet) -> float:
-    """The champion's accuracy on `test`, from its registered weights."""
-    with tempfile.TemporaryDirectory() as tmp:
-        local = mlflow.artifacts.download_artifacts(f"models:/{model_name}/{version.version}", dst_path=tmp)
-        model, _ = load_model(Path(local) / "artifacts" / "model")
-        return score(model, test).accuracy
+def champion_accuracy(model_name: str, version, test: ImageSet) -> float:
+    """The champion's accuracy on `test`, loaded from the registry the way its users load it."""
+    loaded = mlflow.pyfunc.load_model(f"models:/{model_name}/{version.version}")
+    return score(loaded.unwrap_python_model().model, test).accuracy
 
 
 def register(
@@ -80,7 +76,7 @@ def register(
     client.set_registered_model_alias(model_name, "challenger", version)
 
     current = champion_version(client, model_name)
-    current_accuracy = champion_accuracy(client, model_name, current, test) if current else None
+    current_accuracy = champion_accuracy(model_name, current, test) if current else None
     promoted = current is None or accuracy > current_accuracy
     if promoted:
         client.set_registered_model_alias(model_name, "champion", version)
@@ -91,7 +87,7 @@ def register(
         version=version,
         accuracy=accuracy,
         promoted=promoted,
-        champion_version=version if promoted else current.version,
-        previous_champion=current.version if current else None,
+        champion_version=version if promoted else str(current.version),
+        previous_champion=str(current.version) if current else None,
         previous_champion_accuracy=current_accuracy,
     )

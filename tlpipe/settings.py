@@ -12,13 +12,18 @@ def home() -> Path:
     return Path(os.environ.get("TLPIPE_HOME", ".tlpipe")).resolve()
 
 
+def embedded_tracking_uri() -> str:
+    return f"sqlite:///{home() / 'mlflow.db'}"
+
+
 def tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home() / 'mlflow.db'}"
+    return os.environ.get("MLFLOW_TRACKING_URI") or embedded_tracking_uri()
 
 
 def artifact_location() -> str | None:
     """Artifact root for new experiments; None lets a tracking server choose its own."""
-    if os.environ.get("MLFLOW_TRACKING_URI"):
+    # Compare URIs rather than test the variable: mlflow.set_tracking_uri() exports it too.
+    if tracking_uri() != embedded_tracking_uri():
         return None
     return (home() / "mlartifacts").as_uri()
 

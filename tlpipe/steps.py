@@ -79,7 +79,7 @@ def pretrain(
 
         torch.manual_seed(config.seed)
         model = Classifier(spec, weights, pretrained_weights)
-        final = supervised.pretrain(model, data, config, log=tracking.epoch_logger("train"))
+        final = supervised.pretrain(model, data, config, log=tracking.epoch_logger("pretrain", config.epochs))
         saved = save_model(out, model, method="source-only", trained_on=meta["content_hash"], device=str(device()))
         mlflow.log_metrics({f"final_{k}": v for k, v in final.items()})
     return _model_facts(saved)
@@ -100,7 +100,7 @@ def finetune(
     data, meta = load_dataset(target_labelled)
     params = {"strategy": strategy, **_config_params(step_name, config)}
     with tracking.step_run(step_name, experiment, pipeline_run, params):
-        tuned = finetuning.finetune(model, data, strategy, config, log=tracking.epoch_logger("train"))
+        tuned = finetuning.finetune(model, data, strategy, config, log=tracking.epoch_logger(step_name, config.epochs))
         method = "target-only" if strategy == "scratch" else f"finetune:{strategy}"
         saved = save_model(out, tuned, method=method, trained_on=meta["content_hash"])
     return _model_facts(saved)
@@ -123,7 +123,7 @@ def adapt(
     target, meta = load_dataset(target_unlabelled)
     params = {"method": method, **_config_params("adapt", config)}
     with tracking.step_run("adapt", experiment, pipeline_run, params):
-        adapted = dann.adapt(model, source, target, config, log=tracking.epoch_logger("train"))
+        adapted = dann.adapt(model, source, target, config, log=tracking.epoch_logger("adapt", config.epochs))
         saved = save_model(out, adapted, method=method, trained_on=meta["content_hash"])
     return _model_facts(saved)
 

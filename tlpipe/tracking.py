@@ -71,9 +71,15 @@ def step_run(step: str, experiment: str, pipeline_run: str, params: dict):
         yield run
 
 
-def epoch_logger(prefix: str):
+def epoch_logger(step: str, epochs: int):
+    """Logs each epoch's metrics to the active run and prints about ten progress lines per step."""
+    every = max(1, epochs // 10)
+
     def log(epoch: int, metrics: dict[str, float]) -> None:
-        mlflow.log_metrics({f"{prefix}_{k}": v for k, v in metrics.items()}, step=epoch)
+        mlflow.log_metrics({f"train_{k}": v for k, v in metrics.items()}, step=epoch)
+        if (epoch + 1) % every == 0 or epoch + 1 == epochs:
+            shown = "  ".join(f"{k} {v:.3f}" for k, v in metrics.items())
+            print(f"[{step}] epoch {epoch + 1}/{epochs}  {shown}", flush=True)
 
     return log
 

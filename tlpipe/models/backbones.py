@@ -26,7 +26,7 @@ class Backbone:
 def load_matching(module: nn.Module, state: dict, source: str, head_prefixes: tuple[str, ...]) -> None:
     """Loads `state` into `module`, ignoring head weights; any other mismatch is a user error."""
     state = {k: v for k, v in state.items() if not k.startswith(head_prefixes)}
-    own = module.state_dict()
+    own = {k: v for k, v in module.state_dict().items() if not k.startswith(head_prefixes)}
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     if missing or unexpected:
@@ -38,7 +38,7 @@ def load_matching(module: nn.Module, state: dict, source: str, head_prefixes: tu
                 f"pretrained weights {source} do not fit this backbone: {key} has shape {tuple(value.shape)}, "
                 f"expected {tuple(own[key].shape)}."
             )
-    module.load_state_dict(state)
+    module.load_state_dict(state, strict=False)
 
 
 def small_cnn(input_size: int, weights: dict | None, source: str) -> Backbone:

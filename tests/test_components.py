@@ -1,0 +1,136 @@
+"""Each KFP component called through its python_func, chained on the built-in domains, tiny epochs."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from kfp import dsl
+
+from components.adapt import adapt
+from components.evaluate import evaluate
+from components.finetune import finetune
+from components.ingest import ingest
+from components.pretrain import pretrain
+from components.register import register
+from tlpipe.data import load_dataset
+from tlpipe.models import load_model
+
+SPLITS = ["source_train", "source_test", "target_labelled", "target_unlabelled", "target_test"]
+TRAIN = dict(epochs=1, batch_size=64, lr=0.01, seed=0, experiment="tests", pipeline_run="run-1")
+
+
+def artifact(kind, path: Path):
+    return kind(uri=str(path))
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory):
+    """Runs ingest -> pretrain -> finetune/target-only/adapt -> evaluate -> register once."""
+    root = tmp_path_factory.mktemp("components")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("TLPIPE_HOME", str(root / "home"))
+    mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+    a = {name: artifact(dsl.Dataset, root / name) for name in SPLITS}
+    ingest.python_func(source="digits", target="digits-m", target_labels_per_class=5, seed=0, image_size=32,
+                       experiment="tests", pipeline_run="run-1", **a)
+    for name in ("source_model", "finetuned", "target_only", "adapted", "best_model"):
+        a[name] = artifact(dsl.Model, root / name)
+    pretrain.python_func(source_train=a["source_train"], backbone="small-cnn", pretrained_weights="",
+                         model=a["source_model"], **TRAIN)
+    finetune.python_func(source_model=a["source_model"], target_labelled=a["target_labelled"], strategy="freeze:1",
+                         step_name="finetune", model=a["finetuned"], **TRAIN)
+    finetune.python_func(source_model=a["source_model"], target_labelled=a["target_labelled"], strategy="scratch",
+                         step_name="target-only", model=a["target_only"], **TRAIN)
+    adapt.python_func(source_model=a["source_model"], source_train=a["source_train"],
+                      target_unlabelled=a["target_unlabelled"], method="dann", model=a["adapted"], **TRAIN)
+    a["evaluation"] = artifact(dsl.Artifact, root / "evaluation.json")
+    a["report"] = artifact(dsl.HTML, root / "report.html")
+    a["metrics"] = artifact(dsl.Metrics, root / "metrics")
+    a["confusion"] = artifact(dsl.ClassificationMetrics, root / "confusion")
+    evaluate.python_func(target_test=a["target_test"], source_only=a["source_model"], target_only=a["target_only"],
+                         finetuned=a["finetuned"], adapted=a["adapted"], experiment="tests", pipeline_run="run-1",
+                         evaluation=a["evaluation"], report=a["report"], metrics=a["metrics"],
+                         confusion=a["confusion"], best_model=a["best_model"])
+    a["registration"] = artifact(dsl.Artifact, root / "registration.json")
+    register.python_func(best_model=a["best_model"], evaluation=a["evaluation"], target_test=a["target_test"],
+                         model_name="tests-model", experiment="tests", pipeline_run="run-1",
+                         registration=a["registration"])
+    yield a
+    mp.undo()
+
+
+def test_ingest_writes_five_disjoint_splits_with_metadata(chain):
+    counts = {name: chain[name].metadata["count"] for name in SPLITS}
+    assert counts["source_train"] + counts["source_test"] == 1797
+    assert counts["target_labelled"] == 50
+    assert counts["target_labelled"] + counts["target_unlabelled"] + counts["target_test"] == 1797
+    assert chain["target_unlabelled"].metadata["labelled"] is False
+    data, meta = load_dataset(chain["target_test"].path)
+    assert meta["content_hash"] == chain["target_test"].metadata["content_hash"] and len(data) == counts["target_test"]
+
+
+def test_training_components_write_loadable_models(chain):
+    methods = {name: load_model(chain[name].path)[1]["method"] for name in ("source_model", "finetuned", "target_only", "adapted")}
+    assert methods == {"source_model": "source-only", "finetuned": "finetune:freeze:1",
+                       "target_only": "target-only", "adapted": "dann"}
+    assert chain["adapted"].metadata["backbone"] == "small-cnn"
+
+
+def test_evaluate_scores_every_model_and_copies_the_best(chain):
+    evaluation = json.loads(Path(chain["evaluation"].path).read_text())
+    names = [r["name"] for r in evaluation["results"]]
+    assert names == ["source-only", "target-only", "finetuned", "adapted"]
+    best = max(evaluation["results"], key=lambda r: r["accuracy"])
+    assert evaluation["best"] == best["name"]
+    assert chain["metrics"].metadata[f"{best['name']}_accuracy"] == best["accuracy"]
+    matrix = chain["confusion"].metadata["confusionMatrix"]
+    assert sum(sum(row["row"]) for row in matrix["rows"]) == chain["target_test"].metadata["count"]
+    assert load_model(chain["best_model"].path)[1]["method"] == load_model(chain[_path_key(best["name"])].path)[1]["method"]
+    report = Path(chain["report"].path).read_text()
+    assert "data:image/png;base64," in report and best["name"] in report
+
+
+def _path_key(name):
+    return {"source-only": "source_model", "target-only": "target_only"}.get(name, name)
+
+
+def test_register_makes_the_first_version_champion_and_tags_lineage(chain):
+    from mlflow import MlflowClient
+
+    meta = chain["registration"].metadata
+    assert meta["version"] == "1" and meta["promoted"] is True
+    client = MlflowClient()
+    version = client.get_model_version_by_alias("tests-model", "champion")
+    assert str(version.version) == "1"
+    tags = version.tags
+    assert tags["tlpipe.pipeline_run"] == "run-1"
+    assert tags["tlpipe.test_hash"] == chain["target_test"].metadata["content_hash"]
+    assert json.loads(tags["tlpipe.params"])["finetune_epochs"] == "1"
+    assert tags["tlpipe.code_version"].startswith("0.1.0")
+
+
+def test_one_parent_run_with_a_nested_run_per_step(chain):
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    exp = client.get_experiment_by_name("tests")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("tlpipe.role") == "pipeline"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    steps = {r.data.tags["tlpipe.step"]: r for r in runs if r.data.tags.get("tlpipe.role") == "step"}
+    assert set(steps) == {"ingest", "pretrain", "finetune", "target-only", "adapt", "evaluate", "register"}
+    assert all(r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for r in steps.values())
+    history = client.get_metric_history(steps["pretrain"].info.run_id, "train_loss")
+    assert [m.step for m in history] == [0]
+
+
+def test_user_errors_exit_with_one_sentence(tmp_path, capsys, tlpipe_home):
+    outputs = {name: artifact(dsl.Dataset, tmp_path / name) for name in SPLITS}
+    with pytest.raises(SystemExit) as exit_info:
+        ingest.python_func(source="digits", target="digits-m", target_labels_per_class=500, seed=0, image_size=32,
+                           experiment="tests", pipeline_run="run-x", **outputs)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "target_labels_per_class=500" in err[0] and err[0].startswith("tlpipe: error:")
+    assert not (tmp_path / "source_train").exists()

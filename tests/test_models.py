@@ -1,0 +1,70 @@
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from tlpipe.errors import TlpipeError
+from tlpipe.models import Classifier, ModelSpec, load_model, predict, read_weights, save_model
+
+
+def spec(backbone="small-cnn", size=32):
+    return ModelSpec(backbone=backbone, classes=["a", "b", "c"], input_size=size)
+
+
+def test_save_and_load_give_the_same_predictions(tmp_path):
+    torch.manual_seed(0)
+    model = Classifier(spec()).eval()
+    images = np.random.default_rng(0).integers(0, 255, (5, 32, 32, 3), dtype=np.uint8)
+    save_model(tmp_path / "m", model, method="test")
+    loaded, meta = load_model(tmp_path / "m")
+    assert meta["method"] == "test" and meta["spec"]["classes"] == ["a", "b", "c"]
+    torch.testing.assert_close(loaded.eval()(torch.from_numpy(images)), model(torch.from_numpy(images)))
+
+
+def test_model_resizes_any_input_size():
+    model = Classifier(spec()).eval()
+    for h, w in [(32, 32), (17, 40), (100, 64)]:
+        out = predict(model, np.zeros((2, h, w, 3), dtype=np.uint8))
+        assert out.shape == (2,) and out.dtype == torch.int64
+
+
+def test_resnet18_builds_without_downloads_and_splits_into_blocks():
+    model = Classifier(spec("resnet18")).eval()
+    assert len(model.blocks) == 5 and model.feature_dim == 512
+    assert model(torch.zeros(2, 32, 32, 3, dtype=torch.uint8)).shape == (2, 3)
+
+
+def test_pretrained_torchvision_weights_load_from_a_local_file(tmp_path):
+    from torchvision.models import resnet18
+
+    torch.manual_seed(1)
+    reference = resnet18(weights=None)  # stands in for a downloaded ImageNet checkpoint
+    torch.save(reference.state_dict(), tmp_path / "resnet18.pth")
+    save_file(reference.state_dict(), str(tmp_path / "resnet18.safetensors"))
+    for name in ("resnet18.pth", "resnet18.safetensors"):
+        model = Classifier(spec("resnet18"), read_weights(tmp_path / name), name)
+        torch.testing.assert_close(model.blocks[0].conv1.weight, reference.conv1.weight)
+        torch.testing.assert_close(model.blocks[4].layer4[1].bn2.running_var, reference.layer4[1].bn2.running_var)
+
+
+def test_weights_for_another_backbone_are_refused(tmp_path):
+    from torchvision.models import resnet18
+
+    torch.save(resnet18(weights=None).state_dict(), tmp_path / "r18.pth")
+    with pytest.raises(TlpipeError, match="do not fit this backbone"):
+        Classifier(spec("small-cnn"), read_weights(tmp_path / "r18.pth"), "r18.pth")
+
+
+class Payload:
+    def __reduce__(self):
+        return (exec, ("open('PWNED', 'w').write('x')",))
+
+
+def test_pickled_code_in_a_weights_file_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "evil.pth").write_bytes(pickle.dumps({"conv1.weight": Payload()}))
+    with pytest.raises(TlpipeError, match="refused"):
+        read_weights(tmp_path / "evil.pth")
+    assert not (tmp_path / "PWNED").exists()

@@ -1,0 +1,122 @@
+"""The transfer pipeline end to end through `tlpipe run` (kfp.local), with tiny epochs."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+from conftest import write_image_folder
+from mlflow import MlflowClient
+
+from tlpipe.data import load_dataset
+
+pytestmark = pytest.mark.e2e
+TINY = ["source_epochs=2", "finetune_epochs=2", "adapt_epochs=2", "target_labels_per_class=5"]
+
+
+def tlpipe_run(home: Path, *params: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"} | {"TLPIPE_HOME": str(home)}
+    args = [arg for p in params for arg in ("-p", p)]
+    return subprocess.run([sys.executable, "-m", "tlpipe.cli", "run", *args], env=env, capture_output=True,
+                          text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    return tmp_path_factory.mktemp("e2e") / "home"
+
+
+@pytest.fixture(scope="module")
+def first_run(home):
+    result = tlpipe_run(home, *TINY)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+@pytest.fixture
+def registry(home, monkeypatch):
+    uri = f"sqlite:///{home / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    yield MlflowClient()
+    mlflow.set_tracking_uri(None)
+
+
+def versions(client):
+    return sorted(int(v.version) for v in client.search_model_versions("name='tlpipe'"))
+
+
+def test_run_prints_table_registration_and_report(first_run, home):
+    out = first_run.stdout
+    for row in ("source-only", "target-only", "finetuned", "adapted"):
+        assert f"\n{row} " in out
+    assert "registered model: tlpipe version 1 (alias challenger)" in out
+    assert "champion: version 1 (promoted)" in out
+    report = Path(out.split("report: ")[1].split()[0])
+    assert report.suffix == ".html" and "<table>" in report.read_text()
+    assert (home / "mlflow.db").is_file() and (home / "mlartifacts").is_dir() and (home / "pipeline-root").is_dir()
+
+
+def test_champion_reproduces_the_reported_accuracy(first_run, home, registry):
+    model = mlflow.pyfunc.load_model("models:/tlpipe@champion")
+    [test_dir] = list((home / "pipeline-root").glob("*/ingest/target_test"))
+    [evaluation_file] = list((home / "pipeline-root").glob("*/evaluate/evaluation"))
+    evaluation = json.loads(evaluation_file.read_text())
+    reported = next(r["accuracy"] for r in evaluation["results"] if r["name"] == evaluation["best"])
+    test, _ = load_dataset(test_dir)
+    predicted = model.predict(test.images)
+    assert predicted.shape == (len(test),)
+    assert (predicted == test.labels).mean() == pytest.approx(reported, abs=1e-12)
+    big = np.repeat(np.repeat(test.images[:4], 2, axis=1), 3, axis=2)  # any H and W: 64 x 96
+    assert model.predict(big).shape == (4,)
+
+
+def test_second_identical_run_registers_version_2_but_keeps_the_champion(first_run, home, registry):
+    second = tlpipe_run(home, *TINY)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "registered model: tlpipe version 2 (alias challenger)" in second.stdout
+    assert "champion: version 1 kept" in second.stdout  # same seed, same accuracy: not strictly better
+    assert versions(registry) == [1, 2]
+    assert str(registry.get_model_version_by_alias("tlpipe", "champion").version) == "1"
+    assert str(registry.get_model_version_by_alias("tlpipe", "challenger").version) == "2"
+
+
+def _bad_folders(tmp_path, case):
+    source = write_image_folder(tmp_path / "source", per_class=10)
+    target = write_image_folder(tmp_path / "target", per_class=10, seed=1)
+    if case == "corrupt":
+        (target / "b" / "3.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    if case == "classes":
+        (target / "c").rename(target / "d")
+    return [f"source=imagefolder:{source}", f"target=imagefolder:{target}", "image_size=16"]
+
+
+@pytest.mark.parametrize(
+    "case, expected",
+    [
+        ("missing", "image folder /no/such/dir does not exist"),
+        ("corrupt", "target/b/3.png: it is corrupt or truncated"),
+        ("classes", "source and target classes differ: only in source ['c'], only in target ['d']"),
+        ("k-shot", "target class 'a' has 10 image(s): target_labels_per_class=50"),
+    ],
+)
+def test_bad_input_fails_with_one_sentence_and_leaves_the_registry_alone(first_run, home, registry, tmp_path, case, expected):
+    before = versions(registry)
+    if case == "missing":
+        params = ["target=imagefolder:/no/such/dir"]
+    elif case == "k-shot":
+        params = _bad_folders(tmp_path, "ok") + ["target_labels_per_class=50"]
+    else:
+        params = _bad_folders(tmp_path, case)
+    result = tlpipe_run(home, *TINY, *params)
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if line.startswith("tlpipe: error:")]
+    assert len(errors) == 1 and expected in errors[0], result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert versions(registry) == before
+    assert str(registry.get_model_version_by_alias("tlpipe", "champion").version) == "1"
