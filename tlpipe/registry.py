@@ -19,8 +19,8 @@ from tlpipe.data import ImageSet
 from tlpipe.evaluate import score
 
 SIGNATURE = ModelSignature(
-    inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1, 3), "images")]),
-    outputs=Schema([TensorSpec(np.dtype(np.int64), (-1,), "class_id")]),
+    inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1, 3))]),
+    outputs=Schema([TensorSpec(np.dtype(np.int64), (-1,))]),
 )
 # What a serving environment needs to load the model; the tlpipe package itself travels as code.
 REQUIREMENTS = ["torch==2.14.1", "torchvision==0.29.1", "safetensors", "numpy", "mlflow"]
