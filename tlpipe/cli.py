@@ -2,6 +2,7 @@
 
 import argparse
 import sys
+import time
 
 from tlpipe.errors import TlpipeError
 
@@ -20,6 +21,11 @@ def cmd_run(args) -> None:
     from tlpipe import local
     from tlpipe.evaluate import format_table
 
+    if args.stack == "local":
+        from tlpipe import stack
+
+        stack.activate()
+
     result = local.run(args.pipeline, _params(args.param), verbose=args.verbose)
     reg = result.registration
     print()
@@ -36,6 +42,28 @@ def cmd_run(args) -> None:
     print(f"pipeline finished in {result.seconds:.0f} s")
 
 
+def cmd_stack(args) -> None:
+    from tlpipe import stack
+
+    if args.action == "up":
+        started = time.time()
+        env = stack.up()
+        print(f"stack up in {time.time() - started:.1f} s: S3 {env['AWS_ENDPOINT_URL_S3']} (bucket {stack.BUCKET}), "
+              f"MLflow {env['MLFLOW_TRACKING_URI']}")
+        print(f"use it: tlpipe run --stack local, or `source {stack.directory() / 'stack.env'}`")
+    elif args.action == "down":
+        stack.down()
+        print("stack stopped; its data stays in " + str(stack.directory()))
+    elif args.action == "status":
+        if not stack.running():
+            raise TlpipeError("the local stack is not running; start it with `scripts/stack up`.")
+        env = stack.environment(stack.config())
+        print(f"running: S3 {env['AWS_ENDPOINT_URL_S3']}, MLflow {env['MLFLOW_TRACKING_URI']}")
+    else:  # env: for `eval "$(tlpipe stack env)"`
+        for key, value in stack.environment(stack.config()).items():
+            print(f"export {key}={value}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tlpipe", description="Transfer learning as a production pipeline.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -43,7 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("pipeline", nargs="?", default="transfer", help="pipeline name (default: transfer)")
     run.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE", help="pipeline parameter")
     run.add_argument("-v", "--verbose", action="store_true", help="show every step's full log, not just progress")
+    run.add_argument("--stack", choices=["local"], help="track on the local stack (scripts/stack up): MLflow server, S3")
     run.set_defaults(func=cmd_run)
+    stack = commands.add_parser("stack", help="the local S3 (SeaweedFS) + MLflow server stack")
+    stack.add_argument("action", choices=["up", "down", "status", "env"])
+    stack.set_defaults(func=cmd_stack)
     return parser
 
 

@@ -10,7 +10,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from tlpipe import settings, tracking
+from tlpipe import settings, storage, tracking
 from tlpipe.data import check_spec
 from tlpipe.errors import ERROR_FILE_ENV, TlpipeError
 from tlpipe.evaluate import Evaluation
@@ -72,7 +72,9 @@ def preflight(arguments: dict, defaults: dict) -> None:
         if key in values:
             check_spec(values[key])
     weights = values.get("pretrained_weights")
-    if weights and not Path(weights).is_file():
+    if weights and storage.is_s3(weights):
+        storage.check_bucket(weights)
+    elif weights and not Path(weights).is_file():
         raise TlpipeError(f"pretrained weights file {weights} does not exist.")
     tracking.check_reachable()
 

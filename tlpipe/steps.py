@@ -4,10 +4,11 @@ Each step validates its input, tracks itself as a nested MLflow run, writes its 
 and returns facts for the component's artifact metadata. User mistakes raise TlpipeError.
 """
 
+import json
 import shutil
-from pathlib import Path
 
 import mlflow
+import torch
 
 from tlpipe import tracking
 from tlpipe.data import load_dataset, load_domain, save_dataset, split_source, split_target
@@ -75,8 +76,6 @@ def pretrain(
     weights = read_weights(pretrained_weights) if pretrained_weights else None
     with tracking.step_run("pretrain", experiment, pipeline_run, params):
         spec = ModelSpec(backbone=backbone, classes=data.classes, input_size=data.images.shape[1])
-        import torch
-
         torch.manual_seed(config.seed)
         model = Classifier(spec, weights, pretrained_weights)
         final = supervised.pretrain(model, data, config, log=tracking.epoch_logger("pretrain", config.epochs))
@@ -184,7 +183,8 @@ def register(
         "tlpipe.test_hash": evaluation.test_hash,
         "tlpipe.trained_on": model_meta.get("trained_on", ""),
         "tlpipe.code_version": tracking.code_version(),
-        "tlpipe.params": _json(tracking.pipeline_params(experiment, pipeline_run)),
+        # MLflow tag values are limited in length; parameters are also on the runs in full.
+        "tlpipe.params": json.dumps(tracking.pipeline_params(experiment, pipeline_run), sort_keys=True)[:5000],
     }
     with tracking.step_run("register", experiment, pipeline_run, {"model_name": model_name}):
         client = tracking.configure()
@@ -199,8 +199,3 @@ def register(
 def _config_params(step: str, config: TrainConfig) -> dict:
     return {f"{step}_{k}": v for k, v in vars(config).items()}
 
-
-def _json(value) -> str:
-    import json
-
-    return json.dumps(value, sort_keys=True)[:5000]

@@ -1,17 +1,20 @@
 """Dataset specs, the strings users pass as `source` and `target`.
 
 - `digits`, `digits-m`: built-in domains (tlpipe.data.builtin)
-- `imagefolder:<dir>`: one sub-folder per class (tlpipe.data.imagefolder)
+- `imagefolder:<dir>` or `imagefolder:s3://bucket/prefix`: one sub-folder per class
+  (tlpipe.data.imagefolder); an S3 folder is downloaded to a temporary directory and read from there.
 """
 
+import tempfile
 from pathlib import Path
 
+from tlpipe import storage
 from tlpipe.data import builtin, imagefolder
 from tlpipe.data.dataset import ImageSet
 from tlpipe.errors import TlpipeError
 
 BUILTIN = {"digits": lambda seed: builtin.digits(), "digits-m": builtin.digits_m}
-FORMS = "digits, digits-m or imagefolder:<dir>"
+FORMS = "digits, digits-m, imagefolder:<dir> or imagefolder:s3://bucket/prefix"
 
 
 def _parse(spec: str) -> tuple[str, str]:
@@ -26,12 +29,20 @@ def _parse(spec: str) -> tuple[str, str]:
 def check_spec(spec: str) -> None:
     """Cheap checks that can run before a pipeline starts (the full validation runs at ingest)."""
     kind, location = _parse(spec)
-    if kind == "imagefolder":
+    if kind == "imagefolder" and storage.is_s3(location):
+        storage.check_bucket(location)
+        if not storage.list_keys(location):
+            raise TlpipeError(f"image folder {location} is empty or does not exist; give a prefix with one sub-folder per class.")
+    elif kind == "imagefolder":
         imagefolder.class_folders(Path(location))
 
 
 def load_domain(spec: str, image_size: int, seed: int) -> ImageSet:
     kind, location = _parse(spec)
+    if kind == "imagefolder" and storage.is_s3(location):
+        with tempfile.TemporaryDirectory() as tmp:
+            storage.download(location.rstrip("/") + "/", tmp)
+            return imagefolder.read_image_folder(tmp, image_size, shown_as=location)
     if kind == "imagefolder":
         return imagefolder.read_image_folder(location, image_size)
     data = BUILTIN[kind](seed)

@@ -4,11 +4,13 @@ Nothing here unpickles: weights are safetensors, and `torch.load` runs with weig
 """
 
 import json
+import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from tlpipe import storage
 from tlpipe.errors import TlpipeError
 from tlpipe.models.classifier import Classifier, ModelSpec
 
@@ -36,9 +38,13 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu") -> tup
     return model.to(device), meta
 
 
-def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
-    """A state dict from a .safetensors file or a PyTorch weights file, refusing pickled code."""
-    path = Path(path)
+def read_weights(location: str | Path) -> dict[str, torch.Tensor]:
+    """A state dict from a .safetensors or PyTorch weights file (local or s3://), refusing pickled code."""
+    if storage.is_s3(str(location)):
+        with tempfile.TemporaryDirectory() as tmp:
+            local = storage.download(str(location), Path(tmp) / Path(str(location)).name)
+            return read_weights(local)
+    path = Path(location)
     if not path.is_file():
         raise TlpipeError(f"pretrained weights file {path} does not exist.")
     if path.suffix == ".safetensors":

@@ -1,0 +1,167 @@
+"""The local stack: a SeaweedFS S3 server and an MLflow tracking server on it, on loopback ports.
+
+`tlpipe stack up|down|status|env` (scripts/stack). Everything lives under $TLPIPE_HOME/stack: the S3
+data, MLflow's database, logs, process ids, and stack.env with the standard variables that point
+tlpipe (and any other S3 or MLflow client) at the stack. Ports and credentials are chosen on the
+first `up` and kept, so stopping and starting the stack keeps its data and its addresses.
+"""
+
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from tlpipe import settings
+from tlpipe.errors import TlpipeError
+
+BUCKET = "tlpipe"
+SEAWEED_PORTS = ["master", "master.grpc", "volume", "volume.grpc", "filer", "filer.grpc", "s3", "s3.grpc"]
+
+
+def directory() -> Path:
+    return settings.home() / "stack"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def config() -> dict:
+    """The stack's ports and credentials, chosen on first use and then kept in stack.json."""
+    path = directory() / "stack.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    directory().mkdir(parents=True, exist_ok=True)
+    cfg = {
+        "ports": {name: _free_port() for name in SEAWEED_PORTS + ["mlflow"]},
+        "access_key": "tlpipe",
+        "secret_key": secrets.token_urlsafe(24),
+    }
+    path.write_text(json.dumps(cfg, indent=2))
+    path.chmod(0o600)
+    return cfg
+
+
+def environment(cfg: dict) -> dict[str, str]:
+    """The standard variables for clients of the stack."""
+    s3 = f"http://127.0.0.1:{cfg['ports']['s3']}"
+    return {
+        "AWS_ACCESS_KEY_ID": cfg["access_key"],
+        "AWS_SECRET_ACCESS_KEY": cfg["secret_key"],
+        "AWS_ENDPOINT_URL_S3": s3,
+        "MLFLOW_S3_ENDPOINT_URL": s3,
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{cfg['ports']['mlflow']}",
+    }
+
+
+def _pid(name: str) -> int | None:
+    path = directory() / f"{name}.pid"
+    if not path.exists():
+        return None
+    pid = int(path.read_text())
+    try:
+        os.kill(pid, 0)
+        return pid
+    except OSError:
+        return None
+
+
+def _start(name: str, command: list[str], env: dict[str, str]) -> None:
+    log = open(directory() / f"{name}.log", "ab")
+    # A session of its own: the server outlives this command and stops as one process group.
+    process = subprocess.Popen(command, stdout=log, stderr=log, env={**os.environ, **env}, start_new_session=True,
+                               cwd=directory())
+    (directory() / f"{name}.pid").write_text(str(process.pid))
+
+
+def _wait(name: str, url: str, seconds: float) -> None:
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if _pid(name) is None:
+            raise TlpipeError(f"the {name} server exited while starting; see {directory() / (name + '.log')}.")
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except urllib.error.HTTPError:
+            return  # it answers, which is all we wait for
+        except OSError:
+            time.sleep(0.3)
+    raise TlpipeError(f"the {name} server did not answer at {url} within {seconds:.0f} s; see {directory() / (name + '.log')}.")
+
+
+def _create_bucket(env: dict[str, str]) -> None:
+    import boto3
+    from botocore.config import Config
+
+    s3 = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL_S3"], aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+                      aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"], region_name="us-east-1",
+                      config=Config(retries={"mode": "adaptive", "max_attempts": 10}))
+    existing = {b["Name"] for b in s3.list_buckets().get("Buckets", [])}
+    if BUCKET not in existing:
+        s3.create_bucket(Bucket=BUCKET)
+
+
+def up() -> dict[str, str]:
+    cfg = config()
+    env = environment(cfg)
+    ports = cfg["ports"]
+    data = directory() / "s3-data"
+    data.mkdir(parents=True, exist_ok=True)
+    if _pid("s3") is None:
+        identities = {"identities": [{"name": "tlpipe", "credentials": [
+            {"accessKey": cfg["access_key"], "secretKey": cfg["secret_key"]}],
+            "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}
+        s3_config = directory() / "s3-identities.json"
+        s3_config.write_text(json.dumps(identities))
+        s3_config.chmod(0o600)
+        weed = Path(sys.executable).parent / "weed"
+        flags = [f"-{name.replace('.grpc', '.port.grpc') if '.grpc' in name else name + '.port'}={ports[name]}"
+                 for name in SEAWEED_PORTS if name != "s3"]
+        _start("s3", [str(weed), "server", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-volume.max=0",
+                      "-s3", f"-s3.port={ports['s3']}", f"-s3.config={s3_config}", "-s3.port.iceberg=0",
+                      "-s3.port.lance=0", *flags], {})
+    _wait("s3", env["AWS_ENDPOINT_URL_S3"], 60)
+    _create_bucket(env)
+    if _pid("mlflow") is None:
+        _start("mlflow", [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(ports["mlflow"]),
+                          "--workers", "1", "--backend-store-uri", f"sqlite:///{directory() / 'mlflow.db'}",
+                          "--artifacts-destination", f"s3://{BUCKET}/mlartifacts"], env)
+    _wait("mlflow", env["MLFLOW_TRACKING_URI"] + "/health", 120)
+    (directory() / "stack.env").write_text("".join(f"export {k}={v}\n" for k, v in env.items()))
+    return env
+
+
+def down() -> None:
+    for name in ("mlflow", "s3"):
+        pid = _pid(name)
+        if pid is None:
+            continue
+        os.killpg(pid, signal.SIGTERM)
+        for _ in range(50):
+            if _pid(name) is None:
+                break
+            time.sleep(0.2)
+        else:
+            os.killpg(pid, signal.SIGKILL)
+        (directory() / f"{name}.pid").unlink(missing_ok=True)
+
+
+def running() -> bool:
+    return _pid("s3") is not None and _pid("mlflow") is not None
+
+
+def activate() -> None:
+    """Points this process (and the steps it starts) at the running local stack."""
+    if not running():
+        raise TlpipeError("the local stack is not running; start it with `scripts/stack up`.")
+    os.environ.update(environment(config()))

@@ -1,0 +1,163 @@
+"""Local paths and s3:// URIs through one interface.
+
+S3 is configured only by the standard variables: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
+AWS_ENDPOINT_URL_S3 (for S3-compatible stores such as SeaweedFS or MinIO) and AWS_REGION /
+AWS_DEFAULT_REGION. Transfers use boto3's adaptive retries and multipart uploads for large files.
+Errors name the endpoint and bucket, never a credential.
+"""
+
+import functools
+import os
+import shutil
+from pathlib import Path
+
+from tlpipe.errors import TlpipeError
+
+MULTIPART_THRESHOLD = 8 * 1024 * 1024
+
+
+def is_s3(location: str) -> bool:
+    return str(location).startswith("s3://")
+
+
+def split_s3(uri: str) -> tuple[str, str]:
+    bucket, _, key = uri[len("s3://") :].partition("/")
+    if not bucket:
+        raise TlpipeError(f"'{uri}' is not an s3://bucket/key URI.")
+    return bucket, key
+
+
+def endpoint() -> str:
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or "AWS S3"
+
+
+@functools.cache
+def client():
+    import boto3
+    from botocore.config import Config
+
+    config = Config(
+        retries={"mode": "adaptive", "max_attempts": 5},
+        # boto3 >= 1.36 adds CRC checksums to every request; several S3-compatible stores reject
+        # them. Send and check them only where the API requires it.
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+        # Path-style addressing works with every S3-compatible store and with AWS.
+        s3={"addressing_style": "path"},
+        connect_timeout=5,
+        read_timeout=60,
+    )
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    return boto3.client("s3", region_name=region, config=config)
+
+
+def _transfer_config():
+    from boto3.s3.transfer import TransferConfig
+
+    return TransferConfig(multipart_threshold=MULTIPART_THRESHOLD, multipart_chunksize=MULTIPART_THRESHOLD)
+
+
+def explain(error: Exception, bucket: str) -> TlpipeError:
+    """One sentence for what went wrong talking to S3, naming the endpoint and bucket."""
+    from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
+
+    where = f"bucket '{bucket}' at {endpoint()}"
+    if isinstance(error, EndpointConnectionError) or "Could not connect" in str(error):
+        return TlpipeError(f"cannot reach the S3 endpoint {endpoint()}; is it running and is AWS_ENDPOINT_URL_S3 right?")
+    if isinstance(error, NoCredentialsError):
+        return TlpipeError(f"no S3 credentials for {where}; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY.")
+    if isinstance(error, ClientError):
+        code = str(error.response.get("Error", {}).get("Code", ""))
+        if code in ("403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "Forbidden"):
+            return TlpipeError(f"S3 refused the credentials for {where} (check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY).")
+        if code in ("404", "NoSuchBucket", "NotFound"):
+            return TlpipeError(f"{where} does not exist; create it or fix the URI.")
+        return TlpipeError(f"S3 error {code} on {where}.")
+    return TlpipeError(f"S3 request to {where} failed ({type(error).__name__}).")
+
+
+def check_bucket(uri: str) -> None:
+    """Fails fast with one sentence if the bucket of `uri` is unreachable, forbidden or missing."""
+    bucket, _ = split_s3(uri)
+    try:
+        client().head_bucket(Bucket=bucket)
+    except Exception as error:
+        raise explain(error, bucket) from None
+
+
+def list_keys(uri: str) -> list[str]:
+    """Keys under an s3:// prefix, relative to it."""
+    bucket, prefix = split_s3(uri)
+    prefix = prefix.rstrip("/") + "/" if prefix else ""
+    keys = []
+    try:
+        for page in client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            keys += [item["Key"][len(prefix) :] for item in page.get("Contents", [])]
+    except Exception as error:
+        raise explain(error, bucket) from None
+    return sorted(keys)
+
+
+def download(location: str, destination: str | Path) -> Path:
+    """Copies a file or a whole prefix (a "directory") from S3 or a local path to `destination`."""
+    destination = Path(destination)
+    if not is_s3(location):
+        source = Path(location)
+        if source.is_dir():
+            shutil.copytree(source, destination, dirs_exist_ok=True)
+        elif source.is_file():
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, destination)
+        else:
+            raise TlpipeError(f"{location} does not exist.")
+        return destination
+    bucket, key = split_s3(location)
+    s3 = client()
+    try:
+        keys = list_keys(location) if key.endswith("/") or not _object_exists(bucket, key) else None
+        if keys is None:
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            s3.download_file(bucket, key, str(destination), Config=_transfer_config())
+            return destination
+        if not keys:
+            raise TlpipeError(f"nothing at {location} (no such key or prefix in bucket '{bucket}').")
+        base = key.rstrip("/") + "/" if key else ""
+        for relative in keys:
+            target = destination / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            s3.download_file(bucket, base + relative, str(target), Config=_transfer_config())
+    except TlpipeError:
+        raise
+    except Exception as error:
+        raise explain(error, bucket) from None
+    return destination
+
+
+def upload(source: str | Path, location: str) -> None:
+    """Copies a local file or directory to S3 or a local path (a directory keeps its layout)."""
+    source = Path(source)
+    if not is_s3(location):
+        download(str(source), location)
+        return
+    bucket, key = split_s3(location)
+    files = sorted(p for p in source.rglob("*") if p.is_file()) if source.is_dir() else [source]
+    try:
+        for path in files:
+            target = key if not source.is_dir() else f"{key.rstrip('/')}/{path.relative_to(source).as_posix()}".lstrip("/")
+            client().upload_file(str(path), bucket, target, Config=_transfer_config())
+    except Exception as error:
+        raise explain(error, bucket) from None
+
+
+def _object_exists(bucket: str, key: str) -> bool:
+    from botocore.exceptions import ClientError
+
+    if not key:
+        return False
+    try:
+        client().head_object(Bucket=bucket, Key=key)
+        return True
+    except ClientError as error:
+        if str(error.response.get("Error", {}).get("Code")) in ("404", "NoSuchKey", "NotFound"):
+            return False
+        raise
