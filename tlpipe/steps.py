@@ -6,6 +6,7 @@ and returns facts for the component's artifact metadata. User mistakes raise Tlp
 
 import json
 import shutil
+from pathlib import Path
 
 import mlflow
 import torch
@@ -150,8 +151,9 @@ def evaluate(
         write_report(report_out, evaluation, "tlpipe transfer report",
                      {"pipeline run": pipeline_run, "target": meta.get("spec", ""), "test split": meta["content_hash"]})
         mlflow.log_metrics({f"{r.name}_accuracy": r.accuracy for r in evaluation.results})
-        mlflow.log_artifact(report_out, "report")
-        mlflow.log_artifact(evaluation_out, "report")
+        # KFP names artifact files after the output ("report"); MLflow gets browsable names.
+        mlflow.log_text(Path(report_out).read_text(), "report/report.html")
+        mlflow.log_text(Path(evaluation_out).read_text(), "report/evaluation.json")
         mlflow.log_text(format_table(evaluation), "report/table.txt")
     shutil.copytree(paths[evaluation.best], best_model_out, dirs_exist_ok=True)
     return evaluation

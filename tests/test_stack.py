@@ -1,0 +1,157 @@
+"""S3 storage and MLflow tracking against real servers: the local stack (SeaweedFS S3 + MLflow server),
+started by `tlpipe stack up` on free loopback ports and stopped at the end. Nothing here is mocked."""
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import write_image_folder
+
+from tlpipe import storage
+from tlpipe.data import load_domain
+from tlpipe.errors import TlpipeError
+from tlpipe.models import read_weights
+
+pytestmark = pytest.mark.stack
+TINY = ["source_epochs=2", "finetune_epochs=2", "adapt_epochs=2", "target_labels_per_class=5"]
+
+
+def tlpipe(home: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_"))}
+    return subprocess.run([sys.executable, "-m", "tlpipe.cli", *args], env={**base, "TLPIPE_HOME": str(home), **(env or {})},
+                          capture_output=True, text=True, timeout=900)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    home = tmp_path_factory.mktemp("stack") / "home"
+    saved = dict(os.environ)
+    try:
+        started = tlpipe(home, "stack", "up")
+        assert started.returncode == 0, started.stderr[-3000:]
+        lines = tlpipe(home, "stack", "env").stdout.splitlines()
+        env = dict(line.removeprefix("export ").split("=", 1) for line in lines)
+        os.environ.update(env)
+        storage.client.cache_clear()
+        yield home, env
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        storage.client.cache_clear()
+        tlpipe(home, "stack", "down")
+
+
+def test_storage_round_trips_small_and_multipart_files(stack, tmp_path):
+    small = tmp_path / "small.bin"
+    small.write_bytes(b"tlpipe" * 10)
+    big = tmp_path / "big.bin"
+    big.write_bytes(np.random.default_rng(0).integers(0, 255, 20 * 1024 * 1024, dtype=np.uint8).tobytes())
+    storage.upload(small, "s3://tlpipe/tests/files/small.bin")
+    storage.upload(big, "s3://tlpipe/tests/files/big.bin")
+    assert storage.list_keys("s3://tlpipe/tests/files") == ["big.bin", "small.bin"]
+    etag = storage.client().head_object(Bucket="tlpipe", Key="tests/files/big.bin")["ETag"]
+    assert "-" in etag  # uploaded in parts
+    for name, original in (("small.bin", small), ("big.bin", big)):
+        copy = storage.download(f"s3://tlpipe/tests/files/{name}", tmp_path / "back" / name)
+        assert copy.read_bytes() == original.read_bytes()
+    with pytest.raises(TlpipeError, match="nothing at s3://tlpipe/tests/no-such-key"):
+        storage.download("s3://tlpipe/tests/no-such-key", tmp_path / "missing")
+
+
+def test_image_folder_reads_from_s3_like_a_local_folder(stack, tmp_path):
+    local = write_image_folder(tmp_path / "folder", per_class=4)
+    storage.upload(local, "s3://tlpipe/tests/folder")
+    from_s3 = load_domain("imagefolder:s3://tlpipe/tests/folder", 16, seed=0)
+    from_disk = load_domain(f"imagefolder:{local}", 16, seed=0)
+    assert from_s3.classes == from_disk.classes == ["a", "b", "c"]
+    assert np.array_equal(from_s3.images, from_disk.images) and np.array_equal(from_s3.labels, from_disk.labels)
+
+
+def test_a_corrupt_image_in_s3_is_named_by_its_uri(stack, tmp_path):
+    local = write_image_folder(tmp_path / "folder", per_class=2)
+    (local / "c" / "1.png").write_bytes(b"\x89PNG broken")
+    storage.upload(local, "s3://tlpipe/tests/corrupt")
+    with pytest.raises(TlpipeError, match=r"cannot read image s3://tlpipe/tests/corrupt/c/1\.png"):
+        load_domain("imagefolder:s3://tlpipe/tests/corrupt", 16, seed=0)
+
+
+def test_pretrained_weights_load_from_s3(stack, tmp_path):
+    from torchvision.models import resnet18
+
+    reference = resnet18(weights=None)
+    torch.save(reference.state_dict(), tmp_path / "r18.pth")
+    storage.upload(tmp_path / "r18.pth", "s3://tlpipe/tests/weights/r18.pth")
+    state = read_weights("s3://tlpipe/tests/weights/r18.pth")
+    torch.testing.assert_close(state["conv1.weight"], reference.conv1.weight)
+
+
+def test_pipeline_tracks_on_the_server_and_keeps_models_in_s3(stack):
+    home, env = stack
+    result = tlpipe(home, "run", "--stack", "local", *[a for p in TINY for a in ("-p", p)])
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "champion: version 1 (promoted)" in result.stdout
+    keys = storage.list_keys("s3://tlpipe/mlartifacts")
+    assert any(k.endswith("best_model/model.safetensors") for k in keys)
+    assert any(k.endswith("report/report.html") for k in keys)
+
+    import mlflow
+
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    mlflow.set_registry_uri(env["MLFLOW_TRACKING_URI"])
+    model = mlflow.pyfunc.load_model("models:/tlpipe@champion")
+    assert model.predict(np.zeros((3, 20, 20, 3), dtype=np.uint8)).shape == (3,)
+    mlflow.set_tracking_uri(None)
+
+
+def _failure(home, env, extra_params=()):
+    result = tlpipe(home, "run", *[a for p in [*TINY, *extra_params] for a in ("-p", p)], env=env)
+    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("tlpipe: error:")]
+    assert len(errors) == 1 and "Traceback" not in result.stderr
+    return errors[0], result.stdout + result.stderr
+
+
+def test_service_failures_are_found_before_training_with_one_sentence(stack, tmp_path):
+    home, env = stack
+    secret = env["AWS_SECRET_ACCESS_KEY"]
+    s3_folder = ["source=imagefolder:s3://tlpipe/tests/folder", "target=imagefolder:s3://tlpipe/tests/folder"]
+    write_image_folder(tmp_path / "f", per_class=4)
+    storage.upload(tmp_path / "f", "s3://tlpipe/tests/folder")
+    down = f"http://127.0.0.1:{free_port()}"
+    cases = [
+        ({**env, "AWS_ENDPOINT_URL_S3": down}, s3_folder, f"cannot reach the S3 endpoint {down}"),
+        ({**env, "AWS_SECRET_ACCESS_KEY": "not-the-secret"}, s3_folder,
+         f"S3 refused the credentials for bucket 'tlpipe' at {env['AWS_ENDPOINT_URL_S3']}"),
+        (env, ["source=imagefolder:s3://no-such-bucket/x"],
+         f"bucket 'no-such-bucket' at {env['AWS_ENDPOINT_URL_S3']} does not exist"),
+        ({**env, "MLFLOW_TRACKING_URI": down}, [], f"cannot reach the MLflow tracking server at {down}"),
+    ]
+    for case_env, params, expected in cases:
+        error, output = _failure(tmp_path / "home", case_env, params)
+        assert expected in error, error
+        assert secret not in output and "not-the-secret" not in output
+
+
+def test_stopping_and_starting_the_stack_keeps_its_data(stack):
+    home, env = stack
+    assert tlpipe(home, "stack", "down").returncode == 0
+    assert tlpipe(home, "stack", "status").returncode == 2
+    restarted = tlpipe(home, "stack", "up")
+    assert restarted.returncode == 0, restarted.stderr[-2000:]
+    assert env["MLFLOW_TRACKING_URI"] in restarted.stdout  # same addresses as before
+    assert "small.bin" in storage.list_keys("s3://tlpipe/tests/files")
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"], registry_uri=env["MLFLOW_TRACKING_URI"])
+    assert str(client.get_model_version_by_alias("tlpipe", "champion").version) == "1"
