@@ -13,6 +13,7 @@ def ingest(
     image_size: int,
     experiment: str,
     pipeline_run: str,
+    publish_to: str,
     source_train: Output[Dataset],
     source_test: Output[Dataset],
     target_labelled: Output[Dataset],
@@ -33,7 +34,7 @@ def ingest(
     facts = exit_on_user_error(steps.ingest)(
         source, target, target_labels_per_class, seed, image_size,
         out={name: artifact.path for name, artifact in outputs.items()},
-        experiment=experiment, pipeline_run=pipeline_run,
+        experiment=experiment, pipeline_run=pipeline_run, publish_to=publish_to,
     )
     for name, artifact in outputs.items():
         artifact.metadata.update(facts[name])

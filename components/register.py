@@ -12,6 +12,7 @@ def register(
     model_name: str,
     experiment: str,
     pipeline_run: str,
+    publish_to: str,
     registration: Output[Artifact],
 ):
     """Registers the best model in MLflow as `challenger`; promotes it to `champion` only if better."""
@@ -21,6 +22,7 @@ def register(
     from tlpipe.errors import exit_on_user_error
 
     result = exit_on_user_error(steps.register)(
-        best_model.path, evaluation.path, target_test.path, model_name, experiment, pipeline_run, registration.path
+        best_model.path, evaluation.path, target_test.path, model_name, experiment, pipeline_run, registration.path,
+        publish_to,
     )
     registration.metadata.update(asdict(result))

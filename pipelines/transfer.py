@@ -34,11 +34,12 @@ def transfer(
     lr: float = 0.01,
     model_name: str = "tlpipe",
     experiment: str = "tlpipe",
+    publish_to: str = "",
 ) -> NamedTuple("Outputs", evaluation=Artifact, report=HTML, registration=Artifact):
     run = dsl.PIPELINE_JOB_ID_PLACEHOLDER
     data = ingest(
         source=source, target=target, target_labels_per_class=target_labels_per_class, seed=seed,
-        image_size=image_size, experiment=experiment, pipeline_run=run,
+        image_size=image_size, experiment=experiment, pipeline_run=run, publish_to=publish_to,
     )
     source_model = pretrain(
         source_train=data.outputs["source_train"], backbone=backbone, pretrained_weights=pretrained_weights,
@@ -67,6 +68,7 @@ def transfer(
     registered = register(
         best_model=scores.outputs["best_model"], evaluation=scores.outputs["evaluation"],
         target_test=data.outputs["target_test"], model_name=model_name, experiment=experiment, pipeline_run=run,
+        publish_to=publish_to,
     ).set_caching_options(False)
     Outputs = NamedTuple("Outputs", evaluation=Artifact, report=HTML, registration=Artifact)
     return Outputs(

@@ -33,7 +33,7 @@ def chain(tmp_path_factory):
     mp.delenv("MLFLOW_TRACKING_URI", raising=False)
     a = {name: artifact(dsl.Dataset, root / name) for name in SPLITS}
     ingest.python_func(source="digits", target="digits-m", target_labels_per_class=5, seed=0, image_size=32,
-                       experiment="tests", pipeline_run="run-1", **a)
+                       experiment="tests", pipeline_run="run-1", publish_to=str(root / "published"), **a)
     for name in ("source_model", "finetuned", "target_only", "adapted", "best_model"):
         a[name] = artifact(dsl.Model, root / name)
     pretrain.python_func(source_train=a["source_train"], backbone="small-cnn", pretrained_weights="",
@@ -55,7 +55,7 @@ def chain(tmp_path_factory):
     a["registration"] = artifact(dsl.Artifact, root / "registration.json")
     register.python_func(best_model=a["best_model"], evaluation=a["evaluation"], target_test=a["target_test"],
                          model_name="tests-model", experiment="tests", pipeline_run="run-1",
-                         registration=a["registration"])
+                         publish_to=str(root / "published"), registration=a["registration"])
     yield a
     mp.undo()
 
@@ -107,6 +107,10 @@ def test_register_makes_the_first_version_champion_and_tags_lineage(chain):
     assert tags["tlpipe.pipeline_run"] == "run-1"
     assert tags["tlpipe.test_hash"] == chain["target_test"].metadata["content_hash"]
     assert json.loads(tags["tlpipe.params"])["finetune_epochs"] == "1"
+    published = Path(tags["tlpipe.published"])
+    assert published == Path(chain["target_test"].path).parent / "published" / "run-1" / "model"
+    assert (published / "model.safetensors").is_file()
+    assert (published.parent / "datasets" / "target_test" / "data.safetensors").is_file()
     assert tags["tlpipe.code_version"].startswith("0.1.0")
 
 
@@ -129,7 +133,7 @@ def test_user_errors_exit_with_one_sentence(tmp_path, capsys, tlpipe_home):
     outputs = {name: artifact(dsl.Dataset, tmp_path / name) for name in SPLITS}
     with pytest.raises(SystemExit) as exit_info:
         ingest.python_func(source="digits", target="digits-m", target_labels_per_class=500, seed=0, image_size=32,
-                           experiment="tests", pipeline_run="run-x", **outputs)
+                           experiment="tests", pipeline_run="run-x", publish_to="", **outputs)
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "target_labels_per_class=500" in err[0] and err[0].startswith("tlpipe: error:")

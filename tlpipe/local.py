@@ -76,6 +76,8 @@ def preflight(arguments: dict, defaults: dict) -> None:
         storage.check_bucket(weights)
     elif weights and not Path(weights).is_file():
         raise TlpipeError(f"pretrained weights file {weights} does not exist.")
+    if storage.is_s3(values.get("publish_to", "")):
+        storage.check_bucket(values["publish_to"])
     tracking.check_reachable()
 
 

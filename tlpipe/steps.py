@@ -11,7 +11,7 @@ from pathlib import Path
 import mlflow
 import torch
 
-from tlpipe import tracking
+from tlpipe import storage, tracking
 from tlpipe.data import load_dataset, load_domain, save_dataset, split_source, split_target
 from tlpipe.errors import TlpipeError
 from tlpipe.evaluate import Evaluation, compare, format_table, write_report
@@ -32,6 +32,7 @@ def ingest(
     out: dict[str, str],
     experiment: str,
     pipeline_run: str,
+    publish_to: str = "",
 ) -> dict[str, dict]:
     """Loads both domains, checks they agree, and writes the five split datasets to `out[name]`."""
     params = {"source": source, "target": target, "target_labels_per_class": target_labels_per_class,
@@ -53,6 +54,9 @@ def ingest(
               "target_labelled": (target, labelled), "target_unlabelled": (target, unlabelled),
               "target_test": (target, target_test)}
     facts = {name: save_dataset(out[name], data, spec=spec, split=name, seed=seed) for name, (spec, data) in splits.items()}
+    if publish_to:
+        for name in splits:
+            facts[name]["published"] = publish(out[name], publish_to, pipeline_run, f"datasets/{name}")
     with tracking.step_run("ingest", experiment, pipeline_run, params):
         mlflow.log_metrics({f"{name}_count": meta["count"] for name, meta in facts.items()})
         mlflow.set_tags({f"tlpipe.hash.{name}": meta["content_hash"] for name, meta in facts.items()})
@@ -167,6 +171,7 @@ def register(
     experiment: str,
     pipeline_run: str,
     out: str,
+    publish_to: str = "",
 ):
     """Registers the best model (alias challenger) and moves champion only if it is better."""
     from tlpipe.registry import register as register_version
@@ -188,6 +193,8 @@ def register(
         # MLflow tag values are limited in length; parameters are also on the runs in full.
         "tlpipe.params": json.dumps(tracking.pipeline_params(experiment, pipeline_run), sort_keys=True)[:5000],
     }
+    if publish_to:
+        tags["tlpipe.published"] = publish(best_model, publish_to, pipeline_run, "model")
     with tracking.step_run("register", experiment, pipeline_run, {"model_name": model_name}):
         client = tracking.configure()
         registration = register_version(client, best_model, model_name, best.accuracy, test, tags)
@@ -196,6 +203,13 @@ def register(
     registration.save(out)
     tracking.end_pipeline_run(experiment, pipeline_run, "FINISHED")
     return registration
+
+
+def publish(directory: str, publish_to: str, pipeline_run: str, name: str) -> str:
+    """Copies an artifact directory to <publish_to>/<pipeline_run>/<name> (a local path or s3://)."""
+    location = f"{publish_to.rstrip('/')}/{pipeline_run}/{name}"
+    storage.upload(directory, location)
+    return location
 
 
 def _config_params(step: str, config: TrainConfig) -> dict:
