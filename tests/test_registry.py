@@ -1,11 +1,20 @@
-"""The champion gate: a better model takes `champion`, a worse or equal one only gets `challenger`."""
+"""The registry: the champion gate, idempotent registration, racing runs, rollback and listing."""
+
+import copy
+import multiprocessing
+import os
+import subprocess
+import sys
+import time
 
 import mlflow
 import numpy as np
+import pytest
 import torch
 
 from tlpipe import registry, tracking
 from tlpipe.data import ImageSet
+from tlpipe.errors import TlpipeError
 from tlpipe.evaluate import score
 from tlpipe.methods.supervised import pretrain
 from tlpipe.models import Classifier, ModelSpec, save_model
@@ -20,33 +29,107 @@ def colour_set(seed):
     return ImageSet(x, labels, ["r", "g", "b"])
 
 
-def test_gate_promotes_only_a_strictly_better_model(tlpipe_home, tmp_path):
+@pytest.fixture
+def models(tlpipe_home, tmp_path):
+    """A weak (untrained) and a strong model directory, with their accuracies on the test set."""
     test = colour_set(1)
+    torch.manual_seed(0)
     torch.manual_seed(0)
     weak = Classifier(ModelSpec("small-cnn", test.classes, 16))
     strong = Classifier(ModelSpec("small-cnn", test.classes, 16))
     pretrain(strong, colour_set(0), TrainConfig(epochs=5, batch_size=10))
-    save_model(tmp_path / "weak", weak)
-    save_model(tmp_path / "strong", strong)
-    weak_acc, strong_acc = score(weak, test).accuracy, score(strong, test).accuracy
-    assert strong_acc > weak_acc
+    medium = copy.deepcopy(strong)
+    with torch.no_grad():
+        medium.head.bias[1] = -1e4  # never predicts class "g": right on the other two thirds
+    accuracy = {}
+    for name, model in (("weak", weak), ("medium", medium), ("strong", strong)):
+        save_model(tmp_path / name, model)
+        accuracy[name] = score(model, test).accuracy
+    assert accuracy["weak"] < accuracy["medium"] < accuracy["strong"], accuracy
+    return tmp_path, accuracy, test
 
+
+def register(models, name, run, model_name="gated"):
+    root, accuracy, test = models
     client = tracking.configure()
     mlflow.set_experiment(experiment_id=tracking.experiment_id(client, "gate"))
+    with mlflow.start_run():
+        tags = {tracking.PIPELINE_RUN_TAG: run, "tlpipe.accuracy": f"{accuracy[name]:.4f}"}
+        return registry.register(client, root / name, model_name, accuracy[name], test, tags)
 
-    def register(name):
-        with mlflow.start_run():
-            acc = weak_acc if name == "weak" else strong_acc
-            return registry.register(client, tmp_path / name, "gated", acc, test, {"tlpipe.test": name})
 
-    first = register("weak")
+def test_gate_promotes_only_a_strictly_better_model(models):
+    first = register(models, "weak", "run-1")
     assert (first.version, first.promoted, first.previous_champion) == ("1", True, None)
-    second = register("strong")
+    second = register(models, "strong", "run-2")
     assert (second.version, second.promoted, second.previous_champion) == ("2", True, "1")
-    assert second.previous_champion_accuracy == weak_acc
-    third = register("weak")
+    assert second.previous_champion_accuracy == models[1]["weak"]
+    third = register(models, "weak", "run-3")
     assert (third.version, third.promoted, third.champion_version) == ("3", False, "2")
 
+    client = tracking.configure()
     assert str(client.get_model_version_by_alias("gated", "champion").version) == "2"
     assert str(client.get_model_version_by_alias("gated", "challenger").version) == "3"
     assert client.get_model_version("gated", "3").tags["tlpipe.gate"].startswith("kept champion v2")
+
+
+def test_a_retried_register_step_creates_no_second_version(models):
+    first = register(models, "weak", "run-1")
+    again = register(models, "weak", "run-1")
+    assert again.version == first.version == "1" and again.promoted
+    assert len(tracking.configure().search_model_versions("name='gated'")) == 1
+
+
+def _register_medium(home, root, accuracy, queue):
+    os.environ["TLPIPE_HOME"] = home
+    client = tracking.configure()
+    mlflow.set_experiment(experiment_id=tracking.experiment_id(client, "gate"))
+    with mlflow.start_run():
+        tags = {tracking.PIPELINE_RUN_TAG: "run-medium"}
+        result = registry.register(client, f"{root}/medium", "gated", accuracy["medium"], colour_set(1), tags)
+    queue.put(result.promoted)
+
+
+def test_a_racing_register_waits_for_the_gate_and_never_displaces_a_better_champion(models, tlpipe_home):
+    root, accuracy, _ = models
+    register(models, "weak", "run-weak")  # the champion both racers beat
+    client = tracking.configure()
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    racer = context.Process(target=_register_medium, args=(str(tlpipe_home), str(root), accuracy, queue))
+    medium_query = f"name='gated' and tags.`{tracking.PIPELINE_RUN_TAG}` = 'run-medium'"
+    with registry.gate_lock(client, "gated"):
+        racer.start()
+        deadline = time.time() + 120
+        while not client.search_model_versions(medium_query):
+            assert time.time() < deadline and racer.is_alive()
+            time.sleep(0.2)
+        time.sleep(2)
+        assert racer.is_alive()  # its version is registered; it now waits at the gate
+        assert str(client.get_model_version_by_alias("gated", "champion").version) == "1"
+        # Meanwhile the other racer, holding the gate, promotes the strong model.
+        with mlflow.start_run(experiment_id=tracking.experiment_id(client, "gate")):
+            strong = registry.log_and_register(root / "strong", "gated", {tracking.PIPELINE_RUN_TAG: "run-strong"})
+        client.set_registered_model_alias("gated", "champion", strong)
+    racer.join(120)
+    assert queue.get(timeout=5) is False  # medium was compared with strong, not with weak
+    assert str(client.get_model_version_by_alias("gated", "champion").version) == strong
+    assert not [m for m in client.search_registered_models() if m.name.endswith(".gate-lock")]
+
+
+def test_rollback_moves_champion_back_and_listing_shows_lineage(models, tlpipe_home):
+    register(models, "weak", "run-1")
+    register(models, "strong", "run-2")
+    env = {**os.environ, "TLPIPE_HOME": str(tlpipe_home)}
+    cli = [sys.executable, "-m", "tlpipe.cli"]
+    listing = subprocess.run([*cli, "registry", "--model-name", "gated"], env=env, capture_output=True, text=True)
+    assert listing.returncode == 0, listing.stderr
+    lines = listing.stdout.splitlines()
+    assert lines[1].split()[:2] == ["2", "challenger,champion"] and "run-2" in lines[1]
+    assert lines[2].split()[0] == "1" and "run-1" in lines[2]
+
+    moved = subprocess.run([*cli, "rollback", "--model-name", "gated"], env=env, capture_output=True, text=True)
+    assert moved.returncode == 0 and "from version 2 to version 1" in moved.stdout
+    assert str(tracking.configure().get_model_version_by_alias("gated", "champion").version) == "1"
+    with pytest.raises(TlpipeError, match="replaced no earlier champion"):
+        registry.rollback(tracking.configure(), "gated")

@@ -42,6 +42,35 @@ def cmd_run(args) -> None:
     print(f"pipeline finished in {result.seconds:.0f} s")
 
 
+def _registry_client(args):
+    from tlpipe import tracking
+
+    if args.stack == "local":
+        from tlpipe import stack
+
+        stack.activate()
+    tracking.check_reachable()
+    return tracking.configure()
+
+
+def cmd_registry(args) -> None:
+    from tlpipe import registry
+
+    rows = registry.versions(_registry_client(args), args.model_name)
+    columns = ["version", "aliases", "accuracy", "candidate", "method", "created", "pipeline_run", "gate"]
+    widths = {c: max(len(c), *(len(r[c]) for r in rows)) for c in columns}
+    print("  ".join(c.ljust(widths[c]) for c in columns))
+    for row in rows:
+        print("  ".join(row[c].ljust(widths[c]) for c in columns))
+
+
+def cmd_rollback(args) -> None:
+    from tlpipe import registry
+
+    old, new = registry.rollback(_registry_client(args), args.model_name)
+    print(f"champion of '{args.model_name}' moved back from version {old} to version {new}")
+
+
 def cmd_stack(args) -> None:
     from tlpipe import stack
 
@@ -73,6 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-v", "--verbose", action="store_true", help="show every step's full log, not just progress")
     run.add_argument("--stack", choices=["local"], help="track on the local stack (scripts/stack up): MLflow server, S3")
     run.set_defaults(func=cmd_run)
+    for name, func, text in (("registry", cmd_registry, "list registered versions with metrics and lineage"),
+                             ("rollback", cmd_rollback, "move champion back to the version it replaced")):
+        sub = commands.add_parser(name, help=text)
+        sub.add_argument("--model-name", default="tlpipe")
+        sub.add_argument("--stack", choices=["local"], help="use the local stack's MLflow server")
+        sub.set_defaults(func=func)
     stack = commands.add_parser("stack", help="the local S3 (SeaweedFS) + MLflow server stack")
     stack.add_argument("action", choices=["up", "down", "status", "env"])
     stack.set_defaults(func=cmd_stack)

@@ -120,13 +120,6 @@ def code_version() -> str:
     return f"{tlpipe.__version__}+{sha}" if sha else tlpipe.__version__
 
 
-def champion_version(client: MlflowClient, name: str):
-    try:
-        return client.get_model_version_by_alias(name, "champion")
-    except MlflowException:
-        return None
-
-
 def check_reachable() -> None:
     """Fails fast, naming the server, when the tracking server cannot be reached.
 
