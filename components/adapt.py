@@ -14,6 +14,8 @@ def adapt(
     batch_size: int,
     lr: float,
     seed: int,
+    checkpoint_root: str,
+    checkpoint_every: int,
     experiment: str,
     pipeline_run: str,
     model: Output[Model],
@@ -23,7 +25,8 @@ def adapt(
     from tlpipe.errors import exit_on_user_error
     from tlpipe.train import TrainConfig
 
-    config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
+    config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, checkpoint_dir=checkpoint_root,
+                         checkpoint_every=checkpoint_every)
     facts = exit_on_user_error(steps.adapt)(
         source_model.path, source_train.path, target_unlabelled.path, model.path, method, config, experiment, pipeline_run
     )

@@ -13,6 +13,8 @@ def finetune(
     batch_size: int,
     lr: float,
     seed: int,
+    checkpoint_root: str,
+    checkpoint_every: int,
     experiment: str,
     pipeline_run: str,
     step_name: str,
@@ -23,7 +25,8 @@ def finetune(
     from tlpipe.errors import exit_on_user_error
     from tlpipe.train import TrainConfig
 
-    config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
+    config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, checkpoint_dir=checkpoint_root,
+                         checkpoint_every=checkpoint_every)
     facts = exit_on_user_error(steps.finetune)(
         source_model.path, target_labelled.path, model.path, strategy, config, experiment, pipeline_run, step_name
     )

@@ -13,6 +13,8 @@ def pretrain(
     batch_size: int,
     lr: float,
     seed: int,
+    checkpoint_root: str,
+    checkpoint_every: int,
     experiment: str,
     pipeline_run: str,
     model: Output[Model],
@@ -22,7 +24,8 @@ def pretrain(
     from tlpipe.errors import exit_on_user_error
     from tlpipe.train import TrainConfig
 
-    config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
+    config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, checkpoint_dir=checkpoint_root,
+                         checkpoint_every=checkpoint_every)
     facts = exit_on_user_error(steps.pretrain)(
         source_train.path, model.path, backbone, pretrained_weights, config, experiment, pipeline_run
     )

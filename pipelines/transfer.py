@@ -35,6 +35,8 @@ def transfer(
     model_name: str = "tlpipe",
     experiment: str = "tlpipe",
     publish_to: str = "",
+    checkpoint_root: str = "",
+    checkpoint_every: int = 1,
 ) -> NamedTuple("Outputs", evaluation=Artifact, report=HTML, registration=Artifact):
     run = dsl.PIPELINE_JOB_ID_PLACEHOLDER
     data = ingest(
@@ -43,22 +45,26 @@ def transfer(
     )
     source_model = pretrain(
         source_train=data.outputs["source_train"], backbone=backbone, pretrained_weights=pretrained_weights,
-        epochs=source_epochs, batch_size=batch_size, lr=lr, seed=seed, experiment=experiment, pipeline_run=run,
+        epochs=source_epochs, batch_size=batch_size, lr=lr, seed=seed, checkpoint_root=checkpoint_root,
+        checkpoint_every=checkpoint_every, experiment=experiment, pipeline_run=run,
     )
     finetuned = finetune(
         source_model=source_model.outputs["model"], target_labelled=data.outputs["target_labelled"], strategy=strategy,
-        epochs=finetune_epochs, batch_size=batch_size, lr=lr, seed=seed, experiment=experiment, pipeline_run=run,
+        epochs=finetune_epochs, batch_size=batch_size, lr=lr, seed=seed, checkpoint_root=checkpoint_root,
+        checkpoint_every=checkpoint_every, experiment=experiment, pipeline_run=run,
         step_name="finetune",
     ).set_display_name("finetune")
     target_only = finetune(
         source_model=source_model.outputs["model"], target_labelled=data.outputs["target_labelled"], strategy="scratch",
-        epochs=finetune_epochs, batch_size=batch_size, lr=lr, seed=seed, experiment=experiment, pipeline_run=run,
+        epochs=finetune_epochs, batch_size=batch_size, lr=lr, seed=seed, checkpoint_root=checkpoint_root,
+        checkpoint_every=checkpoint_every, experiment=experiment, pipeline_run=run,
         step_name="target-only",
     ).set_display_name("target-only")
     adapted = adapt(
         source_model=source_model.outputs["model"], source_train=data.outputs["source_train"],
         target_unlabelled=data.outputs["target_unlabelled"], method=adapt_method, epochs=adapt_epochs,
-        batch_size=batch_size, lr=lr, seed=seed, experiment=experiment, pipeline_run=run,
+        batch_size=batch_size, lr=lr, seed=seed, checkpoint_root=checkpoint_root,
+        checkpoint_every=checkpoint_every, experiment=experiment, pipeline_run=run,
     )
     scores = evaluate(
         target_test=data.outputs["target_test"], source_only=source_model.outputs["model"],

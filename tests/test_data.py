@@ -117,3 +117,30 @@ def test_dataset_artifact_round_trip_and_integrity(tmp_path):
     save_dataset(tmp_path / "bad", bad)
     with pytest.raises(TlpipeError, match="label 7 out of range for its 4 classes"):
         load_dataset(tmp_path / "bad")
+
+
+def test_an_image_too_large_to_decode_safely_is_refused(tmp_path, monkeypatch):
+    from tlpipe.data import imagefolder
+
+    root = write_image_folder(tmp_path / "d", per_class=2)
+    monkeypatch.setattr(imagefolder, "MAX_PIXELS", 100)  # the real limit needs a 40-megapixel file
+    with pytest.raises(TlpipeError, match=r"image .*a/0\.png is 16x16 pixels, over the 100 pixel limit"):
+        load_domain(f"imagefolder:{root}", 8, seed=0)
+
+
+def test_a_decompression_bomb_is_refused_by_name(tmp_path):
+    from PIL import Image
+
+    root = write_image_folder(tmp_path / "d", per_class=2)
+    # A tiny PNG file that claims 30000 x 30000 pixels: over PIL's own bomb threshold.
+    Image.new("1", (30000, 30000)).save(root / "b" / "bomb.png", optimize=True)
+    assert (root / "b" / "bomb.png").stat().st_size < 2_000_000
+    with pytest.raises(TlpipeError, match=r"b/bomb\.png .*(decompression bomb|pixel limit)"):
+        load_domain(f"imagefolder:{root}", 8, seed=0)
+
+
+def test_an_empty_class_folder_is_named(tmp_path):
+    root = write_image_folder(tmp_path / "d", per_class=2)
+    (root / "zebra").mkdir()
+    with pytest.raises(TlpipeError, match="class 'zebra' in .* has no images"):
+        load_domain(f"imagefolder:{root}", 8, seed=0)

@@ -115,6 +115,19 @@ def test_pipeline_tracks_on_the_server_and_keeps_models_in_s3(stack):
     mlflow.set_registry_uri(env["MLFLOW_TRACKING_URI"])
     model = mlflow.pyfunc.load_model("models:/tlpipe@champion")
     assert model.predict(np.zeros((3, 20, 20, 3), dtype=np.uint8)).shape == (3,)
+
+    # The S3 secret reaches no MLflow parameter, tag, registry tag or log.
+    secret = env["AWS_SECRET_ACCESS_KEY"]
+    client = mlflow.MlflowClient()
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert len(runs) >= 8
+    for run in runs:
+        assert secret not in repr(run.data.params) + repr(run.data.tags)
+    for version in client.search_model_versions("name='tlpipe'"):
+        assert secret not in repr(version.tags)
+    for log in (home / "logs").glob("*.log"):
+        assert secret not in log.read_text()
+    assert secret not in result.stdout + result.stderr
     mlflow.set_tracking_uri(None)
 
 
@@ -159,3 +172,15 @@ def test_stopping_and_starting_the_stack_keeps_its_data(stack):
 
     client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"], registry_uri=env["MLFLOW_TRACKING_URI"])
     assert str(client.get_model_version_by_alias("tlpipe", "champion").version) == "1"
+
+
+def test_checkpoints_round_trip_through_s3(stack):
+    from tlpipe.checkpoint import Checkpoint
+
+    model = torch.nn.Linear(3, 2)
+    Checkpoint("s3://tlpipe/tests/checkpoints/run/step", {"model": model}).save(4)
+    fresh = torch.nn.Linear(3, 2)
+    checkpoint = Checkpoint("s3://tlpipe/tests/checkpoints/run/step", {"model": fresh})
+    assert checkpoint.restore() == 4 and torch.equal(fresh.weight, model.weight)
+    checkpoint.remove()
+    assert Checkpoint("s3://tlpipe/tests/checkpoints/run/step", {"model": fresh}).restore() == 0

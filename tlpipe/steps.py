@@ -4,6 +4,7 @@ Each step validates its input, tracks itself as a nested MLflow run, writes its 
 and returns facts for the component's artifact metadata. User mistakes raise TlpipeError.
 """
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -11,7 +12,8 @@ from pathlib import Path
 import mlflow
 import torch
 
-from tlpipe import storage, tracking
+from tlpipe import settings, storage, tracking
+from tlpipe.checkpoint import Checkpoint
 from tlpipe.data import load_dataset, load_domain, save_dataset, split_source, split_target
 from tlpipe.errors import TlpipeError
 from tlpipe.evaluate import Evaluation, compare, format_table, write_report
@@ -77,6 +79,7 @@ def pretrain(
     pipeline_run: str,
 ) -> dict:
     data, meta = load_dataset(source_train)
+    config = checkpointed(config, pipeline_run, "pretrain")
     params = {"backbone": backbone, "pretrained_weights": pretrained_weights or "none", **_config_params("pretrain", config)}
     weights = read_weights(pretrained_weights) if pretrained_weights else None
     with tracking.step_run("pretrain", experiment, pipeline_run, params):
@@ -86,6 +89,7 @@ def pretrain(
         final = supervised.pretrain(model, data, config, log=tracking.epoch_logger("pretrain", config.epochs))
         saved = save_model(out, model, method="source-only", trained_on=meta["content_hash"], device=str(device()))
         mlflow.log_metrics({f"final_{k}": v for k, v in final.items()})
+    _done(config)
     return _model_facts(saved)
 
 
@@ -102,11 +106,13 @@ def finetune(
     finetuning.parse_strategy(strategy)
     model, _ = load_model(source_model)
     data, meta = load_dataset(target_labelled)
+    config = checkpointed(config, pipeline_run, step_name)
     params = {"strategy": strategy, **_config_params(step_name, config)}
     with tracking.step_run(step_name, experiment, pipeline_run, params):
         tuned = finetuning.finetune(model, data, strategy, config, log=tracking.epoch_logger(step_name, config.epochs))
         method = "target-only" if strategy == "scratch" else f"finetune:{strategy}"
         saved = save_model(out, tuned, method=method, trained_on=meta["content_hash"])
+    _done(config)
     return _model_facts(saved)
 
 
@@ -125,10 +131,12 @@ def adapt(
     model, _ = load_model(source_model)
     source, _ = load_dataset(source_train)
     target, meta = load_dataset(target_unlabelled)
+    config = checkpointed(config, pipeline_run, "adapt")
     params = {"method": method, **_config_params("adapt", config)}
     with tracking.step_run("adapt", experiment, pipeline_run, params):
         adapted = dann.adapt(model, source, target, config, log=tracking.epoch_logger("adapt", config.epochs))
         saved = save_model(out, adapted, method=method, trained_on=meta["content_hash"])
+    _done(config)
     return _model_facts(saved)
 
 
@@ -210,6 +218,20 @@ def publish(directory: str, publish_to: str, pipeline_run: str, name: str) -> st
     location = f"{publish_to.rstrip('/')}/{pipeline_run}/{name}"
     storage.upload(directory, location)
     return location
+
+
+def checkpointed(config: TrainConfig, pipeline_run: str, step: str) -> TrainConfig:
+    """The config with the step's own checkpoint location: <root>/<pipeline run>/<step>.
+
+    A retried step (same pipeline run) finds the checkpoint its killed predecessor left.
+    """
+    root = config.checkpoint_dir or str(settings.home() / "checkpoints")
+    return dataclasses.replace(config, checkpoint_dir=f"{root.rstrip('/')}/{pipeline_run}/{step}")
+
+
+def _done(config: TrainConfig) -> None:
+    """The step's output is written: its checkpoint is no longer needed."""
+    Checkpoint(config.checkpoint_dir, {}).remove()
 
 
 def _config_params(step: str, config: TrainConfig) -> dict:

@@ -26,6 +26,8 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     seed: int = 0
+    checkpoint_dir: str = ""  # local directory or s3:// prefix; empty: no checkpoints
+    checkpoint_every: int = 1  # epochs
 
 
 def device() -> torch.device:
@@ -50,6 +52,13 @@ class Batches:
         self.generator = generator
         self.order = torch.empty(0, dtype=torch.int64)
         self.position = 0
+
+    def state_dict(self) -> dict:
+        return {"order": self.order, "position": self.position, "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.order, self.position = state["order"], int(state["position"])
+        self.generator.set_state(state["generator"])
 
     @property
     def per_epoch(self) -> int:
@@ -82,13 +91,26 @@ def fit(
     epochs: int,
     steps_per_epoch: int,
     log: LogFn | None = None,
+    checkpoint_dir: str = "",
+    checkpoint_every: int = 1,
+    state: dict | None = None,
 ) -> dict[str, float]:
-    """Runs epochs x steps_per_epoch optimizer steps; returns the last epoch's mean metrics."""
+    """Runs epochs x steps_per_epoch optimizer steps; returns the last epoch's mean metrics.
+
+    With `checkpoint_dir`, saves the optimizer and `state` (models, batch iterators) every
+    `checkpoint_every` epochs and, if a checkpoint is there already, resumes from it.
+    """
+    from tlpipe.checkpoint import Checkpoint
+
     total = max(1, epochs * steps_per_epoch)
     base_lrs = [group["lr"] for group in optimizer.param_groups]
     use_amp = device().type == "cuda"
     last: dict[str, float] = {}
-    for epoch in range(epochs):
+    checkpoint = Checkpoint(checkpoint_dir, {"optimizer": optimizer, **(state or {})}) if checkpoint_dir else None
+    first = checkpoint.restore() if checkpoint else 0
+    if first:
+        print(f"resuming from the checkpoint after epoch {first}/{epochs}", flush=True)
+    for epoch in range(first, epochs):
         sums: Metrics = {}
         for i in range(steps_per_epoch):
             p = (epoch * steps_per_epoch + i) / total
@@ -104,4 +126,6 @@ def fit(
         last = {name: float(value) / steps_per_epoch for name, value in sums.items()}
         if log:
             log(epoch, last)
+        if checkpoint and ((epoch + 1) % checkpoint_every == 0 or epoch + 1 == epochs):
+            checkpoint.save(epoch + 1)
     return last

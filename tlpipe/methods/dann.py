@@ -102,5 +102,6 @@ def adapt(
         return classification + domain, metrics
 
     steps_per_epoch = max(source_batches.per_epoch, target_batches.per_epoch)
-    fit(step, optimizer, config.epochs, steps_per_epoch, log)
+    fit(step, optimizer, config.epochs, steps_per_epoch, log, config.checkpoint_dir, config.checkpoint_every,
+        state={"model": model, "discriminator": discriminator, "source": source_batches, "target": target_batches})
     return model.eval()

@@ -39,7 +39,8 @@ def train_classifier(
             loss = loss + extra
         return loss, metrics
 
-    return fit(step, optimizer, config.epochs, batches.per_epoch, log)
+    return fit(step, optimizer, config.epochs, batches.per_epoch, log, config.checkpoint_dir, config.checkpoint_every,
+               state={"model": model, "batches": batches})
 
 
 def pretrain(model: Classifier, source: ImageSet, config: TrainConfig, log: LogFn | None = None) -> dict[str, float]:
