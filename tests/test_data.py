@@ -144,3 +144,9 @@ def test_an_empty_class_folder_is_named(tmp_path):
     (root / "zebra").mkdir()
     with pytest.raises(TlpipeError, match="class 'zebra' in .* has no images"):
         load_domain(f"imagefolder:{root}", 8, seed=0)
+
+
+def test_an_empty_unlabelled_split_is_refused():
+    # 20 per class: 6 held out for testing and all 14 others labelled leaves nothing unlabelled.
+    with pytest.raises(TlpipeError, match="the unlabelled target split is empty"):
+        split_target(indexed_set(), 14, 0.3, seed=0)
