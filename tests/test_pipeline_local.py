@@ -103,12 +103,15 @@ def _bad_folders(tmp_path, case):
         ("corrupt", "target/b/3.png: it is corrupt or truncated"),
         ("classes", "source and target classes differ: only in source ['c'], only in target ['d']"),
         ("k-shot", "target class 'a' has 10 image(s): target_labels_per_class=50"),
+        ("strategy", "unknown fine-tuning strategy 'freeze:two'"),
     ],
 )
 def test_bad_input_fails_with_one_sentence_and_leaves_the_registry_alone(first_run, home, registry, tmp_path, case, expected):
     before = versions(registry)
     if case == "missing":
         params = ["target=imagefolder:/no/such/dir"]
+    elif case == "strategy":
+        params = ["strategy=freeze:two"]
     elif case == "k-shot":
         params = _bad_folders(tmp_path, "ok") + ["target_labels_per_class=50"]
     else:

@@ -14,7 +14,10 @@ from tlpipe import settings, storage, tracking
 from tlpipe.data import check_spec
 from tlpipe.errors import ERROR_FILE_ENV, TlpipeError
 from tlpipe.evaluate import Evaluation
+from tlpipe.methods.finetune import parse_strategy
+from tlpipe.models.backbones import BACKBONES
 from tlpipe.registry import Registration
+from tlpipe.steps import ADAPT_METHODS
 
 _CASTS = {"Integer": int, "Float": float, "String": str, "Boolean": lambda v: v.lower() in ("1", "true", "yes")}
 
@@ -68,6 +71,12 @@ def pipeline_arguments(pipeline, given: dict[str, str]) -> dict:
 def preflight(arguments: dict, defaults: dict) -> None:
     """Checks that are cheap now and expensive to find out after training started."""
     values = {**defaults, **arguments}
+    if "strategy" in values:
+        parse_strategy(values["strategy"])
+    if values.get("backbone") not in (None, *BACKBONES):
+        raise TlpipeError(f"unknown backbone '{values['backbone']}'; choose one of {', '.join(BACKBONES)}.")
+    if values.get("adapt_method") not in (None, *ADAPT_METHODS):
+        raise TlpipeError(f"unknown adaptation method '{values['adapt_method']}'; use {', '.join(ADAPT_METHODS)}.")
     for key in ("source", "target"):
         if key in values:
             check_spec(values[key])
@@ -76,8 +85,9 @@ def preflight(arguments: dict, defaults: dict) -> None:
         storage.check_bucket(weights)
     elif weights and not Path(weights).is_file():
         raise TlpipeError(f"pretrained weights file {weights} does not exist.")
-    if storage.is_s3(values.get("publish_to", "")):
-        storage.check_bucket(values["publish_to"])
+    for key in ("publish_to", "checkpoint_root"):
+        if storage.is_s3(values.get(key, "")):
+            storage.check_bucket(values[key])
     tracking.check_reachable()
 
 

@@ -21,6 +21,7 @@ from tlpipe.methods import dann, finetune as finetuning, supervised
 from tlpipe.models import Classifier, ModelSpec, load_model, read_weights, save_model
 from tlpipe.train import TrainConfig, device
 
+ADAPT_METHODS = ("dann",)
 SOURCE_TEST_FRACTION = 0.2
 TARGET_TEST_FRACTION = 0.3
 
@@ -126,8 +127,8 @@ def adapt(
     experiment: str,
     pipeline_run: str,
 ) -> dict:
-    if method != "dann":
-        raise TlpipeError(f"unknown adaptation method '{method}'; use dann.")
+    if method not in ADAPT_METHODS:
+        raise TlpipeError(f"unknown adaptation method '{method}'; use {', '.join(ADAPT_METHODS)}.")
     model, _ = load_model(source_model)
     source, _ = load_dataset(source_train)
     target, meta = load_dataset(target_unlabelled)
