@@ -107,6 +107,8 @@ def test_register_makes_the_first_version_champion_and_tags_lineage(chain):
     tags = version.tags
     assert tags["tlpipe.pipeline_run"] == "run-1"
     assert tags["tlpipe.test_hash"] == chain["target_test"].metadata["content_hash"]
+    for split in SPLITS:
+        assert tags[f"tlpipe.hash.{split}"] == chain[split].metadata["content_hash"]
     assert json.loads(tags["tlpipe.params"])["finetune_epochs"] == "1"
     published = Path(tags["tlpipe.published"])
     assert published == Path(chain["target_test"].path).parent / "published" / "run-1" / "model"

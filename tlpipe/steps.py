@@ -191,7 +191,9 @@ def register(
         raise TlpipeError("the evaluation and the target test split given to register do not match; rerun evaluate.")
     best = evaluation.result(evaluation.best)
     model_meta = load_model(best_model)[1]
+    params, dataset_hashes = tracking.pipeline_lineage(experiment, pipeline_run)
     tags = {
+        **dataset_hashes,
         tracking.PIPELINE_RUN_TAG: pipeline_run,
         "tlpipe.candidate": best.name,
         "tlpipe.method": model_meta.get("method", ""),
@@ -200,7 +202,7 @@ def register(
         "tlpipe.trained_on": model_meta.get("trained_on", ""),
         "tlpipe.code_version": tracking.code_version(),
         # MLflow tag values are limited in length; parameters are also on the runs in full.
-        "tlpipe.params": json.dumps(tracking.pipeline_params(experiment, pipeline_run), sort_keys=True)[:5000],
+        "tlpipe.params": json.dumps(params, sort_keys=True)[:5000],
     }
     if publish_to:
         tags["tlpipe.published"] = publish(best_model, publish_to, pipeline_run, "model")

@@ -94,15 +94,17 @@ def end_pipeline_run(experiment: str, pipeline_run: str, status: str) -> None:
         client.set_terminated(run.info.run_id, status)
 
 
-def pipeline_params(experiment: str, pipeline_run: str) -> dict[str, str]:
-    """Every parameter the pipeline's steps logged so far, for lineage tags."""
+def pipeline_lineage(experiment: str, pipeline_run: str) -> tuple[dict[str, str], dict[str, str]]:
+    """Every parameter the pipeline's steps logged so far, and the dataset hashes ingest tagged."""
     client = configure()
     exp = experiment_id(client, experiment)
     query = f"tags.`{PIPELINE_RUN_TAG}` = '{pipeline_run}' and tags.`{ROLE_TAG}` = 'step'"
-    merged: dict[str, str] = {}
+    params: dict[str, str] = {}
+    hashes: dict[str, str] = {}
     for run in client.search_runs([exp], filter_string=query):
-        merged.update(run.data.params)
-    return dict(sorted(merged.items()))
+        params.update(run.data.params)
+        hashes.update({k: v for k, v in run.data.tags.items() if k.startswith("tlpipe.hash.")})
+    return dict(sorted(params.items())), hashes
 
 
 def code_version() -> str:
