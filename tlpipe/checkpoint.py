@@ -69,7 +69,6 @@ class Checkpoint:
         with tempfile.TemporaryDirectory() as tmp:
             local = Path(self.location)
             if storage.is_s3(self.location):
-                bucket, key = storage.split_s3(self.location)
                 if FILE not in storage.list_keys(self.location.rsplit("/", 1)[0]):
                     return 0
                 local = storage.download(self.location, Path(tmp) / FILE)

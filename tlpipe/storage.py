@@ -98,34 +98,37 @@ def list_keys(uri: str) -> list[str]:
     return sorted(keys)
 
 
+def _copy_local(source: Path, destination: Path) -> None:
+    if source.is_dir():
+        shutil.copytree(source, destination, dirs_exist_ok=True)
+    elif source.is_file():
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, destination)
+    else:
+        raise TlpipeError(f"{source} does not exist.")
+
+
 def download(location: str, destination: str | Path) -> Path:
     """Copies a file or a whole prefix (a "directory") from S3 or a local path to `destination`."""
     destination = Path(destination)
     if not is_s3(location):
-        source = Path(location)
-        if source.is_dir():
-            shutil.copytree(source, destination, dirs_exist_ok=True)
-        elif source.is_file():
-            destination.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(source, destination)
-        else:
-            raise TlpipeError(f"{location} does not exist.")
+        _copy_local(Path(location), destination)
         return destination
     bucket, key = split_s3(location)
-    s3 = client()
+    s3, config = client(), _transfer_config()
     try:
-        keys = list_keys(location) if key.endswith("/") or not _object_exists(bucket, key) else None
-        if keys is None:
+        if key and not key.endswith("/") and _object_exists(bucket, key):
             destination.parent.mkdir(parents=True, exist_ok=True)
-            s3.download_file(bucket, key, str(destination), Config=_transfer_config())
+            s3.download_file(bucket, key, str(destination), Config=config)
             return destination
+        keys = list_keys(location)
         if not keys:
             raise TlpipeError(f"nothing at {location} (no such key or prefix in bucket '{bucket}').")
-        base = key.rstrip("/") + "/" if key else ""
+        prefix = key.rstrip("/") + "/" if key else ""
         for relative in keys:
             target = destination / relative
             target.parent.mkdir(parents=True, exist_ok=True)
-            s3.download_file(bucket, base + relative, str(target), Config=_transfer_config())
+            s3.download_file(bucket, prefix + relative, str(target), Config=config)
     except TlpipeError:
         raise
     except Exception as error:
@@ -137,13 +140,13 @@ def upload(source: str | Path, location: str) -> None:
     """Copies a local file or directory to S3 or a local path (a directory keeps its layout)."""
     source = Path(source)
     if not is_s3(location):
-        download(str(source), location)
+        _copy_local(source, Path(location))
         return
     bucket, key = split_s3(location)
     files = sorted(p for p in source.rglob("*") if p.is_file()) if source.is_dir() else [source]
     try:
         for path in files:
-            target = key if not source.is_dir() else f"{key.rstrip('/')}/{path.relative_to(source).as_posix()}".lstrip("/")
+            target = f"{key.rstrip('/')}/{path.relative_to(source).as_posix()}".lstrip("/") if source.is_dir() else key
             client().upload_file(str(path), bucket, target, Config=_transfer_config())
     except Exception as error:
         raise explain(error, bucket) from None
