@@ -150,3 +150,35 @@ def test_an_empty_unlabelled_split_is_refused():
     # 20 per class: 6 held out for testing and all 14 others labelled leaves nothing unlabelled.
     with pytest.raises(TlpipeError, match="the unlabelled target split is empty"):
         split_target(indexed_set(), 14, 0.3, seed=0)
+
+
+def write_mnist(root, n=12, seed=0):
+    """MNIST's own idx files, small, where torchvision.datasets.MNIST looks for them."""
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 255, (n, 28, 28), dtype=np.uint8)
+    labels = (np.arange(n) % 10).astype(np.uint8)
+    for prefix in ("train", "t10k"):
+        (raw / f"{prefix}-images-idx3-ubyte").write_bytes(
+            np.array([0x803, n, 28, 28], dtype=">i4").tobytes() + images.tobytes())
+        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(np.array([0x801, n], dtype=">i4").tobytes() + labels.tobytes())
+    return images, labels
+
+
+def test_torchvision_dataset_reads_local_files(tmp_path):
+    images, labels = write_mnist(tmp_path)
+    data = load_domain(f"torchvision:MNIST:{tmp_path}", 28, seed=0)
+    assert data.images.shape == (12, 28, 28, 3) and data.classes[0].startswith("0")
+    assert np.array_equal(data.labels, labels)
+    assert np.array_equal(data.images[..., 0], images) and np.array_equal(data.images[..., 2], images)
+    assert load_domain(f"torchvision:MNIST:{tmp_path}", 32, seed=0).images.shape == (12, 32, 32, 3)
+
+
+def test_torchvision_dataset_never_downloads(tmp_path):
+    with pytest.raises(TlpipeError, match="torchvision dataset MNIST is not under .* does not download at run time"):
+        load_domain(f"torchvision:MNIST:{tmp_path}", 28, seed=0)
+    with pytest.raises(TlpipeError, match="torchvision has no dataset 'NoSuchSet'"):
+        check_spec(f"torchvision:NoSuchSet:{tmp_path}")
+    with pytest.raises(TlpipeError, match="unknown dataset spec 'torchvision:MNIST'"):
+        check_spec("torchvision:MNIST")

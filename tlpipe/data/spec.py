@@ -3,18 +3,19 @@
 - `digits`, `digits-m`: built-in domains (tlpipe.data.builtin)
 - `imagefolder:<dir>` or `imagefolder:s3://bucket/prefix`: one sub-folder per class
   (tlpipe.data.imagefolder); an S3 folder is downloaded to a temporary directory and read from there.
+- `torchvision:<Name>:<root>`: a torchvision dataset whose files are already under <root>.
 """
 
 import tempfile
 from pathlib import Path
 
 from tlpipe import storage
-from tlpipe.data import builtin, imagefolder
+from tlpipe.data import builtin, imagefolder, torchvision_datasets
 from tlpipe.data.dataset import ImageSet
 from tlpipe.errors import TlpipeError
 
 BUILTIN = {"digits": lambda seed: builtin.digits(), "digits-m": builtin.digits_m}
-FORMS = "digits, digits-m, imagefolder:<dir> or imagefolder:s3://bucket/prefix"
+FORMS = "digits, digits-m, imagefolder:<dir>, imagefolder:s3://bucket/prefix or torchvision:<Name>:<root>"
 
 
 def _parse(spec: str) -> tuple[str, str]:
@@ -22,6 +23,8 @@ def _parse(spec: str) -> tuple[str, str]:
     if kind in BUILTIN and not location:
         return kind, ""
     if kind == "imagefolder" and location:
+        return kind, location
+    if kind == "torchvision" and location.count(":") >= 1 and all(location.split(":", 1)):
         return kind, location
     raise TlpipeError(f"unknown dataset spec '{spec}'; use {FORMS}.")
 
@@ -35,6 +38,11 @@ def check_spec(spec: str) -> None:
             raise TlpipeError(f"image folder {location} is empty or does not exist; give a prefix with one sub-folder per class.")
     elif kind == "imagefolder":
         imagefolder.class_folders(Path(location))
+    elif kind == "torchvision":
+        name, root = location.split(":", 1)
+        torchvision_datasets.dataset_class(name)
+        if not Path(root).is_dir():
+            raise TlpipeError(f"torchvision dataset root {root} does not exist; put the dataset's files there first.")
 
 
 def load_domain(spec: str, image_size: int, seed: int) -> ImageSet:
@@ -45,6 +53,9 @@ def load_domain(spec: str, image_size: int, seed: int) -> ImageSet:
             return imagefolder.read_image_folder(tmp, image_size, shown_as=location)
     if kind == "imagefolder":
         return imagefolder.read_image_folder(location, image_size)
+    if kind == "torchvision":
+        name, root = location.split(":", 1)
+        return torchvision_datasets.read_torchvision(name, root, image_size)
     data = BUILTIN[kind](seed)
     if data.images.shape[1] != image_size:
         data = ImageSet(_resize(data.images, image_size), data.labels, data.classes)
