@@ -144,10 +144,11 @@ def upload(source: str | Path, location: str) -> None:
         return
     bucket, key = split_s3(location)
     files = sorted(p for p in source.rglob("*") if p.is_file()) if source.is_dir() else [source]
+    s3, config = client(), _transfer_config()
     try:
         for path in files:
             target = f"{key.rstrip('/')}/{path.relative_to(source).as_posix()}".lstrip("/") if source.is_dir() else key
-            client().upload_file(str(path), bucket, target, Config=_transfer_config())
+            s3.upload_file(str(path), bucket, target, Config=config)
     except Exception as error:
         raise explain(error, bucket) from None
 

@@ -41,15 +41,19 @@ def experiment_id(client: MlflowClient, name: str) -> str:
         return client.get_experiment_by_name(name).experiment_id
 
 
+def _runs(client: MlflowClient, experiment: str, pipeline_run: str, role: str, **search) -> list:
+    """The MLflow runs of one pipeline run: its parent run (role "pipeline") or its steps ("step")."""
+    query = f"tags.`{PIPELINE_RUN_TAG}` = '{pipeline_run}' and tags.`{ROLE_TAG}` = '{role}'"
+    return client.search_runs([experiment_id(client, experiment)], filter_string=query, **search)
+
+
 def parent_run_id(client: MlflowClient, experiment: str, pipeline_run: str, pipeline: str = "transfer") -> str:
     """The MLflow run standing for this pipeline run; created by whichever step comes first."""
-    exp = experiment_id(client, experiment)
-    query = f"tags.`{PIPELINE_RUN_TAG}` = '{pipeline_run}' and tags.`{ROLE_TAG}` = 'pipeline'"
-    found = client.search_runs([exp], filter_string=query, max_results=1)
+    found = _runs(client, experiment, pipeline_run, "pipeline", max_results=1)
     if found:
         return found[0].info.run_id
     run = client.create_run(
-        exp,
+        experiment_id(client, experiment),
         run_name=f"{pipeline}-{pipeline_run[-12:]}",
         tags={PIPELINE_RUN_TAG: pipeline_run, ROLE_TAG: "pipeline", "tlpipe.code_version": code_version()},
     )
@@ -86,22 +90,15 @@ def epoch_logger(step: str, epochs: int):
 
 def end_pipeline_run(experiment: str, pipeline_run: str, status: str) -> None:
     client = configure()
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        return
-    query = f"tags.`{PIPELINE_RUN_TAG}` = '{pipeline_run}' and tags.`{ROLE_TAG}` = 'pipeline'"
-    for run in client.search_runs([exp.experiment_id], filter_string=query):
+    for run in _runs(client, experiment, pipeline_run, "pipeline"):
         client.set_terminated(run.info.run_id, status)
 
 
 def pipeline_lineage(experiment: str, pipeline_run: str) -> tuple[dict[str, str], dict[str, str]]:
     """Every parameter the pipeline's steps logged so far, and the dataset hashes ingest tagged."""
-    client = configure()
-    exp = experiment_id(client, experiment)
-    query = f"tags.`{PIPELINE_RUN_TAG}` = '{pipeline_run}' and tags.`{ROLE_TAG}` = 'step'"
     params: dict[str, str] = {}
     hashes: dict[str, str] = {}
-    for run in client.search_runs([exp], filter_string=query):
+    for run in _runs(configure(), experiment, pipeline_run, "step"):
         params.update(run.data.params)
         hashes.update({k: v for k, v in run.data.tags.items() if k.startswith("tlpipe.hash.")})
     return dict(sorted(params.items())), hashes

@@ -13,6 +13,8 @@ from typing import Callable
 import numpy as np
 import torch
 
+from tlpipe.checkpoint import Checkpoint
+
 Metrics = dict[str, torch.Tensor]
 StepFn = Callable[[float], tuple[torch.Tensor, Metrics]]
 LogFn = Callable[[int, dict[str, float]], None]
@@ -100,8 +102,6 @@ def fit(
     With `checkpoint_dir`, saves the optimizer and `state` (models, batch iterators) every
     `checkpoint_every` epochs and, if a checkpoint is there already, resumes from it.
     """
-    from tlpipe.checkpoint import Checkpoint
-
     total = max(1, epochs * steps_per_epoch)
     base_lrs = [group["lr"] for group in optimizer.param_groups]
     use_amp = device().type == "cuda"

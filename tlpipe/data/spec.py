@@ -24,7 +24,8 @@ def _parse(spec: str) -> tuple[str, str]:
         return kind, ""
     if kind == "imagefolder" and location:
         return kind, location
-    if kind == "torchvision" and location.count(":") >= 1 and all(location.split(":", 1)):
+    name, _, root = location.partition(":")
+    if kind == "torchvision" and name and root:
         return kind, location
     raise TlpipeError(f"unknown dataset spec '{spec}'; use {FORMS}.")
 
