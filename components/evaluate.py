@@ -33,9 +33,36 @@ def evaluate(
         experiment=experiment,
         pipeline_run=pipeline_run,
     )
-    for row in result.results:
-        metrics.log_metric(f"{row.name}_accuracy", row.accuracy)
-    best = result.result(result.best)
-    confusion.log_confusion_matrix(result.classes, best.confusion)
-    evaluation.metadata.update({"best": result.best, "accuracy": best.accuracy})
-    best_model.metadata.update({"candidate": result.best, "accuracy": best.accuracy})
+    steps.describe_evaluation(result, evaluation, metrics, confusion, best_model)
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def evaluate_retrain(
+    target_test: Input[Dataset],
+    start_model: Input[Model],
+    finetuned: Input[Model],
+    adapted: Input[Model],
+    experiment: str,
+    pipeline_run: str,
+    evaluation: Output[Artifact],
+    report: Output[HTML],
+    metrics: Output[Metrics],
+    confusion: Output[ClassificationMetrics],
+    best_model: Output[Model],
+):
+    """Scores the retrained candidates against the model they started from; picks the best candidate."""
+    from tlpipe import steps
+    from tlpipe.errors import exit_on_user_error
+
+    result = exit_on_user_error(steps.evaluate)(
+        target_test.path,
+        baselines={steps.baseline_name(start_model.path): start_model.path},
+        candidates={"finetuned": finetuned.path, "adapted": adapted.path},
+        evaluation_out=evaluation.path,
+        report_out=report.path,
+        best_model_out=best_model.path,
+        experiment=experiment,
+        pipeline_run=pipeline_run,
+        best_of="candidates",
+    )
+    steps.describe_evaluation(result, evaluation, metrics, confusion, best_model)

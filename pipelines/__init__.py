@@ -1,7 +1,10 @@
-"""KFP pipelines (DAGs of the components in components/), by the name users give on the command line."""
+"""KFP pipelines (DAGs of the components in components/), by the name users give on the command line.
+
+Each module has build(cluster=None): the pipeline for kfp.local, or compiled for a Kubeflow cluster.
+"""
 
 
 def registry() -> dict:
-    from pipelines.transfer import transfer
+    from pipelines import retrain, transfer
 
-    return {"transfer": transfer}
+    return {"transfer": transfer.build, "retrain": retrain.build}

@@ -14,70 +14,87 @@ from components.finetune import finetune
 from components.ingest import ingest
 from components.pretrain import pretrain
 from components.register import register
+from tlpipe.cluster import Cluster, Placement
 
 
-@dsl.pipeline(name="tlpipe-transfer", description="Train on a labelled source domain, transfer to a target domain, register the best model.")
-def transfer(
-    source: str = "digits",
-    target: str = "digits-m",
-    target_labels_per_class: int = 10,
-    seed: int = 0,
-    image_size: int = 32,
-    backbone: str = "small-cnn",
-    pretrained_weights: str = "",
-    strategy: str = "full",
-    adapt_method: str = "dann",
-    source_epochs: int = 30,
-    finetune_epochs: int = 30,
-    adapt_epochs: int = 120,
-    batch_size: int = 64,
-    lr: float = 0.01,
-    model_name: str = "tlpipe",
-    experiment: str = "tlpipe",
-    publish_to: str = "",
-    checkpoint_root: str = "",
-    checkpoint_every: int = 1,
-) -> NamedTuple("Outputs", evaluation=Artifact, report=HTML, registration=Artifact):
-    run = dsl.PIPELINE_JOB_ID_PLACEHOLDER
-    data = ingest(
-        source=source, target=target, target_labels_per_class=target_labels_per_class, seed=seed,
-        image_size=image_size, experiment=experiment, pipeline_run=run, publish_to=publish_to,
-    )
-    source_model = pretrain(
-        source_train=data.outputs["source_train"], backbone=backbone, pretrained_weights=pretrained_weights,
-        epochs=source_epochs, batch_size=batch_size, lr=lr, seed=seed, checkpoint_root=checkpoint_root,
-        checkpoint_every=checkpoint_every, experiment=experiment, pipeline_run=run,
-    )
-    finetuned = finetune(
-        source_model=source_model.outputs["model"], target_labelled=data.outputs["target_labelled"], strategy=strategy,
-        epochs=finetune_epochs, batch_size=batch_size, lr=lr, seed=seed, checkpoint_root=checkpoint_root,
-        checkpoint_every=checkpoint_every, experiment=experiment, pipeline_run=run,
-        step_name="finetune",
-    ).set_display_name("finetune")
-    target_only = finetune(
-        source_model=source_model.outputs["model"], target_labelled=data.outputs["target_labelled"], strategy="scratch",
-        epochs=finetune_epochs, batch_size=batch_size, lr=lr, seed=seed, checkpoint_root=checkpoint_root,
-        checkpoint_every=checkpoint_every, experiment=experiment, pipeline_run=run,
-        step_name="target-only",
-    ).set_display_name("target-only")
-    adapted = adapt(
-        source_model=source_model.outputs["model"], source_train=data.outputs["source_train"],
-        target_unlabelled=data.outputs["target_unlabelled"], method=adapt_method, epochs=adapt_epochs,
-        batch_size=batch_size, lr=lr, seed=seed, checkpoint_root=checkpoint_root,
-        checkpoint_every=checkpoint_every, experiment=experiment, pipeline_run=run,
-    )
-    scores = evaluate(
-        target_test=data.outputs["target_test"], source_only=source_model.outputs["model"],
-        target_only=target_only.outputs["model"], finetuned=finetuned.outputs["model"],
-        adapted=adapted.outputs["model"], experiment=experiment, pipeline_run=run,
-    )
-    registered = register(
-        best_model=scores.outputs["best_model"], evaluation=scores.outputs["evaluation"],
-        target_test=data.outputs["target_test"], model_name=model_name, experiment=experiment, pipeline_run=run,
-        publish_to=publish_to,
-    ).set_caching_options(False)
-    Outputs = NamedTuple("Outputs", evaluation=Artifact, report=HTML, registration=Artifact)
-    return Outputs(
-        evaluation=scores.outputs["evaluation"], report=scores.outputs["report"],
-        registration=registered.outputs["registration"],
-    )
+def build(cluster: Cluster | None = None):
+    """The transfer pipeline, for kfp.local (no cluster) or compiled for a Kubeflow cluster."""
+    on = Placement(cluster)
+
+    @dsl.pipeline(name="tlpipe-transfer", description="Train on a labelled source domain, transfer to a target domain, register the best model.")
+    def transfer(
+        source: str = "digits",
+        target: str = "digits-m",
+        target_labels_per_class: int = 10,
+        seed: int = 0,
+        image_size: int = 32,
+        backbone: str = "small-cnn",
+        pretrained_weights: str = "",
+        strategy: str = "full",
+        adapt_method: str = "dann",
+        source_epochs: int = 30,
+        finetune_epochs: int = 30,
+        adapt_epochs: int = 120,
+        batch_size: int = 64,
+        lr: float = 0.01,
+        model_name: str = "tlpipe",
+        experiment: str = "tlpipe",
+        publish_to: str = "",
+        checkpoint_root: str = "",
+        checkpoint_every: int = 1,
+    ) -> NamedTuple("Outputs", evaluation=Artifact, report=HTML, registration=Artifact):
+        run = dsl.PIPELINE_JOB_ID_PLACEHOLDER
+        data = on.light(
+            ingest, cache=False,
+            source=source, target=target, target_labels_per_class=target_labels_per_class, seed=seed,
+            image_size=image_size, experiment=experiment, pipeline_run=run, publish_to=publish_to,
+        )
+        source_model = on.train(
+            pretrain,
+            source_train=data.outputs["source_train"], backbone=backbone, pretrained_weights=pretrained_weights,
+            epochs=source_epochs, batch_size=batch_size, lr=lr, seed=seed, checkpoint_root=checkpoint_root,
+            checkpoint_every=checkpoint_every, experiment=experiment, pipeline_run=run,
+        )
+        finetuned = on.train(
+            finetune,
+            source_model=source_model.outputs["model"], target_labelled=data.outputs["target_labelled"], strategy=strategy,
+            epochs=finetune_epochs, batch_size=batch_size, lr=lr, seed=seed, checkpoint_root=checkpoint_root,
+            checkpoint_every=checkpoint_every, experiment=experiment, pipeline_run=run,
+            step_name="finetune",
+        ).set_display_name("finetune")
+        target_only = on.train(
+            finetune,
+            source_model=source_model.outputs["model"], target_labelled=data.outputs["target_labelled"], strategy="scratch",
+            epochs=finetune_epochs, batch_size=batch_size, lr=lr, seed=seed, checkpoint_root=checkpoint_root,
+            checkpoint_every=checkpoint_every, experiment=experiment, pipeline_run=run,
+            step_name="target-only",
+        ).set_display_name("target-only")
+        adapted = on.train(
+            adapt,
+            source_model=source_model.outputs["model"], source_train=data.outputs["source_train"],
+            target_unlabelled=data.outputs["target_unlabelled"], method=adapt_method, epochs=adapt_epochs,
+            batch_size=batch_size, lr=lr, seed=seed, checkpoint_root=checkpoint_root,
+            checkpoint_every=checkpoint_every, experiment=experiment, pipeline_run=run,
+        )
+        scores = on.light(
+            evaluate,
+            target_test=data.outputs["target_test"], source_only=source_model.outputs["model"],
+            target_only=target_only.outputs["model"], finetuned=finetuned.outputs["model"],
+            adapted=adapted.outputs["model"], experiment=experiment, pipeline_run=run,
+        )
+        registered = on.light(
+            register, cache=False,
+            best_model=scores.outputs["best_model"], evaluation=scores.outputs["evaluation"],
+            target_test=data.outputs["target_test"], model_name=model_name, experiment=experiment, pipeline_run=run,
+            publish_to=publish_to,
+        )
+        Outputs = NamedTuple("Outputs", evaluation=Artifact, report=HTML, registration=Artifact)
+        return Outputs(
+            evaluation=scores.outputs["evaluation"], report=scores.outputs["report"],
+            registration=registered.outputs["registration"],
+        )
+
+    return transfer
+
+
+transfer = build()

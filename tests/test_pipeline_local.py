@@ -18,10 +18,10 @@ pytestmark = pytest.mark.e2e
 TINY = ["source_epochs=2", "finetune_epochs=2", "adapt_epochs=2", "target_labels_per_class=5"]
 
 
-def tlpipe_run(home: Path, *params: str) -> subprocess.CompletedProcess:
+def tlpipe_run(home: Path, *params: str, pipeline: str = "transfer") -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"} | {"TLPIPE_HOME": str(home)}
     args = [arg for p in params for arg in ("-p", p)]
-    return subprocess.run([sys.executable, "-m", "tlpipe.cli", "run", *args], env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "tlpipe.cli", "run", pipeline, *args], env=env, capture_output=True,
                           text=True, timeout=900)
 
 
@@ -123,3 +123,29 @@ def test_bad_input_fails_with_one_sentence_and_leaves_the_registry_alone(first_r
     assert "Traceback" not in result.stderr
     assert versions(registry) == before
     assert str(registry.get_model_version_by_alias("tlpipe", "champion").version) == "1"
+
+
+def test_retrain_starts_from_the_champion_and_promotes_only_through_the_gate(first_run, home, registry):
+    champion = registry.get_model_version_by_alias("tlpipe", "champion")
+    before = versions(registry)
+    result = tlpipe_run(home, *TINY, pipeline="retrain")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert f"\nchampion-v{champion.version} " in result.stdout
+    [start] = list((home / "pipeline-root").glob("tlpipe-retrain-*/champion/model"))
+    assert json.loads((start / "model.json").read_text())["registered_version"] == str(champion.version)
+    [evaluation_file] = list((home / "pipeline-root").glob("tlpipe-retrain-*/evaluate-retrain/evaluation"))
+    evaluation = json.loads(evaluation_file.read_text())
+    assert evaluation["best"] in ("finetuned", "adapted")  # the champion is the baseline, never re-registered
+    accuracy = {r["name"]: r["accuracy"] for r in evaluation["results"]}
+    new = max(versions(registry))
+    assert versions(registry) == before + [new]
+    now = str(registry.get_model_version_by_alias("tlpipe", "champion").version)
+    if accuracy[evaluation["best"]] > accuracy[f"champion-v{champion.version}"]:
+        assert now == str(new) and "(promoted" in result.stdout
+    else:
+        assert now == str(champion.version) and "kept" in result.stdout
+
+    # Without a champion, retraining starts from a source model it trains itself.
+    fresh = tlpipe_run(home, *TINY, "model_name=fresh", pipeline="retrain")
+    assert fresh.returncode == 0, fresh.stderr[-3000:]
+    assert "\nsource-only " in fresh.stdout and "champion: version 1 (promoted)" in fresh.stdout

@@ -53,10 +53,12 @@ def score(model: Classifier, test: ImageSet, name: str = "", role: str = "candid
     return Result(name, role, float((predicted == test.labels).mean()), per_class, confusion.tolist())
 
 
-def compare(models: dict[str, tuple[Classifier, str]], test: ImageSet) -> Evaluation:
-    """Scores every model on the same test set; the best is the most accurate (first listed on ties)."""
+def compare(models: dict[str, tuple[Classifier, str]], test: ImageSet, best_of: str = "all") -> Evaluation:
+    """Scores every model on the same test set; the best is the most accurate (first listed on ties),
+    of all models or, with best_of="candidates", of the candidates only."""
     results = [score(model, test, name, role) for name, (model, role) in models.items()]
-    best = max(results, key=lambda r: r.accuracy).name
+    eligible = [r for r in results if best_of == "all" or r.role == "candidate"]
+    best = max(eligible, key=lambda r: r.accuracy).name
     return Evaluation(results, best, test.classes, test.content_hash(), len(test))
 
 

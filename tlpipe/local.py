@@ -92,12 +92,9 @@ def preflight(arguments: dict, defaults: dict) -> None:
 
 
 def run(name: str, given: dict[str, str], verbose: bool = False) -> RunResult:
-    from pipelines import registry
+    from tlpipe.cluster import pipeline as build_pipeline
 
-    pipelines = registry()
-    if name not in pipelines:
-        raise TlpipeError(f"unknown pipeline '{name}'; choose one of {', '.join(pipelines)}.")
-    pipeline = pipelines[name]
+    pipeline = build_pipeline(name)
     arguments = pipeline_arguments(pipeline, given)
     defaults = {k: spec.default for k, spec in pipeline.component_spec.inputs.items()}
     # Steps run as child processes: give them absolute locations that do not depend on their cwd.

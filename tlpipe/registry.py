@@ -10,6 +10,8 @@ model as champion.
 import contextlib
 import json
 import random
+import shutil
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -112,6 +114,25 @@ def log_and_register(model_dir: str | Path, model_name: str, tags: dict[str, str
         pip_requirements=REQUIREMENTS,
     )
     return str(mlflow.register_model(info.model_uri, model_name, tags=tags).version)
+
+
+def export_champion(model_name: str, out: str | Path) -> str | None:
+    """Writes the champion's tlpipe model directory to `out`; its version, or None without a champion."""
+    from tlpipe import tracking
+
+    version = champion_version(tracking.configure(), model_name)
+    if version is None:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        local = mlflow.artifacts.download_artifacts(f"models:/{model_name}/{version.version}", dst_path=tmp)
+        # log_and_register stores the tlpipe model directory as the pyfunc artifact "model".
+        stored = mlflow.models.Model.load(local).flavors["python_function"]["artifacts"]["model"]["path"]
+        shutil.copytree(Path(local) / stored, out, dirs_exist_ok=True)
+    meta_path = Path(out) / "model.json"
+    meta = json.loads(meta_path.read_text())
+    meta["registered_version"] = str(version.version)
+    meta_path.write_text(json.dumps(meta, indent=2))
+    return str(version.version)
 
 
 def champion_accuracy(model_name: str, version, test: ImageSet) -> float:

@@ -150,8 +150,10 @@ def evaluate(
     best_model_out: str,
     experiment: str,
     pipeline_run: str,
+    best_of: str = "all",
 ) -> Evaluation:
-    """Scores baselines and candidates on the target test split; copies the best model out."""
+    """Scores baselines and candidates on the target test split; copies the best model out
+    (the best of all, or with best_of="candidates" the best candidate)."""
     test, meta = load_dataset(target_test)
     if not test.is_labelled or len(test) == 0:
         raise TlpipeError(f"target test split {target_test} is empty or unlabelled.")
@@ -159,7 +161,7 @@ def evaluate(
     models |= {name: (load_model(path)[0], "candidate") for name, path in candidates.items()}
     paths = baselines | candidates
     with tracking.step_run("evaluate", experiment, pipeline_run, {"test_hash": meta["content_hash"]}):
-        evaluation = compare(models, test)
+        evaluation = compare(models, test, best_of)
         evaluation.save(evaluation_out)
         write_report(report_out, evaluation, "tlpipe transfer report",
                      {"pipeline run": pipeline_run, "target": meta.get("spec", ""), "test split": meta["content_hash"]})
@@ -170,6 +172,49 @@ def evaluate(
         mlflow.log_text(format_table(evaluation), "report/table.txt")
     shutil.copytree(paths[evaluation.best], best_model_out, dirs_exist_ok=True)
     return evaluation
+
+
+def describe_evaluation(result: Evaluation, evaluation, metrics, confusion, best_model) -> None:
+    """Fills an evaluate component's KFP outputs: metrics, the best model's confusion matrix, metadata."""
+    for row in result.results:
+        metrics.log_metric(f"{row.name}_accuracy", row.accuracy)
+    best = result.result(result.best)
+    confusion.log_confusion_matrix(result.classes, best.confusion)
+    evaluation.metadata.update({"best": result.best, "accuracy": best.accuracy})
+    best_model.metadata.update({"candidate": result.best, "accuracy": best.accuracy})
+
+
+def start_model(
+    source_train: str,
+    out: str,
+    model_name: str,
+    backbone: str,
+    pretrained_weights: str,
+    config: TrainConfig,
+    experiment: str,
+    pipeline_run: str,
+) -> dict:
+    """Retraining's starting point: the registry's champion, or a new source model when there is none."""
+    from tlpipe.registry import export_champion
+
+    tracking.configure()
+    version = export_champion(model_name, out)
+    if version is None:
+        print(f"no champion of '{model_name}' in the registry: training the source model", flush=True)
+        return {**pretrain(source_train, out, backbone, pretrained_weights, config, experiment, pipeline_run), "start": "source"}
+    classes = load_dataset(source_train)[0].classes
+    _, meta = load_model(out)
+    if meta["spec"]["classes"] != classes:
+        raise TlpipeError(f"the champion of '{model_name}' (version {version}) predicts classes {meta['spec']['classes']}, "
+                          f"the source data has {classes}; retrain needs the same classes.")
+    print(f"starting from the champion of '{model_name}', version {version}", flush=True)
+    return {**_model_facts(meta), "start": "champion", "champion_version": version}
+
+
+def baseline_name(model_dir: str) -> str:
+    """How retraining's starting model appears in the evaluation table."""
+    meta = load_model(model_dir)[1]
+    return f"champion-v{meta['registered_version']}" if "registered_version" in meta else "source-only"
 
 
 def register(

@@ -1,0 +1,33 @@
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Model, Output
+
+from components import IMAGE
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def champion(
+    source_train: Input[Dataset],
+    model_name: str,
+    backbone: str,
+    pretrained_weights: str,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    checkpoint_root: str,
+    checkpoint_every: int,
+    experiment: str,
+    pipeline_run: str,
+    model: Output[Model],
+):
+    """Retraining's starting model: the registry's champion, or a source model trained now when there is none."""
+    from tlpipe import steps
+    from tlpipe.errors import exit_on_user_error
+    from tlpipe.train import TrainConfig
+
+    config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, checkpoint_dir=checkpoint_root,
+                         checkpoint_every=checkpoint_every)
+    facts = exit_on_user_error(steps.start_model)(
+        source_train.path, model.path, model_name, backbone, pretrained_weights, config, experiment, pipeline_run
+    )
+    model.metadata.update(facts)

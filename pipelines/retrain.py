@@ -1,0 +1,94 @@
+"""Scheduled retraining: fresh target data -> {fine-tune, adapt} from the champion -> evaluate -> gated register.
+
+It ingests the current target data, starts from the registry's `champion` (or trains a source model
+when there is none), fine-tunes and adapts from it, scores both against the champion on the same
+fresh target test split, and registers the better candidate; register's gate promotes it only when
+it beats the champion there.
+"""
+
+from typing import NamedTuple
+
+from kfp import dsl
+from kfp.dsl import HTML, Artifact
+
+from components.adapt import adapt
+from components.champion import champion
+from components.evaluate import evaluate_retrain
+from components.finetune import finetune
+from components.ingest import ingest
+from components.register import register
+from tlpipe.cluster import Cluster, Placement
+
+
+def build(cluster: Cluster | None = None):
+    """The retrain pipeline, for kfp.local (no cluster) or compiled for a Kubeflow cluster."""
+    on = Placement(cluster)
+
+    @dsl.pipeline(name="tlpipe-retrain", description="Retrain from the champion on fresh target data; promote only through the gate.")
+    def retrain(
+        source: str = "digits",
+        target: str = "digits-m",
+        target_labels_per_class: int = 10,
+        seed: int = 0,
+        image_size: int = 32,
+        backbone: str = "small-cnn",
+        pretrained_weights: str = "",
+        strategy: str = "full",
+        adapt_method: str = "dann",
+        source_epochs: int = 30,
+        finetune_epochs: int = 30,
+        adapt_epochs: int = 60,
+        batch_size: int = 64,
+        lr: float = 0.01,
+        model_name: str = "tlpipe",
+        experiment: str = "tlpipe",
+        publish_to: str = "",
+        checkpoint_root: str = "",
+        checkpoint_every: int = 1,
+    ) -> NamedTuple("Outputs", evaluation=Artifact, report=HTML, registration=Artifact):
+        run = dsl.PIPELINE_JOB_ID_PLACEHOLDER
+        train = dict(batch_size=batch_size, lr=lr, seed=seed, checkpoint_root=checkpoint_root,
+                     checkpoint_every=checkpoint_every, experiment=experiment, pipeline_run=run)
+        data = on.light(
+            ingest, cache=False,
+            source=source, target=target, target_labels_per_class=target_labels_per_class, seed=seed,
+            image_size=image_size, experiment=experiment, pipeline_run=run, publish_to=publish_to,
+        )
+        # The champion changes behind the same name: never cached.
+        start = on.train(
+            champion,
+            source_train=data.outputs["source_train"], model_name=model_name, backbone=backbone,
+            pretrained_weights=pretrained_weights, epochs=source_epochs, **train,
+        ).set_caching_options(False)
+        finetuned = on.train(
+            finetune,
+            source_model=start.outputs["model"], target_labelled=data.outputs["target_labelled"], strategy=strategy,
+            epochs=finetune_epochs, step_name="finetune", **train,
+        ).set_display_name("finetune")
+        adapted = on.train(
+            adapt,
+            source_model=start.outputs["model"], source_train=data.outputs["source_train"],
+            target_unlabelled=data.outputs["target_unlabelled"], method=adapt_method, epochs=adapt_epochs, **train,
+        )
+        scores = on.light(
+            evaluate_retrain,
+            target_test=data.outputs["target_test"], start_model=start.outputs["model"],
+            finetuned=finetuned.outputs["model"], adapted=adapted.outputs["model"], experiment=experiment,
+            pipeline_run=run,
+        )
+        registered = on.light(
+            register, cache=False,
+            best_model=scores.outputs["best_model"], evaluation=scores.outputs["evaluation"],
+            target_test=data.outputs["target_test"], model_name=model_name, experiment=experiment, pipeline_run=run,
+            publish_to=publish_to,
+        )
+        Outputs = NamedTuple("Outputs", evaluation=Artifact, report=HTML, registration=Artifact)
+        return Outputs(
+            evaluation=scores.outputs["evaluation"], report=scores.outputs["report"],
+            registration=registered.outputs["registration"],
+        )
+
+    return retrain
+
+
+retrain = build()

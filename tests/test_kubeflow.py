@@ -1,0 +1,219 @@
+"""The cluster side: compiled IR (placement, secrets, retries, caching), staleness of pipelines/compiled/,
+and `tlpipe submit` / `tlpipe schedule` against a local fake of the KFP v2beta1 REST API."""
+
+import filecmp
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.fake_kfp import FakeKfp
+from tlpipe.cli import main
+from tlpipe.cluster import Cluster, Resources, Toleration, compile_pipeline, pipelines
+
+REPO = Path(__file__).resolve().parents[1]
+TRAINING = {"pretrain", "finetune", "adapt", "champion"}
+LIGHT = {"ingest", "evaluate", "evaluate-retrain", "register"}
+
+
+def load_ir(path: Path) -> tuple[dict, dict]:
+    spec, platform = yaml.safe_load_all(path.read_text())
+    return spec, platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+
+
+def executor_of(spec: dict, task: str) -> str:
+    return spec["root"]["dag"]["tasks"][task]["componentRef"]["name"].replace("comp-", "exec-")
+
+
+def kind(task: str) -> str:
+    base = task.rsplit("-", 1)[0] if task[-1].isdigit() else task
+    return "train" if base in TRAINING else "light"
+
+
+def test_compiled_pipelines_are_up_to_date(tmp_path):
+    for name in pipelines():
+        fresh = compile_pipeline(name, tmp_path, Cluster())
+        committed = REPO / "pipelines" / "compiled" / f"{name}.yaml"
+        assert committed.exists(), f"{committed} is missing: run `tlpipe compile`"
+        assert filecmp.cmp(fresh, committed, shallow=False), f"{committed} is stale: run `tlpipe compile`"
+
+
+@pytest.mark.parametrize("name", ["transfer", "retrain"])
+def test_compiled_ir_places_steps(tmp_path, name):
+    cluster = Cluster(
+        image="registry.example.com/tlpipe/trainer:1.2.3", gpus=2, gpu_resource="nvidia.com/gpu",
+        node_selector={"cloud.google.com/gke-accelerator": "nvidia-l4"}, tolerations=(Toleration("gpu", "NoSchedule", "l4"),),
+        train=Resources("6", "12", "24Gi", "48Gi"), light=Resources("500m", "", "1Gi", "2Gi"),
+        shm_size="4Gi", retries=5, s3_secret="team-s3", mlflow_secret="team-mlflow",
+    )
+    spec, platform = load_ir(compile_pipeline(name, tmp_path, cluster))
+    tasks = spec["root"]["dag"]["tasks"]
+    assert {kind(t) for t in tasks} == {"train", "light"}
+    for task, body in tasks.items():
+        executor = executor_of(spec, task)
+        container = spec["deploymentSpec"]["executors"][executor]["container"]
+        k8s = platform[executor]
+        assert container["image"] == "registry.example.com/tlpipe/trainer:1.2.3"
+        resources = container["resources"]
+        secrets = {(s["secretName"], e["secretKey"], e["envVar"], s["optional"]) for s in k8s["secretAsEnv"] for e in s["keyToEnv"]}
+        assert ("team-s3", "AWS_SECRET_ACCESS_KEY", "AWS_SECRET_ACCESS_KEY", False) in secrets
+        assert ("team-mlflow", "MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_URI", False) in secrets
+        assert ("team-mlflow", "MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_TOKEN", True) in secrets
+        assert k8s["securityContext"]["runAsNonRoot"] is True
+        if kind(task) == "train":
+            assert resources["accelerator"]["resourceCount"] == "2" and resources["accelerator"]["resourceType"] == "nvidia.com/gpu"
+            assert resources["resourceCpuRequest"] == "6" and resources["resourceMemoryLimit"] == "48Gi"
+            assert k8s["nodeSelector"]["labels"] == {"cloud.google.com/gke-accelerator": "nvidia-l4"}
+            assert k8s["tolerations"] == [{"key": "gpu", "operator": "Equal", "value": "l4", "effect": "NoSchedule"}]
+            assert k8s["emptyDirMounts"] == [{"medium": "Memory", "mountPath": "/dev/shm", "sizeLimit": "4Gi",
+                                              "volumeName": "dshm"}]
+            assert body["retryPolicy"] == {"maxRetryCount": 5, "backoffDuration": "60s", "backoffFactor": 2.0,
+                                           "backoffMaxDuration": "3600s"}
+        else:
+            assert "accelerator" not in resources and "nodeSelector" not in k8s and "tolerations" not in k8s
+            assert resources["resourceCpuRequest"] == "500m" and "resourceCpuLimit" not in resources
+            assert "emptyDirMounts" not in k8s and "retryPolicy" not in body
+    # Caching: off where the input can change behind the same name; on for training and evaluation.
+    uncached = {t for t, body in tasks.items() if not body.get("cachingOptions", {}).get("enableCache")}
+    assert uncached == ({"ingest", "register", "champion"} if name == "retrain" else {"ingest", "register"})
+
+
+def test_compiled_ir_holds_no_secret_values(tmp_path, monkeypatch):
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s3cr3t-value-123")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "pa55-value-456")
+    for name in pipelines():
+        text = compile_pipeline(name, tmp_path, Cluster()).read_text()
+        assert "s3cr3t-value-123" not in text and "pa55-value-456" not in text
+
+
+def test_cpu_cluster_requests_no_gpu(tmp_path):
+    spec, platform = load_ir(compile_pipeline("transfer", tmp_path, Cluster(gpus=0)))
+    executor = executor_of(spec, "pretrain")
+    assert "accelerator" not in spec["deploymentSpec"]["executors"][executor]["container"]["resources"]
+    assert "tolerations" not in platform[executor] and "emptyDirMounts" in platform[executor]
+
+
+def test_compile_cli_writes_and_checks_options(tmp_path, capsys):
+    assert main(["compile", "all", "-o", str(tmp_path), "--gpus", "4", "--node-selector", "pool=a100",
+                 "--toleration", "nvidia.com/gpu:NoSchedule", "--image", "example.org/t:9"]) == 0
+    spec, platform = load_ir(tmp_path / "transfer.yaml")
+    executor = executor_of(spec, "adapt")
+    assert spec["deploymentSpec"]["executors"][executor]["container"]["resources"]["accelerator"]["count"] == "4"
+    assert platform[executor]["nodeSelector"]["labels"] == {"pool": "a100"}
+    assert (tmp_path / "retrain.yaml").exists()
+    assert main(["compile", "all", "-o", str(tmp_path), "--toleration", "gpu"]) == 2
+    assert main(["compile", "all", "-o", str(tmp_path), "--train-memory", "lots"]) == 2
+    err = capsys.readouterr().err
+    assert "toleration 'gpu' is not KEY[=VALUE]:EFFECT" in err and "memory request 'lots'" in err
+
+
+@pytest.fixture()
+def kfp_server(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))  # kfp.Client reads ~/.config/kfp/context.json
+    for var in ("KF_PIPELINES_ENDPOINT", "KF_PIPELINES_TOKEN", "KF_PIPELINES_SA_TOKEN_PATH"):
+        monkeypatch.delenv(var, raising=False)
+    with FakeKfp(token="tok-1") as server:
+        yield server
+
+
+def test_submit_sends_the_compiled_pipeline_and_parameters(kfp_server, capsys):
+    code = main(["submit", "transfer", "--host", kfp_server.url, "--token", "tok-1", "--experiment", "nightly",
+                 "-p", "target_labels_per_class=5", "-p", "strategy=l2sp:0.01", "--gpus", "2"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    (run,) = kfp_server.sent("POST", "/runs")
+    run_id = next(iter(kfp_server.runs))
+    assert f"submitted run {run_id}: {kfp_server.url}/#/runs/details/{run_id}" in out
+    body = run["body"]
+    assert body["runtime_config"]["parameters"] == {"target_labels_per_class": 5, "strategy": "l2sp:0.01"}
+    pipeline_spec = body["pipeline_spec"]["pipeline_spec"]
+    assert pipeline_spec["pipelineInfo"]["name"] == "tlpipe-transfer"
+    executors = body["pipeline_spec"]["platform_spec"]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert "exec-adapt" in executors
+    assert pipeline_spec["deploymentSpec"]["executors"]["exec-adapt"]["container"]["resources"]["accelerator"]["count"] == "2"
+    (experiment,) = kfp_server.sent("POST", "/experiments")
+    assert experiment["body"]["display_name"] == "nightly" and body["experiment_id"] in kfp_server.experiments
+    assert all(r["authorization"] == "Bearer tok-1" for r in kfp_server.requests)
+
+    # A second submission reuses the experiment; a compiled file submits as it is.
+    assert main(["submit", str(REPO / "pipelines/compiled/retrain.yaml"), "--host", kfp_server.url, "--token", "tok-1",
+                 "--experiment", "nightly"]) == 0
+    assert len(kfp_server.sent("POST", "/experiments")) == 1
+    second = kfp_server.sent("POST", "/runs")[1]["body"]
+    committed = yaml.safe_load_all((REPO / "pipelines/compiled/retrain.yaml").read_text())
+    assert second["pipeline_spec"]["pipeline_spec"] == next(committed)
+
+
+def test_submit_errors_are_one_sentence(kfp_server, capsys, tmp_path):
+    assert main(["submit", "transfer", "--host", kfp_server.url, "--token", "wrong"]) == 2
+    assert "refused the credentials (HTTP 401)" in capsys.readouterr().err
+    assert main(["submit", "transfer", "--host", "http://127.0.0.1:9", "--token", "tok-1"]) == 2
+    assert "cannot reach Kubeflow Pipelines at http://127.0.0.1:9" in capsys.readouterr().err
+    assert main(["submit", "transfer", "--host", "not a url"]) == 2
+    assert "is not an http(s) URL" in capsys.readouterr().err
+    assert main(["submit", "transfer", "--host", kfp_server.url, "--token", "tok-1", "-p", "epochs=3"]) == 2
+    assert "has no parameter 'epochs'" in capsys.readouterr().err
+    kfp_server.fail[("POST", "/apis/v2beta1/runs")] = (500, "database is down")
+    assert main(["submit", "transfer", "--host", kfp_server.url, "--token", "tok-1"]) == 2
+    err = capsys.readouterr().err
+    assert "refused to create the run: HTTP 500 database is down." in err and "Traceback" not in err
+    assert main(["submit", str(tmp_path / "nope.yaml"), "--host", kfp_server.url, "--token", "tok-1"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert not kfp_server.runs
+
+
+def test_schedule_create_list_delete(kfp_server, capsys, monkeypatch):
+    monkeypatch.setenv("KF_PIPELINES_ENDPOINT", kfp_server.url)
+    monkeypatch.setenv("KF_PIPELINES_TOKEN", "tok-1")
+    assert main(["schedule", "retrain", "--cron", "0 0 3 * * *", "--experiment", "retraining",
+                 "-p", "adapt_epochs=40"]) == 0
+    (created,) = kfp_server.sent("POST", "/recurringruns")
+    body = created["body"]
+    assert body["trigger"] == {"cron_schedule": {"cron": "0 0 3 * * *"}}
+    assert body["max_concurrency"] == "1" or body["max_concurrency"] == 1
+    assert body["no_catchup"] is True and body["mode"] == "ENABLE"
+    assert body["display_name"] == "tlpipe-retrain"
+    assert body["runtime_config"]["parameters"] == {"adapt_epochs": 40}
+    assert body["pipeline_spec"]["pipeline_spec"]["pipelineInfo"]["name"] == "tlpipe-retrain"
+    assert kfp_server.experiments[body["experiment_id"]]["display_name"] == "retraining"
+    recurring_id = next(iter(kfp_server.recurring_runs))
+    assert f"scheduled recurring run {recurring_id}" in capsys.readouterr().out
+
+    # The same name again is refused, or replaced with --replace (the chart's Job relies on it).
+    assert main(["schedule", "retrain", "--cron", "0 0 4 * * *"]) == 2
+    assert "a recurring run named 'tlpipe-retrain' exists" in capsys.readouterr().err
+    assert main(["schedule", "retrain", "--cron", "0 30 4 * * 1-5", "--replace", "--catchup",
+                 "--max-concurrency", "2"]) == 0
+    assert len(kfp_server.recurring_runs) == 1 and recurring_id not in kfp_server.recurring_runs
+    latest = kfp_server.sent("POST", "/recurringruns")[-1]["body"]
+    assert latest["no_catchup"] is False and int(latest["max_concurrency"]) == 2
+    capsys.readouterr()
+
+    assert main(["schedule", "list"]) == 0
+    (new_id,) = kfp_server.recurring_runs
+    listing = capsys.readouterr().out
+    assert new_id in listing and "0 30 4 * * 1-5" in listing and "tlpipe-retrain" in listing
+    assert main(["schedule", "delete", new_id]) == 0
+    assert not kfp_server.recurring_runs
+    assert main(["schedule", "delete", new_id]) == 2
+    assert "refused to delete recurring run" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("cron, message", [
+    ("0 3 * * *", "has 5 fields; Kubeflow Pipelines cron has 6, seconds first (a five-field Unix cron"),
+    ("0 0 25 * * *", "'25' is not a valid hour (0-23)"),
+    ("0 0 3 * * MON-XYZ", "'XYZ' is not a valid day of week"),
+    ("0 */0 * * * *", "step '/0' in the minute field"),
+])
+def test_schedule_rejects_bad_cron_before_calling_the_server(kfp_server, capsys, cron, message):
+    assert main(["schedule", "retrain", "--host", kfp_server.url, "--token", "tok-1", "--cron", cron]) == 2
+    assert message in capsys.readouterr().err
+    assert not kfp_server.requests
+
+
+def test_valid_crons_pass():
+    from tlpipe.remote import validate_cron
+
+    for cron in ("0 0 3 * * *", "0 0 9 ? * 2-6", "*/30 * * * * *", "0 0 0 1 JAN,JUL ?", "0 15 10 * * SUN"):
+        assert validate_cron(cron) == cron

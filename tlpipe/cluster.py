@@ -1,0 +1,171 @@
+"""Where each pipeline step runs on a Kubeflow cluster, and compiling pipelines for it.
+
+A `Cluster` holds the compile options: the component image, GPUs and the node placement of training
+steps, CPU/memory of every step, the memory-backed /dev/shm of data loaders, retries of preempted
+training steps, and the Kubernetes Secrets that carry credentials as environment variables (only
+their names reach the compiled YAML). Local runs (kfp.local) compile with no Cluster: none of it applies.
+
+Training steps (pretrain, finetune, adapt, and retrain's champion step, which may train) get GPUs;
+ingest, evaluate and register are cheap and run on CPU.
+"""
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tlpipe import __version__
+from tlpipe.errors import TlpipeError
+
+DEFAULT_IMAGE = f"ghcr.io/tlpipe/tlpipe-trainer:{__version__}"
+CPU_IMAGE = f"ghcr.io/tlpipe/tlpipe-cpu:{__version__}"
+# The images run as this user (images/*/Dockerfile); pods are made to match.
+IMAGE_UID = 1000
+S3_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL_S3")
+MLFLOW_KEYS = ("MLFLOW_TRACKING_URI",)
+MLFLOW_AUTH_KEYS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
+_QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti)?$")
+
+
+@dataclass(frozen=True)
+class Toleration:
+    key: str
+    effect: str = "NoSchedule"
+    value: str = ""  # empty: operator Exists
+
+    @classmethod
+    def parse(cls, text: str) -> "Toleration":
+        """KEY[=VALUE]:EFFECT, as in `kubectl taint`."""
+        body, _, effect = text.rpartition(":")
+        key, _, value = body.partition("=")
+        if not key or effect not in ("NoSchedule", "PreferNoSchedule", "NoExecute"):
+            raise TlpipeError(f"toleration '{text}' is not KEY[=VALUE]:EFFECT with EFFECT NoSchedule, "
+                              "PreferNoSchedule or NoExecute.")
+        return cls(key, effect, value)
+
+
+@dataclass(frozen=True)
+class Resources:
+    """Kubernetes quantities; a limit of "" means none."""
+
+    cpu_request: str
+    cpu_limit: str
+    memory_request: str
+    memory_limit: str
+
+    def __post_init__(self):
+        for name, value in vars(self).items():
+            if value and not _QUANTITY.match(value):
+                raise TlpipeError(f"{name.replace('_', ' ')} '{value}' is not a Kubernetes quantity such as 4, 500m or 16Gi.")
+
+
+@dataclass(frozen=True)
+class Cluster:
+    image: str = DEFAULT_IMAGE
+    gpus: int = 1  # per training step; 0 trains on CPU nodes
+    gpu_resource: str = "nvidia.com/gpu"
+    node_selector: dict[str, str] = field(default_factory=lambda: {"nvidia.com/gpu.present": "true"})
+    tolerations: tuple[Toleration, ...] = (Toleration("nvidia.com/gpu"),)
+    train: Resources = Resources("4", "8", "16Gi", "32Gi")
+    light: Resources = Resources("1", "2", "2Gi", "4Gi")
+    shm_size: str = "8Gi"
+    retries: int = 3
+    retry_backoff: str = "60s"  # doubled after each retry, at most an hour
+    s3_secret: str = "tlpipe-s3"
+    mlflow_secret: str = "tlpipe-mlflow"
+
+    def __post_init__(self):
+        if self.gpus < 0 or self.retries < 0:
+            raise TlpipeError("gpus and retries must be 0 or more.")
+        if not _QUANTITY.match(self.shm_size):
+            raise TlpipeError(f"shm size '{self.shm_size}' is not a Kubernetes quantity such as 8Gi.")
+
+
+class Placement:
+    """Builds a pipeline's tasks for a cluster (or for kfp.local when cluster is None)."""
+
+    def __init__(self, cluster: Cluster | None):
+        self.cluster = cluster
+        self._components = {}
+
+    def _component(self, component):
+        """The component, built for the cluster's image (the decorators' image is only the default)."""
+        if self.cluster is None or self.cluster.image == component.component_spec.implementation.container.image:
+            return component
+        if component.name not in self._components:
+            from kfp import dsl
+
+            self._components[component.name] = dsl.component(
+                component.python_func, base_image=self.cluster.image, install_kfp_package=False
+            )
+        return self._components[component.name]
+
+    def train(self, component, **arguments):
+        """A GPU training task: accelerators, GPU node placement, /dev/shm, retries, secrets."""
+        task = self._component(component)(**arguments)
+        if self.cluster is None:
+            return task
+        from kfp import kubernetes
+
+        c = self.cluster
+        if c.gpus:
+            task.set_accelerator_type(c.gpu_resource).set_accelerator_limit(c.gpus)
+            for key, value in c.node_selector.items():
+                kubernetes.add_node_selector(task, key, value)
+            for t in c.tolerations:
+                kubernetes.add_toleration(task, key=t.key, operator="Equal" if t.value else "Exists",
+                                          value=t.value or None, effect=t.effect)
+        # DataLoader workers share batches through /dev/shm, which is 64 MB in a pod by default.
+        kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory", size_limit=c.shm_size)
+        if c.retries:
+            # Training resumes from its checkpoint, so a retry after preemption loses little.
+            task.set_retry(num_retries=c.retries, backoff_duration=c.retry_backoff, backoff_factor=2,
+                           backoff_max_duration="3600s")
+        return self._common(task, c.train)
+
+    def light(self, component, cache: bool = True, **arguments):
+        """A cheap CPU task."""
+        task = self._component(component)(**arguments)
+        if not cache:
+            task.set_caching_options(False)
+        if self.cluster is None:
+            return task
+        return self._common(task, self.cluster.light)
+
+    def _common(self, task, resources: Resources):
+        from kfp import kubernetes
+
+        c = self.cluster
+        task.set_cpu_request(resources.cpu_request).set_memory_request(resources.memory_request)
+        if resources.cpu_limit:
+            task.set_cpu_limit(resources.cpu_limit)
+        if resources.memory_limit:
+            task.set_memory_limit(resources.memory_limit)
+        kubernetes.use_secret_as_env(task, c.s3_secret, {k: k for k in S3_KEYS})
+        kubernetes.use_secret_as_env(task, c.mlflow_secret, {k: k for k in MLFLOW_KEYS})
+        kubernetes.use_secret_as_env(task, c.mlflow_secret, {k: k for k in MLFLOW_AUTH_KEYS}, optional=True)
+        kubernetes.set_security_context(task, run_as_user=IMAGE_UID, run_as_group=IMAGE_UID, run_as_non_root=True)
+        return task
+
+
+def pipelines() -> dict:
+    """Pipeline builders by name: build(cluster) returns the KFP pipeline."""
+    from pipelines import registry
+
+    return registry()
+
+
+def pipeline(name: str, cluster: Cluster | None = None):
+    builders = pipelines()
+    if name not in builders:
+        raise TlpipeError(f"unknown pipeline '{name}'; choose one of {', '.join(builders)}.")
+    return builders[name](cluster)
+
+
+def compile_pipeline(name: str, out_dir: str | Path, cluster: Cluster) -> Path:
+    """Writes <out_dir>/<name>.yaml: KFP IR with the cluster's placement."""
+    from kfp import compiler
+
+    out = Path(out_dir) / f"{name}.yaml"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    compiler.Compiler().compile(pipeline(name, cluster), str(out))
+    return out
