@@ -15,6 +15,7 @@ def finetune(
     seed: int,
     checkpoint_root: str,
     checkpoint_every: int,
+    nproc: int,
     experiment: str,
     pipeline_run: str,
     step_name: str,
@@ -26,7 +27,7 @@ def finetune(
     from tlpipe.train import TrainConfig
 
     config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, checkpoint_dir=checkpoint_root,
-                         checkpoint_every=checkpoint_every)
+                         checkpoint_every=checkpoint_every, nproc=nproc)
     facts = exit_on_user_error(steps.finetune)(
         source_model.path, target_labelled.path, model.path, strategy, config, experiment, pipeline_run, step_name
     )

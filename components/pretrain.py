@@ -15,6 +15,7 @@ def pretrain(
     seed: int,
     checkpoint_root: str,
     checkpoint_every: int,
+    nproc: int,
     experiment: str,
     pipeline_run: str,
     model: Output[Model],
@@ -25,7 +26,7 @@ def pretrain(
     from tlpipe.train import TrainConfig
 
     config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, checkpoint_dir=checkpoint_root,
-                         checkpoint_every=checkpoint_every)
+                         checkpoint_every=checkpoint_every, nproc=nproc)
     facts = exit_on_user_error(steps.pretrain)(
         source_train.path, model.path, backbone, pretrained_weights, config, experiment, pipeline_run
     )

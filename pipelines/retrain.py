@@ -45,10 +45,11 @@ def build(cluster: Cluster | None = None):
         publish_to: str = "",
         checkpoint_root: str = "",
         checkpoint_every: int = 1,
+        nproc: int = 0,
     ) -> NamedTuple("Outputs", evaluation=Artifact, report=HTML, registration=Artifact):
         run = dsl.PIPELINE_JOB_ID_PLACEHOLDER
         train = dict(batch_size=batch_size, lr=lr, seed=seed, checkpoint_root=checkpoint_root,
-                     checkpoint_every=checkpoint_every, experiment=experiment, pipeline_run=run)
+                     checkpoint_every=checkpoint_every, nproc=nproc, experiment=experiment, pipeline_run=run)
         data = on.light(
             ingest, cache=False,
             source=source, target=target, target_labels_per_class=target_labels_per_class, seed=seed,

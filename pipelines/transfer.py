@@ -42,6 +42,7 @@ def build(cluster: Cluster | None = None):
         publish_to: str = "",
         checkpoint_root: str = "",
         checkpoint_every: int = 1,
+        nproc: int = 0,
     ) -> NamedTuple("Outputs", evaluation=Artifact, report=HTML, registration=Artifact):
         run = dsl.PIPELINE_JOB_ID_PLACEHOLDER
         data = on.light(
@@ -53,20 +54,20 @@ def build(cluster: Cluster | None = None):
             pretrain,
             source_train=data.outputs["source_train"], backbone=backbone, pretrained_weights=pretrained_weights,
             epochs=source_epochs, batch_size=batch_size, lr=lr, seed=seed, checkpoint_root=checkpoint_root,
-            checkpoint_every=checkpoint_every, experiment=experiment, pipeline_run=run,
+            checkpoint_every=checkpoint_every, nproc=nproc, experiment=experiment, pipeline_run=run,
         )
         finetuned = on.train(
             finetune,
             source_model=source_model.outputs["model"], target_labelled=data.outputs["target_labelled"], strategy=strategy,
             epochs=finetune_epochs, batch_size=batch_size, lr=lr, seed=seed, checkpoint_root=checkpoint_root,
-            checkpoint_every=checkpoint_every, experiment=experiment, pipeline_run=run,
+            checkpoint_every=checkpoint_every, nproc=nproc, experiment=experiment, pipeline_run=run,
             step_name="finetune",
         ).set_display_name("finetune")
         target_only = on.train(
             finetune,
             source_model=source_model.outputs["model"], target_labelled=data.outputs["target_labelled"], strategy="scratch",
             epochs=finetune_epochs, batch_size=batch_size, lr=lr, seed=seed, checkpoint_root=checkpoint_root,
-            checkpoint_every=checkpoint_every, experiment=experiment, pipeline_run=run,
+            checkpoint_every=checkpoint_every, nproc=nproc, experiment=experiment, pipeline_run=run,
             step_name="target-only",
         ).set_display_name("target-only")
         adapted = on.train(
@@ -74,7 +75,7 @@ def build(cluster: Cluster | None = None):
             source_model=source_model.outputs["model"], source_train=data.outputs["source_train"],
             target_unlabelled=data.outputs["target_unlabelled"], method=adapt_method, epochs=adapt_epochs,
             batch_size=batch_size, lr=lr, seed=seed, checkpoint_root=checkpoint_root,
-            checkpoint_every=checkpoint_every, experiment=experiment, pipeline_run=run,
+            checkpoint_every=checkpoint_every, nproc=nproc, experiment=experiment, pipeline_run=run,
         )
         scores = on.light(
             evaluate,

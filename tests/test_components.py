@@ -17,7 +17,7 @@ from tlpipe.data import load_dataset
 from tlpipe.models import load_model
 
 SPLITS = ["source_train", "source_test", "target_labelled", "target_unlabelled", "target_test"]
-TRAIN = dict(epochs=1, batch_size=64, lr=0.01, seed=0, checkpoint_root="", checkpoint_every=1, experiment="tests",
+TRAIN = dict(epochs=1, batch_size=64, lr=0.01, seed=0, checkpoint_root="", checkpoint_every=1, nproc=1, experiment="tests",
              pipeline_run="run-1")
 
 

@@ -40,6 +40,8 @@ def cmd_run(args) -> None:
         print(f"champion: version {reg.champion_version} kept ({reg.previous_champion_accuracy:.2%} >= {reg.accuracy:.2%})")
     print(f"report: {result.report}")
     print(f"log: {result.log}")
+    print()
+    print(local.format_timing(result))
     print(f"pipeline finished in {result.seconds:.0f} s")
 
 

@@ -2,6 +2,7 @@
 
 import io
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -17,9 +18,16 @@ from tlpipe.evaluate import Evaluation
 from tlpipe.methods.finetune import parse_strategy
 from tlpipe.models.backbones import BACKBONES
 from tlpipe.registry import Registration
-from tlpipe.steps import ADAPT_METHODS
+from tlpipe.steps import ADAPT_METHODS, COMPUTE_MARK
 
 _CASTS = {"Integer": int, "Float": float, "String": str, "Boolean": lambda v: v.lower() in ("1", "true", "yes")}
+
+
+@dataclass
+class StepTime:
+    task: str
+    wall: float  # from kfp.local starting the task to its end
+    compute: float  # inside the step function (tlpipe.steps.timed)
 
 
 @dataclass
@@ -29,24 +37,45 @@ class RunResult:
     report: Path
     log: Path
     seconds: float
+    steps: list[StepTime]
+
+
+_COLOUR = re.compile(r"\x1b\[[0-9;]*m")
+_TASK_START = re.compile(r"Executing task '([\w-]+)'")
+_TASK_END = re.compile(r"Task '([\w-]+)' finished with status")
+_COMPUTE = re.compile(re.escape(COMPUTE_MARK) + r" ([0-9.]+) s")
 
 
 class _LogView(io.TextIOBase):
-    """Sends the whole KFP log to a file and only task status, progress and errors to the terminal."""
+    """Sends the whole KFP log to a file and only task status, progress and errors to the terminal;
+    times each task as its lines go by (kfp.local runs one task at a time)."""
 
     SHOWN = ("Executing task", "finished with status", "] epoch ", "tlpipe: error")
 
     def __init__(self, terminal, log_file, verbose: bool):
         self.terminal, self.log_file, self.verbose, self.pending = terminal, log_file, verbose, ""
+        self.steps: list[StepTime] = []
+        self.started: dict[str, float] = {}
+        self.compute = 0.0
 
     def write(self, text: str) -> int:
         self.log_file.write(text)
         self.pending += text
         *lines, self.pending = self.pending.split("\n")
         for line in lines:
+            self._time(line)
             if self.verbose or any(mark in line for mark in self.SHOWN):
                 self.terminal.write(line.strip() + "\n")
         return len(text)
+
+    def _time(self, line: str) -> None:
+        line = _COLOUR.sub("", line)
+        if m := _TASK_START.search(line):
+            self.started[m.group(1)], self.compute = time.perf_counter(), 0.0
+        elif m := _COMPUTE.search(line):
+            self.compute = float(m.group(1))  # the outermost step ends last
+        elif (m := _TASK_END.search(line)) and m.group(1) in self.started:
+            self.steps.append(StepTime(m.group(1), time.perf_counter() - self.started.pop(m.group(1)), self.compute))
 
     def flush(self) -> None:
         self.log_file.flush()
@@ -107,17 +136,18 @@ def run(name: str, given: dict[str, str], verbose: bool = False) -> RunResult:
     warnings.filterwarnings("ignore", message=".*non-Python base image.*")
     warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*")
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(settings.pipeline_root()))
-    started = time.time()
+    started, started_at = time.perf_counter(), time.time()
     log_path = settings.home() / "logs" / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp, open(log_path, "w") as log_file:
         error_file = Path(tmp) / "error"
         os.environ[ERROR_FILE_ENV] = str(error_file)
-        terminal, sys.stdout = sys.stdout, _LogView(sys.stdout, log_file, verbose)
+        view = _LogView(sys.stdout, log_file, verbose)
+        terminal, sys.stdout = sys.stdout, view
         try:
             task = pipeline(**arguments)
         except RuntimeError as error:
-            _fail_open_runs({**defaults, **arguments}.get("experiment", "tlpipe"), started)
+            _fail_open_runs({**defaults, **arguments}.get("experiment", "tlpipe"), started_at)
             message = error_file.read_text() if error_file.exists() else f"{error}; the full log is {log_path}"
             raise TlpipeError(message) from None
         finally:
@@ -133,8 +163,24 @@ def run(name: str, given: dict[str, str], verbose: bool = False) -> RunResult:
         registration=Registration.load(outputs["registration"].path),
         report=report,
         log=log_path,
-        seconds=time.time() - started,
+        seconds=time.perf_counter() - started,
+        steps=view.steps,
     )
+
+
+def format_timing(result: RunResult) -> str:
+    """The per-step timing table: wall time, compute inside the step, and the overhead around it."""
+    lines = [f"{'step':<18} {'wall s':>8} {'compute s':>10} {'overhead s':>11}", "-" * 50]
+    for step in result.steps:
+        lines.append(f"{step.task:<18} {step.wall:>8.1f} {step.compute:>10.1f} {step.wall - step.compute:>11.1f}")
+    between = result.seconds - sum(s.wall for s in result.steps)
+    lines.append(f"{'(between steps)':<18} {between:>8.1f} {0:>10.1f} {between:>11.1f}")
+    compute = sum(s.compute for s in result.steps)
+    overhead = result.seconds - compute
+    lines.append("-" * 50)
+    lines.append(f"{'total':<18} {result.seconds:>8.1f} {compute:>10.1f} {overhead:>11.1f}"
+                 f"  ({overhead / result.seconds:.0%} overhead)")
+    return "\n".join(lines)
 
 
 def _fail_open_runs(experiment: str, since: float) -> None:

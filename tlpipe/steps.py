@@ -5,14 +5,16 @@ and returns facts for the component's artifact metadata. User mistakes raise Tlp
 """
 
 import dataclasses
+import functools
 import json
 import shutil
+import time
 from pathlib import Path
 
 import mlflow
 import torch
 
-from tlpipe import settings, storage, tracking
+from tlpipe import distributed, settings, storage, tracking
 from tlpipe.checkpoint import Checkpoint
 from tlpipe.data import load_dataset, load_domain, save_dataset, split_source, split_target
 from tlpipe.errors import TlpipeError
@@ -26,6 +28,26 @@ SOURCE_TEST_FRACTION = 0.2
 TARGET_TEST_FRACTION = 0.3
 
 
+# What a step prints when it ends: the local runner's timing table reads it from the log.
+COMPUTE_MARK = "tlpipe: step compute"
+
+
+def timed(func):
+    """Prints the time spent inside the step, so that the process start, imports and KFP's artifact
+    handling around it can be told apart from the step's own work."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        started = time.perf_counter()
+        try:
+            return func(*args, **kwargs)
+        finally:
+            print(f"{COMPUTE_MARK} {time.perf_counter() - started:.3f} s", flush=True)
+
+    return wrapper
+
+
+@timed
 def ingest(
     source: str,
     target: str,
@@ -70,6 +92,7 @@ def _model_facts(meta: dict) -> dict:
     return {k: v for k, v in meta.items() if k not in ("format", "spec")} | {"backbone": meta["spec"]["backbone"]}
 
 
+@timed
 def pretrain(
     source_train: str,
     out: str,
@@ -87,13 +110,15 @@ def pretrain(
         spec = ModelSpec(backbone=backbone, classes=data.classes, input_size=data.images.shape[1])
         torch.manual_seed(config.seed)
         model = Classifier(spec, weights, pretrained_weights)
-        final = supervised.pretrain(model, data, config, log=tracking.epoch_logger("pretrain", config.epochs))
+        final = distributed.run(config.nproc, supervised.pretrain, model, data, config,
+                                log=tracking.EpochLogger("pretrain", config.epochs))
         saved = save_model(out, model, method="source-only", trained_on=meta["content_hash"], device=str(device()))
         mlflow.log_metrics({f"final_{k}": v for k, v in final.items()})
     _done(config)
     return _model_facts(saved)
 
 
+@timed
 def finetune(
     source_model: str,
     target_labelled: str,
@@ -110,13 +135,15 @@ def finetune(
     config = checkpointed(config, pipeline_run, step_name)
     params = {"strategy": strategy, **_config_params(step_name, config)}
     with tracking.step_run(step_name, experiment, pipeline_run, params):
-        tuned = finetuning.finetune(model, data, strategy, config, log=tracking.epoch_logger(step_name, config.epochs))
+        tuned = distributed.run(config.nproc, finetuning.finetune, model, data, strategy, config,
+                                log=tracking.EpochLogger(step_name, config.epochs))
         method = "target-only" if strategy == "scratch" else f"finetune:{strategy}"
         saved = save_model(out, tuned, method=method, trained_on=meta["content_hash"])
     _done(config)
     return _model_facts(saved)
 
 
+@timed
 def adapt(
     source_model: str,
     source_train: str,
@@ -135,12 +162,14 @@ def adapt(
     config = checkpointed(config, pipeline_run, "adapt")
     params = {"method": method, **_config_params("adapt", config)}
     with tracking.step_run("adapt", experiment, pipeline_run, params):
-        adapted = dann.adapt(model, source, target, config, log=tracking.epoch_logger("adapt", config.epochs))
+        adapted = distributed.run(config.nproc, dann.adapt, model, source, target, config,
+                                  log=tracking.EpochLogger("adapt", config.epochs))
         saved = save_model(out, adapted, method=method, trained_on=meta["content_hash"])
     _done(config)
     return _model_facts(saved)
 
 
+@timed
 def evaluate(
     target_test: str,
     baselines: dict[str, str],
@@ -184,6 +213,7 @@ def describe_evaluation(result: Evaluation, evaluation, metrics, confusion, best
     best_model.metadata.update({"candidate": result.best, "accuracy": best.accuracy})
 
 
+@timed
 def start_model(
     source_train: str,
     out: str,
@@ -217,6 +247,7 @@ def baseline_name(model_dir: str) -> str:
     return f"champion-v{meta['registered_version']}" if "registered_version" in meta else "source-only"
 
 
+@timed
 def register(
     best_model: str,
     evaluation_path: str,

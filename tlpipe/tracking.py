@@ -8,6 +8,7 @@ everything goes to the embedded default under $TLPIPE_HOME (tlpipe.settings).
 import contextlib
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import mlflow
@@ -75,17 +76,31 @@ def step_run(step: str, experiment: str, pipeline_run: str, params: dict):
         yield run
 
 
-def epoch_logger(step: str, epochs: int):
-    """Logs each epoch's metrics to the active run and prints about ten progress lines per step."""
-    every = max(1, epochs // 10)
+class EpochLogger:
+    """Per-epoch metrics (throughput included) to the step's MLflow run, and a progress bar line with
+    rate and ETA about ten times per step. Picklable: rank 0 of data-parallel training calls it too."""
 
-    def log(epoch: int, metrics: dict[str, float]) -> None:
-        mlflow.log_metrics({f"train_{k}": v for k, v in metrics.items()}, step=epoch)
-        if (epoch + 1) % every == 0 or epoch + 1 == epochs:
-            shown = "  ".join(f"{k} {v:.3f}" for k, v in metrics.items())
-            print(f"[{step}] epoch {epoch + 1}/{epochs}  {shown}", flush=True)
+    def __init__(self, step: str, epochs: int):
+        self.step, self.epochs = step, epochs
+        self.every = max(1, epochs // 10)
+        active = mlflow.active_run()
+        self.run_id = active.info.run_id if active else None
+        self.started, self.first = time.time(), None
 
-    return log
+    def __call__(self, epoch: int, metrics: dict[str, float]) -> None:
+        from mlflow.entities import Metric
+        from tqdm import tqdm
+
+        if self.first is None:  # the first epoch this process trains: later than 0 after a resume
+            self.first = epoch
+        if self.run_id:
+            now = int(time.time() * 1000)
+            configure().log_batch(self.run_id, metrics=[Metric(f"train_{k}", v, now, epoch) for k, v in metrics.items()])
+        if (epoch + 1) % self.every == 0 or epoch + 1 == self.epochs:
+            bar = tqdm.format_meter(epoch + 1, self.epochs, time.time() - self.started, ncols=60, unit="epoch",
+                                    initial=self.first)
+            shown = "  ".join(f"{k} {v:.0f}" if k == "images_per_second" else f"{k} {v:.3f}" for k, v in metrics.items())
+            print(f"[{self.step}] epoch {bar}  {shown}".replace("images_per_second", "img/s"), flush=True)
 
 
 def end_pipeline_run(experiment: str, pipeline_run: str, status: str) -> None:

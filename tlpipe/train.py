@@ -3,17 +3,21 @@
 A method supplies `step(p) -> (loss, metrics)` for training progress p in [0, 1); the loop owns the
 device, mixed precision, the optimizer step, the learning-rate annealing and the per-epoch logging.
 Data stays on the device as uint8 tensors; the loop syncs with the host once per epoch, not per step.
+With several processes (tlpipe.distributed) each rank takes its share of every global batch.
 """
 
 import math
 import random
+import time
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 import torch
 
+from tlpipe import distributed
 from tlpipe.checkpoint import Checkpoint
+from tlpipe.errors import TlpipeError
 
 Metrics = dict[str, torch.Tensor]
 StepFn = Callable[[float], tuple[torch.Tensor, Metrics]]
@@ -30,10 +34,23 @@ class TrainConfig:
     seed: int = 0
     checkpoint_dir: str = ""  # local directory or s3:// prefix; empty: no checkpoints
     checkpoint_every: int = 1  # epochs
+    nproc: int = 1  # data-parallel processes; 0: one per GPU
+    compile: bool = False  # torch.compile the network (CUDA)
 
 
 def device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+
+
+def prepare(module: torch.nn.Module, config: TrainConfig) -> torch.nn.Module:
+    """Moves `module` to the device (channels_last on CUDA) and returns the network to call in steps:
+    the module, in DDP across processes, compiled on request."""
+    if device().type == "cuda":
+        module.to(device(), memory_format=torch.channels_last)
+    else:
+        module.to(device())
+    net = distributed.wrap(module)
+    return torch.compile(net) if config.compile else net
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -51,7 +68,10 @@ class Batches:
         self.tensors = tensors
         self.n = len(tensors[0])
         self.batch_size = min(batch_size, self.n)
-        self.generator = generator
+        self.generator = generator  # seeded alike on every rank: all ranks draw the same global batches
+        self.rank, self.world = distributed.rank_world()
+        if self.batch_size % self.world:
+            raise TlpipeError(f"batch size {self.batch_size} does not split evenly over {self.world} processes.")
         self.order = torch.empty(0, dtype=torch.int64)
         self.position = 0
 
@@ -73,7 +93,8 @@ class Batches:
         if self.position + self.batch_size > len(self.order):
             self.order = torch.randperm(self.n, generator=self.generator)
             self.position = 0
-        index = self.order[self.position : self.position + self.batch_size].to(self.tensors[0].device)
+        index = self.order[self.position : self.position + self.batch_size][self.rank :: self.world]
+        index = index.to(self.tensors[0].device, non_blocking=True)
         self.position += self.batch_size
         return tuple(t[index] for t in self.tensors)
 
@@ -96,11 +117,13 @@ def fit(
     checkpoint_dir: str = "",
     checkpoint_every: int = 1,
     state: dict | None = None,
+    images_per_step: int = 0,
 ) -> dict[str, float]:
     """Runs epochs x steps_per_epoch optimizer steps; returns the last epoch's mean metrics.
 
     With `checkpoint_dir`, saves the optimizer and `state` (models, batch iterators) every
-    `checkpoint_every` epochs and, if a checkpoint is there already, resumes from it.
+    `checkpoint_every` epochs and, if a checkpoint is there already, resumes from it. With
+    `images_per_step` (all ranks together), the metrics include images_per_second.
     """
     total = max(1, epochs * steps_per_epoch)
     base_lrs = [group["lr"] for group in optimizer.param_groups]
@@ -111,6 +134,7 @@ def fit(
     if first:
         print(f"resuming from the checkpoint after epoch {first}/{epochs}", flush=True)
     for epoch in range(first, epochs):
+        started = time.perf_counter()
         sums: Metrics = {}
         for i in range(steps_per_epoch):
             p = (epoch * steps_per_epoch + i) / total
@@ -123,9 +147,12 @@ def fit(
             optimizer.step()
             for name, value in metrics.items():
                 sums[name] = sums.get(name, 0) + value.detach().float()
-        last = {name: float(value) / steps_per_epoch for name, value in sums.items()}
-        if log:
+        # The one host synchronisation of the epoch.
+        last = {name: float(value) / steps_per_epoch for name, value in distributed.all_reduce_mean(sums).items()}
+        if images_per_step:
+            last["images_per_second"] = images_per_step * steps_per_epoch / (time.perf_counter() - started)
+        if log and distributed.is_main():
             log(epoch, last)
-        if checkpoint and ((epoch + 1) % checkpoint_every == 0 or epoch + 1 == epochs):
+        if checkpoint and distributed.is_main() and ((epoch + 1) % checkpoint_every == 0 or epoch + 1 == epochs):
             checkpoint.save(epoch + 1)
     return last

@@ -16,7 +16,7 @@ from torch import nn
 from tlpipe.data import ImageSet
 from tlpipe.errors import TlpipeError
 from tlpipe.models import Classifier
-from tlpipe.train import Batches, LogFn, TrainConfig, device, fit, seed_everything, sgd
+from tlpipe.train import Batches, LogFn, TrainConfig, device, fit, prepare, seed_everything, sgd
 
 
 class _ReverseGradient(torch.autograd.Function):
@@ -58,6 +58,23 @@ class DomainDiscriminator(nn.Module):
         return self.net(features).squeeze(1)
 
 
+class _Dann(nn.Module):
+    """Classifier and discriminator as one module, so that data-parallel training sees one forward."""
+
+    def __init__(self, model: Classifier, discriminator: DomainDiscriminator):
+        super().__init__()
+        self.model, self.discriminator = model, discriminator
+
+    def forward(self, source_images, target_images, coeff: float):
+        # Separate passes: batch norm normalises each domain by its own batch statistics, which
+        # removes the colour and contrast gap before the discriminator looks. On the small digit
+        # domains this is what lets DANN beat source-only (benchmarks/ has the figures).
+        source_features = self.model.features(source_images)
+        target_features = self.model.features(target_images)
+        features = torch.cat([source_features, target_features])
+        return self.model.head(source_features), self.discriminator(reverse_gradient(features, coeff))
+
+
 def adapt(
     source_model: Classifier,
     source: ImageSet,
@@ -72,8 +89,9 @@ def adapt(
         raise TlpipeError("DANN needs unlabelled target images; the unlabelled target split is empty.")
     generator = seed_everything(config.seed)
     dev = device()
-    model = copy.deepcopy(source_model).to(dev).train()
-    discriminator = DomainDiscriminator(model.feature_dim).to(dev).train()
+    model = copy.deepcopy(source_model).train()
+    discriminator = DomainDiscriminator(model.feature_dim).train()
+    net = prepare(_Dann(model, discriminator), config)
     source_batches = Batches(
         torch.from_numpy(source.images).to(dev),
         torch.from_numpy(source.labels).to(dev),
@@ -87,14 +105,8 @@ def adapt(
         source_images, labels = next(source_batches)
         (target_images,) = next(target_batches)
         n = len(source_images)
-        # Separate passes: batch norm normalises each domain by its own batch statistics, which
-        # removes the colour and contrast gap before the discriminator looks. On the small digit
-        # domains this is what lets DANN beat source-only (benchmarks/ has the figures).
-        source_features = model.features(source_images)
-        target_features = model.features(target_images)
-        classification = F.cross_entropy(model.head(source_features), labels)
-        features = torch.cat([source_features, target_features])
-        domain_logits = discriminator(reverse_gradient(features, ganin_lambda(p)))
+        class_logits, domain_logits = net(source_images, target_images, ganin_lambda(p))
+        classification = F.cross_entropy(class_logits, labels)
         domain_labels = torch.cat([torch.ones(n, device=dev), torch.zeros(len(target_images), device=dev)])
         domain = F.binary_cross_entropy_with_logits(domain_logits.float(), domain_labels)
         domain_accuracy = ((domain_logits > 0).float() == domain_labels).float().mean()
@@ -103,5 +115,6 @@ def adapt(
 
     steps_per_epoch = max(source_batches.per_epoch, target_batches.per_epoch)
     fit(step, optimizer, config.epochs, steps_per_epoch, log, config.checkpoint_dir, config.checkpoint_every,
-        state={"model": model, "discriminator": discriminator, "source": source_batches, "target": target_batches})
+        state={"model": model, "discriminator": discriminator, "source": source_batches, "target": target_batches},
+        images_per_step=source_batches.batch_size + target_batches.batch_size)
     return model.eval()

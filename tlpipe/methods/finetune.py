@@ -51,6 +51,8 @@ def l2sp_penalty(model: Classifier, source: dict[str, torch.Tensor], alpha: floa
     pairs = [(p, source[name]) for name, p in model.blocks.named_parameters()]
 
     def penalty() -> torch.Tensor:
+        if pairs and pairs[0][1].device != pairs[0][0].device:  # the model moved to the training device
+            pairs[:] = [(p, p0.to(p.device)) for p, p0 in pairs]
         return 0.5 * alpha * sum(((p - p0) ** 2).sum() for p, p0 in pairs)
 
     return penalty

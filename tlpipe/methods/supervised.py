@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from tlpipe.data import ImageSet
 from tlpipe.models import Classifier
-from tlpipe.train import Batches, LogFn, TrainConfig, device, fit, seed_everything, sgd
+from tlpipe.train import Batches, LogFn, TrainConfig, device, fit, prepare, seed_everything, sgd
 
 
 def on_device(data: ImageSet) -> tuple[torch.Tensor, torch.Tensor]:
@@ -24,13 +24,13 @@ def train_classifier(
 ) -> dict[str, float]:
     """Cross-entropy training of `model` (in the train/eval modes its caller set) on `data`."""
     generator = seed_everything(config.seed)
-    model.to(device())
+    net = prepare(model, config)
     batches = Batches(*on_device(data), batch_size=config.batch_size, generator=generator)
     optimizer = sgd(param_groups if param_groups is not None else model.parameters(), config)
 
     def step(p: float):
         images, labels = next(batches)
-        logits = model(images)
+        logits = net(images)
         loss = F.cross_entropy(logits, labels)
         metrics = {"loss": loss, "accuracy": (logits.argmax(1) == labels).float().mean()}
         if penalty is not None:
@@ -40,7 +40,7 @@ def train_classifier(
         return loss, metrics
 
     return fit(step, optimizer, config.epochs, batches.per_epoch, log, config.checkpoint_dir, config.checkpoint_every,
-               state={"model": model, "batches": batches})
+               state={"model": model, "batches": batches}, images_per_step=batches.batch_size)
 
 
 def pretrain(model: Classifier, source: ImageSet, config: TrainConfig, log: LogFn | None = None) -> dict[str, float]:

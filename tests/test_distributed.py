@@ -1,0 +1,99 @@
+"""Data-parallel training (DDP) on CPU with the gloo backend: 2 processes against 1."""
+
+import copy
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+
+from tlpipe import distributed, steps, tracking
+from tlpipe.data import load_domain, save_dataset
+from tlpipe.errors import TlpipeError
+from tlpipe.evaluate import score
+from tlpipe.methods import dann
+from tlpipe.methods.finetune import finetune
+from tlpipe.methods.supervised import pretrain
+from tlpipe.models import Classifier, ModelSpec, load_model
+from tlpipe.train import TrainConfig
+
+
+@pytest.fixture(scope="module")
+def digits():
+    data = load_domain("digits", image_size=16, seed=0)
+    return data.subset(np.arange(0, len(data), 2)), data.subset(np.arange(1, len(data), 2))
+
+
+def source_model(train) -> Classifier:
+    torch.manual_seed(0)
+    model = Classifier(ModelSpec("small-cnn", train.classes, 16))
+    pretrain(model, train, TrainConfig(epochs=2, batch_size=64, seed=0))
+    return model
+
+
+def test_linear_probe_on_two_processes_equals_one_process(digits):
+    """With batch norm frozen, each rank's half-batch gradient averaged by DDP is the whole batch's:
+    the heads agree to float rounding."""
+    train, _ = digits
+    source = source_model(train)
+    config = TrainConfig(epochs=3, batch_size=64, lr=0.05, seed=1)
+    one = distributed.run(1, finetune, source, train, "linear-probe", config)
+    two = distributed.run(2, finetune, source, train, "linear-probe", config)
+    for (name, a), b in zip(one.state_dict().items(), two.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=f"{name} differs")
+    assert not torch.equal(one.head.weight, source.head.weight)  # it did train
+
+
+def test_full_training_on_two_processes_matches_one_within_two_points(digits):
+    """Batch norm normalises each rank's half batch by its own statistics (as DDP does without
+    SyncBatchNorm, which gloo lacks), so the runs differ slightly: accuracy within 2 points."""
+    train, test = digits
+    results = {}
+    for nproc in (1, 2):
+        torch.manual_seed(0)
+        model = Classifier(ModelSpec("small-cnn", train.classes, 16)).train()
+        final = distributed.run(nproc, pretrain, model, train, TrainConfig(epochs=6, batch_size=64, seed=0))
+        results[nproc] = (score(model, test).accuracy, final)
+    (acc1, final1), (acc2, final2) = results[1], results[2]
+    assert acc1 > 0.8 and abs(acc1 - acc2) <= 0.02, (acc1, acc2)
+    assert final2["images_per_second"] > 0
+    print(f"test accuracy: 1 process {acc1:.4f}, 2 processes {acc2:.4f}")
+
+
+def test_dann_runs_on_two_processes(digits):
+    train, test = digits
+    source = source_model(train)
+    adapted = distributed.run(2, dann.adapt, source, train, test.without_labels(), TrainConfig(epochs=1, batch_size=32))
+    assert not torch.equal(adapted.head.weight, source.head.weight)
+    assert score(adapted, test).accuracy > 0.5
+
+
+def test_only_rank_0_logs_and_writes(digits, tmp_path, monkeypatch, capfd):
+    monkeypatch.setenv("TLPIPE_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    train, _ = digits
+    save_dataset(tmp_path / "train", train, spec="digits")
+    config = TrainConfig(epochs=4, batch_size=64, seed=0, nproc=2)
+    steps.pretrain(str(tmp_path / "train"), str(tmp_path / "model"), "small-cnn", "", config, "ddp", "run-1")
+    out = capfd.readouterr().out
+    assert out.count("[pretrain] epoch") == 4  # rank 1 prints nothing
+    client = tracking.configure()
+    [run] = client.search_runs([client.get_experiment_by_name("ddp").experiment_id],
+                               filter_string="tags.`tlpipe.step` = 'pretrain'")
+    history = client.get_metric_history(run.info.run_id, "train_loss")
+    assert sorted(m.step for m in history) == [0, 1, 2, 3]  # once per epoch, not once per rank
+    assert client.get_metric_history(run.info.run_id, "train_images_per_second")
+    model, meta = load_model(tmp_path / "model")
+    assert meta["method"] == "source-only" and sorted(p.name for p in (tmp_path / "model").iterdir()) == [
+        "model.json", "model.safetensors"]
+    mlflow.set_tracking_uri(None)
+
+
+def test_uneven_batch_split_and_bad_nproc_are_one_sentence(digits):
+    train, _ = digits
+    model = Classifier(ModelSpec("small-cnn", train.classes, 16))
+    with pytest.raises(TlpipeError, match="nproc=-1 must be 0"):
+        distributed.run(-1, pretrain, model, train, TrainConfig(epochs=1))
+    assert distributed.processes(0) == 1  # no GPU here: one process
+    with pytest.raises(TlpipeError, match="^batch size 63 does not split evenly over 2 processes.$"):
+        distributed.run(2, pretrain, copy.deepcopy(model), train, TrainConfig(epochs=1, batch_size=63))
