@@ -78,7 +78,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    rows = [("small-cnn", 32, 64, 40, 3, "cpu"), ("resnet18", 32, 64, 12, 3, "cpu")]
+    rows = [("small-cnn", 32, 64, 150, 2, "cpu"), ("resnet18", 32, 64, 30, 2, "cpu")]
     if torch.cuda.is_available():
         rows = [("small-cnn", 32, 256, 200, 3, "cuda"), ("resnet18", 32, 256, 100, 3, "cuda"),
                 ("resnet50", 224, 64, 60, 3, "cuda")]
