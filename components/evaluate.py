@@ -7,6 +7,7 @@ from components import IMAGE
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def evaluate(
     target_test: Input[Dataset],
+    source_test: Input[Dataset],
     source_only: Input[Model],
     target_only: Input[Model],
     finetuned: Input[Model],
@@ -32,6 +33,7 @@ def evaluate(
         best_model_out=best_model.path,
         experiment=experiment,
         pipeline_run=pipeline_run,
+        source_test=source_test.path,
     )
     steps.describe_evaluation(result, evaluation, metrics, confusion, best_model)
 

@@ -7,6 +7,7 @@ from components import IMAGE
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def finetune(
     source_model: Input[Model],
+    source_train: Input[Dataset],
     target_labelled: Input[Dataset],
     strategy: str,
     epochs: int,
@@ -21,7 +22,8 @@ def finetune(
     step_name: str,
     model: Output[Model],
 ):
-    """Fine-tunes the source model on the few labelled target images (strategy `scratch`: no transfer)."""
+    """Fine-tunes the source model on the few labelled target images (strategy `scratch`: no transfer;
+    multitask and zero-shot also use the source training images)."""
     from tlpipe import steps
     from tlpipe.errors import exit_on_user_error
     from tlpipe.train import TrainConfig
@@ -29,6 +31,7 @@ def finetune(
     config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, checkpoint_dir=checkpoint_root,
                          checkpoint_every=checkpoint_every, nproc=nproc)
     facts = exit_on_user_error(steps.finetune)(
-        source_model.path, target_labelled.path, model.path, strategy, config, experiment, pipeline_run, step_name
+        source_model.path, target_labelled.path, model.path, strategy, config, experiment, pipeline_run, step_name,
+        source_train.path,
     )
     model.metadata.update(facts)

@@ -14,13 +14,16 @@ def ingest(
     experiment: str,
     pipeline_run: str,
     publish_to: str,
+    unseen_classes: str,
+    attributes: str,
     source_train: Output[Dataset],
     source_test: Output[Dataset],
     target_labelled: Output[Dataset],
     target_unlabelled: Output[Dataset],
     target_test: Output[Dataset],
 ):
-    """Resolves and validates both domains and writes the five seeded, disjoint splits."""
+    """Resolves and validates both domains and writes the five seeded, disjoint splits (unseen classes
+    only in the test splits)."""
     from tlpipe import steps
     from tlpipe.errors import exit_on_user_error
 
@@ -34,7 +37,8 @@ def ingest(
     facts = exit_on_user_error(steps.ingest)(
         source, target, target_labels_per_class, seed, image_size,
         out={name: artifact.path for name, artifact in outputs.items()},
-        experiment=experiment, pipeline_run=pipeline_run, publish_to=publish_to,
+        experiment=experiment, pipeline_run=pipeline_run, publish_to=publish_to, unseen_classes=unseen_classes,
+        attributes=attributes,
     )
     for name, artifact in outputs.items():
         artifact.metadata.update(facts[name])

@@ -46,6 +46,8 @@ def build(cluster: Cluster | None = None):
         checkpoint_root: str = "",
         checkpoint_every: int = 1,
         nproc: int = 0,
+        unseen_classes: str = "",
+        attributes: str = "",
     ) -> NamedTuple("Outputs", evaluation=Artifact, report=HTML, registration=Artifact):
         run = dsl.PIPELINE_JOB_ID_PLACEHOLDER
         train = dict(batch_size=batch_size, lr=lr, seed=seed, checkpoint_root=checkpoint_root,
@@ -54,6 +56,7 @@ def build(cluster: Cluster | None = None):
             ingest, cache=False,
             source=source, target=target, target_labels_per_class=target_labels_per_class, seed=seed,
             image_size=image_size, experiment=experiment, pipeline_run=run, publish_to=publish_to,
+            unseen_classes=unseen_classes, attributes=attributes,
         )
         # The champion changes behind the same name: never cached.
         start = on.train(
@@ -63,7 +66,8 @@ def build(cluster: Cluster | None = None):
         ).set_caching_options(False)
         finetuned = on.train(
             finetune,
-            source_model=start.outputs["model"], target_labelled=data.outputs["target_labelled"], strategy=strategy,
+            source_model=start.outputs["model"], source_train=data.outputs["source_train"],
+            target_labelled=data.outputs["target_labelled"], strategy=strategy,
             epochs=finetune_epochs, step_name="finetune", **train,
         ).set_display_name("finetune")
         adapted = on.train(

@@ -43,12 +43,15 @@ def build(cluster: Cluster | None = None):
         checkpoint_root: str = "",
         checkpoint_every: int = 1,
         nproc: int = 0,
+        unseen_classes: str = "",
+        attributes: str = "",
     ) -> NamedTuple("Outputs", evaluation=Artifact, report=HTML, registration=Artifact):
         run = dsl.PIPELINE_JOB_ID_PLACEHOLDER
         data = on.light(
             ingest, cache=False,
             source=source, target=target, target_labels_per_class=target_labels_per_class, seed=seed,
             image_size=image_size, experiment=experiment, pipeline_run=run, publish_to=publish_to,
+            unseen_classes=unseen_classes, attributes=attributes,
         )
         source_model = on.train(
             pretrain,
@@ -58,14 +61,16 @@ def build(cluster: Cluster | None = None):
         )
         finetuned = on.train(
             finetune,
-            source_model=source_model.outputs["model"], target_labelled=data.outputs["target_labelled"], strategy=strategy,
+            source_model=source_model.outputs["model"], source_train=data.outputs["source_train"],
+            target_labelled=data.outputs["target_labelled"], strategy=strategy,
             epochs=finetune_epochs, batch_size=batch_size, lr=lr, seed=seed, checkpoint_root=checkpoint_root,
             checkpoint_every=checkpoint_every, nproc=nproc, experiment=experiment, pipeline_run=run,
             step_name="finetune",
         ).set_display_name("finetune")
         target_only = on.train(
             finetune,
-            source_model=source_model.outputs["model"], target_labelled=data.outputs["target_labelled"], strategy="scratch",
+            source_model=source_model.outputs["model"], source_train=data.outputs["source_train"],
+            target_labelled=data.outputs["target_labelled"], strategy="scratch",
             epochs=finetune_epochs, batch_size=batch_size, lr=lr, seed=seed, checkpoint_root=checkpoint_root,
             checkpoint_every=checkpoint_every, nproc=nproc, experiment=experiment, pipeline_run=run,
             step_name="target-only",
@@ -79,7 +84,8 @@ def build(cluster: Cluster | None = None):
         )
         scores = on.light(
             evaluate,
-            target_test=data.outputs["target_test"], source_only=source_model.outputs["model"],
+            target_test=data.outputs["target_test"], source_test=data.outputs["source_test"],
+            source_only=source_model.outputs["model"],
             target_only=target_only.outputs["model"], finetuned=finetuned.outputs["model"],
             adapted=adapted.outputs["model"], experiment=experiment, pipeline_run=run,
         )

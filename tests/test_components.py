@@ -34,14 +34,17 @@ def chain(tmp_path_factory):
     mp.delenv("MLFLOW_TRACKING_URI", raising=False)
     a = {name: artifact(dsl.Dataset, root / name) for name in SPLITS}
     ingest.python_func(source="digits", target="digits-m", target_labels_per_class=5, seed=0, image_size=32,
-                       experiment="tests", pipeline_run="run-1", publish_to=str(root / "published"), **a)
+                       experiment="tests", pipeline_run="run-1", publish_to=str(root / "published"), unseen_classes="",
+                       attributes="", **a)
     for name in ("source_model", "finetuned", "target_only", "adapted", "best_model"):
         a[name] = artifact(dsl.Model, root / name)
     pretrain.python_func(source_train=a["source_train"], backbone="small-cnn", pretrained_weights="",
                          model=a["source_model"], **TRAIN)
-    finetune.python_func(source_model=a["source_model"], target_labelled=a["target_labelled"], strategy="freeze:1",
+    finetune.python_func(source_model=a["source_model"], source_train=a["source_train"],
+                         target_labelled=a["target_labelled"], strategy="freeze:1",
                          step_name="finetune", model=a["finetuned"], **TRAIN)
-    finetune.python_func(source_model=a["source_model"], target_labelled=a["target_labelled"], strategy="scratch",
+    finetune.python_func(source_model=a["source_model"], source_train=a["source_train"],
+                         target_labelled=a["target_labelled"], strategy="scratch",
                          step_name="target-only", model=a["target_only"], **TRAIN)
     adapt.python_func(source_model=a["source_model"], source_train=a["source_train"],
                       target_unlabelled=a["target_unlabelled"], method="dann", model=a["adapted"], **TRAIN)
@@ -49,7 +52,7 @@ def chain(tmp_path_factory):
     a["report"] = artifact(dsl.HTML, root / "report.html")
     a["metrics"] = artifact(dsl.Metrics, root / "metrics")
     a["confusion"] = artifact(dsl.ClassificationMetrics, root / "confusion")
-    evaluate.python_func(target_test=a["target_test"], source_only=a["source_model"], target_only=a["target_only"],
+    evaluate.python_func(target_test=a["target_test"], source_test=a["source_test"], source_only=a["source_model"], target_only=a["target_only"],
                          finetuned=a["finetuned"], adapted=a["adapted"], experiment="tests", pipeline_run="run-1",
                          evaluation=a["evaluation"], report=a["report"], metrics=a["metrics"],
                          confusion=a["confusion"], best_model=a["best_model"])
@@ -136,7 +139,8 @@ def test_user_errors_exit_with_one_sentence(tmp_path, capsys, tlpipe_home):
     outputs = {name: artifact(dsl.Dataset, tmp_path / name) for name in SPLITS}
     with pytest.raises(SystemExit) as exit_info:
         ingest.python_func(source="digits", target="digits-m", target_labels_per_class=500, seed=0, image_size=32,
-                           experiment="tests", pipeline_run="run-x", publish_to="", **outputs)
+                           experiment="tests", pipeline_run="run-x", publish_to="", unseen_classes="", attributes="",
+                           **outputs)
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "target_labels_per_class=500" in err[0] and err[0].startswith("tlpipe: error:")

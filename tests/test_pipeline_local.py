@@ -149,3 +149,23 @@ def test_retrain_starts_from_the_champion_and_promotes_only_through_the_gate(fir
     fresh = tlpipe_run(home, *TINY, "model_name=fresh", pipeline="retrain")
     assert fresh.returncode == 0, fresh.stderr[-3000:]
     assert "\nsource-only " in fresh.stdout and "champion: version 1 (promoted)" in fresh.stdout
+
+
+@pytest.mark.parametrize("strategy, shown", [
+    ("multitask:0.5", "task source   finetuned: multi-task"),
+    ("progressive", "\nfinetuned "),
+    ("zero-shot:attributes", "unseen classes 7, 8, 9 (never in training)"),
+])
+def test_other_transfer_settings_run_end_to_end(first_run, home, strategy, shown):
+    params = [*TINY, f"strategy={strategy}", f"model_name=settings-{strategy.split(':')[0]}"]
+    if strategy.startswith("zero-shot"):
+        params.append("unseen_classes=7,8,9")
+    result = tlpipe_run(home, *params)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert shown in result.stdout and "registered model: settings-" in result.stdout
+    report = Path(result.stdout.split("report: ")[1].split()[0]).read_text()
+    if strategy.startswith("multitask"):
+        assert "Multi-task: each task against a single-task model" in report
+    if strategy.startswith("zero-shot"):
+        assert "Zero-shot: unseen classes 7, 8, 9" in report
+        assert "unseen*" in result.stdout

@@ -4,7 +4,7 @@ import base64
 import html
 import io
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +20,11 @@ class Result:
     accuracy: float
     per_class: dict[str, float]
     confusion: list[list[int]]
+    # With unseen classes (zero-shot): accuracy on seen-class images, on unseen-class images predicted
+    # over all classes, and on unseen-class images predicted among the unseen classes only.
+    seen_accuracy: float | None = None
+    unseen_accuracy: float | None = None
+    unseen_among_unseen: float | None = None
 
 
 @dataclass
@@ -29,6 +34,9 @@ class Evaluation:
     classes: list[str]
     test_hash: str
     test_count: int
+    unseen: list[str] = field(default_factory=list)
+    # Multi-task models: per task, the multi-task model's accuracy next to a single-task model's.
+    tasks: list[dict] = field(default_factory=list)
 
     def result(self, name: str) -> Result:
         return next(r for r in self.results if r.name == name)
@@ -43,31 +51,58 @@ class Evaluation:
         return cls(**raw)
 
 
-def score(model: Classifier, test: ImageSet, name: str = "", role: str = "candidate") -> Result:
+def score(model: Classifier, test: ImageSet, name: str = "", role: str = "candidate", unseen: list[str] = ()) -> Result:
     predicted = predict(model, test.images).numpy()
     n = len(test.classes)
     confusion = np.zeros((n, n), dtype=np.int64)
     np.add.at(confusion, (test.labels, predicted), 1)
     totals = confusion.sum(1)
     per_class = {c: float(confusion[i, i] / totals[i]) if totals[i] else 0.0 for i, c in enumerate(test.classes)}
-    return Result(name, role, float((predicted == test.labels).mean()), per_class, confusion.tolist())
+    result = Result(name, role, float((predicted == test.labels).mean()), per_class, confusion.tolist())
+    if unseen:
+        unseen_ids = [test.classes.index(c) for c in unseen]
+        is_unseen = np.isin(test.labels, unseen_ids)
+        correct = predicted == test.labels
+        among = predict(model, test.images[is_unseen], among=unseen_ids).numpy()
+        result.seen_accuracy = float(correct[~is_unseen].mean())
+        result.unseen_accuracy = float(correct[is_unseen].mean())
+        result.unseen_among_unseen = float((among == test.labels[is_unseen]).mean())
+    return result
 
 
-def compare(models: dict[str, tuple[Classifier, str]], test: ImageSet, best_of: str = "all") -> Evaluation:
+def compare(models: dict[str, tuple[Classifier, str]], test: ImageSet, best_of: str = "all",
+            unseen: list[str] = ()) -> Evaluation:
     """Scores every model on the same test set; the best is the most accurate (first listed on ties),
     of all models or, with best_of="candidates", of the candidates only."""
-    results = [score(model, test, name, role) for name, (model, role) in models.items()]
+    results = [score(model, test, name, role, unseen) for name, (model, role) in models.items()]
     eligible = [r for r in results if best_of == "all" or r.role == "candidate"]
     best = max(eligible, key=lambda r: r.accuracy).name
-    return Evaluation(results, best, test.classes, test.content_hash(), len(test))
+    return Evaluation(results, best, test.classes, test.content_hash(), len(test), list(unseen))
+
+
+def task_accuracy(model: Classifier, test: ImageSet, task: str) -> float:
+    """Accuracy of one task head of a multi-task model ("target" is its main head)."""
+    head = model.head if task == "target" else model.tasks[task]
+    return float((predict(model, test.images, head=head).numpy() == test.labels).mean())
 
 
 def format_table(evaluation: Evaluation) -> str:
-    lines = [f"{'model':<14} {'role':<10} {'accuracy':>8}", "-" * 34]
+    zero_shot = bool(evaluation.unseen)
+    extra = f" {'seen':>8} {'unseen':>8} {'unseen*':>8}" if zero_shot else ""
+    lines = [f"{'model':<14} {'role':<10} {'accuracy':>8}{extra}", "-" * (34 + len(extra))]
     for r in evaluation.results:
         mark = "  <- best" if r.name == evaluation.best else ""
-        lines.append(f"{r.name:<14} {r.role:<10} {r.accuracy:>8.2%}{mark}")
+        cells = (f" {r.seen_accuracy:>8.2%} {r.unseen_accuracy:>8.2%} {r.unseen_among_unseen:>8.2%}"
+                 if zero_shot else "")
+        lines.append(f"{r.name:<14} {r.role:<10} {r.accuracy:>8.2%}{cells}{mark}")
     lines.append(f"(target test split: {evaluation.test_count} images)")
+    if zero_shot:
+        lines.append(f"unseen classes {', '.join(evaluation.unseen)} (never in training): chance is "
+                     f"{1 / len(evaluation.classes):.1%} over all classes, {1 / len(evaluation.unseen):.1%} among the "
+                     "unseen (unseen*)")
+    for t in evaluation.tasks:
+        single = f"{t['single_task']:.2%} ({t['single_task_model']})" if t["single_task"] is not None else "n/a"
+        lines.append(f"task {t['task']:<8} {t['model']}: multi-task {t['multi_task']:.2%}, single-task {single}")
     return "\n".join(lines)
 
 
@@ -95,6 +130,26 @@ def _confusion_png(result: Result, classes: list[str]) -> str:
     return base64.b64encode(buffer.getvalue()).decode()
 
 
+def _extra_sections(evaluation: Evaluation) -> str:
+    esc = html.escape
+    parts = []
+    if evaluation.unseen:
+        rows = "".join(f"<tr><td>{esc(r.name)}</td><td>{r.seen_accuracy:.2%}</td><td>{r.unseen_accuracy:.2%}</td>"
+                       f"<td>{r.unseen_among_unseen:.2%}</td></tr>" for r in evaluation.results)
+        parts.append(f"<h2>Zero-shot: unseen classes {esc(', '.join(evaluation.unseen))}</h2>"
+                     "<table><tr><th>model</th><th>seen classes</th><th>unseen, over all classes</th>"
+                     f"<th>unseen, among unseen</th></tr>{rows}</table><p>Chance: {1 / len(evaluation.classes):.1%} "
+                     f"over all classes, {1 / len(evaluation.unseen):.1%} among the unseen.</p>")
+    if evaluation.tasks:
+        rows = "".join(f"<tr><td>{esc(t['task'])}</td><td>{esc(t['model'])}</td><td>{t['multi_task']:.2%}</td>"
+                       f"<td>{'' if t['single_task'] is None else format(t['single_task'], '.2%')}</td>"
+                       f"<td>{esc(t['single_task_model'] or '')}</td></tr>" for t in evaluation.tasks)
+        parts.append("<h2>Multi-task: each task against a single-task model</h2><table><tr><th>task</th>"
+                     "<th>model</th><th>multi-task</th><th>single-task</th><th>single-task model</th></tr>"
+                     f"{rows}</table>")
+    return "".join(parts)
+
+
 def write_report(path: str | Path, evaluation: Evaluation, title: str, facts: dict) -> None:
     """A self-contained HTML page: the table, per-class accuracy, the best model's confusion matrix."""
     esc = html.escape
@@ -119,6 +174,7 @@ tr.best {{ background: #e6f4ea; }}
 <h2>Accuracy on the target test split ({evaluation.test_count} images)</h2>
 <table><tr><th>model</th><th>role</th><th>accuracy</th>{head}</tr>{''.join(rows)}</table>
 <p>Best: <b>{esc(evaluation.best)}</b>. Per-class columns are the accuracy on each class.</p>
+{_extra_sections(evaluation)}
 <h2>Confusion matrix of {esc(best.name)}</h2>
 <img alt="confusion matrix" src="data:image/png;base64,{_confusion_png(best, evaluation.classes)}">
 <h2>Run</h2><table>{fact_rows}</table>

@@ -101,7 +101,11 @@ def preflight(arguments: dict, defaults: dict) -> None:
     """Checks that are cheap now and expensive to find out after training started."""
     values = {**defaults, **arguments}
     if "strategy" in values:
-        parse_strategy(values["strategy"])
+        name, _ = parse_strategy(values["strategy"])
+        builtin = values.get("source") in ("digits", "digits-m")
+        if name == "zero-shot" and not values.get("attributes") and not builtin:
+            raise TlpipeError("zero-shot strategies need an attribute table for these classes: set -p attributes=<file.csv> "
+                              "(class,<attribute>,...).")
     if values.get("backbone") not in (None, *BACKBONES):
         raise TlpipeError(f"unknown backbone '{values['backbone']}'; choose one of {', '.join(BACKBONES)}.")
     if values.get("adapt_method") not in (None, *ADAPT_METHODS):

@@ -17,8 +17,9 @@ import torch
 from tlpipe import distributed, settings, storage, tracking
 from tlpipe.checkpoint import Checkpoint
 from tlpipe.data import load_dataset, load_domain, save_dataset, split_source, split_target
+from tlpipe.data.attributes import DIGITS, signatures
 from tlpipe.errors import TlpipeError
-from tlpipe.evaluate import Evaluation, compare, format_table, write_report
+from tlpipe.evaluate import Evaluation, compare, format_table, task_accuracy, write_report
 from tlpipe.methods import dann, finetune as finetuning, supervised
 from tlpipe.models import Classifier, ModelSpec, load_model, read_weights, save_model
 from tlpipe.train import TrainConfig, device
@@ -58,10 +59,17 @@ def ingest(
     experiment: str,
     pipeline_run: str,
     publish_to: str = "",
+    unseen_classes: str = "",
+    attributes: str = "",
 ) -> dict[str, dict]:
-    """Loads both domains, checks they agree, and writes the five split datasets to `out[name]`."""
+    """Loads both domains, checks they agree, and writes the five split datasets to `out[name]`.
+
+    `unseen_classes` (comma-separated) appear only in the test splits: zero-shot training never sees
+    them. The class attribute table (`attributes`, or the built-in one for digits) travels in every
+    split's metadata.
+    """
     params = {"source": source, "target": target, "target_labels_per_class": target_labels_per_class,
-              "seed": seed, "image_size": image_size}
+              "seed": seed, "image_size": image_size, "unseen_classes": unseen_classes, "attributes": attributes}
     if image_size < 8:
         raise TlpipeError(f"image_size must be at least 8 pixels, got {image_size}.")
     source_data = load_domain(source, image_size, seed)
@@ -73,12 +81,18 @@ def ingest(
             f"source and target classes differ: only in source {only_source}, only in target {only_target}; "
             "both domains need the same class folders."
         )
-    source_train, source_test = split_source(source_data, SOURCE_TEST_FRACTION, seed)
-    labelled, unlabelled, target_test = split_target(target_data, target_labels_per_class, TARGET_TEST_FRACTION, seed)
+    unseen = _unseen(unseen_classes, source_data.classes)
+    table = {}
+    if attributes or unseen or sorted(source_data.classes) == sorted(DIGITS):
+        table = signatures(source_data.classes, attributes)
+    source_train, source_test = split_source(source_data, SOURCE_TEST_FRACTION, seed, unseen)
+    labelled, unlabelled, target_test = split_target(target_data, target_labels_per_class, TARGET_TEST_FRACTION, seed,
+                                                     unseen)
     splits = {"source_train": (source, source_train), "source_test": (source, source_test),
               "target_labelled": (target, labelled), "target_unlabelled": (target, unlabelled),
               "target_test": (target, target_test)}
-    facts = {name: save_dataset(out[name], data, spec=spec, split=name, seed=seed) for name, (spec, data) in splits.items()}
+    facts = {name: save_dataset(out[name], data, spec=spec, split=name, seed=seed, unseen=sorted(unseen), attributes=table)
+             for name, (spec, data) in splits.items()}
     if publish_to:
         for name in splits:
             facts[name]["published"] = publish(out[name], publish_to, pipeline_run, f"datasets/{name}")
@@ -86,6 +100,16 @@ def ingest(
         mlflow.log_metrics({f"{name}_count": meta["count"] for name, meta in facts.items()})
         mlflow.set_tags({f"tlpipe.hash.{name}": meta["content_hash"] for name, meta in facts.items()})
     return facts
+
+
+def _unseen(text: str, classes: list[str]) -> frozenset:
+    unseen = frozenset(c.strip() for c in text.split(",") if c.strip())
+    unknown = sorted(unseen - set(classes))
+    if unknown:
+        raise TlpipeError(f"unseen_classes {unknown} are not classes of the data ({', '.join(classes)}).")
+    if len(unseen) >= len(classes) - 1:
+        raise TlpipeError("unseen_classes must leave at least two classes seen in training.")
+    return unseen
 
 
 def _model_facts(meta: dict) -> dict:
@@ -128,15 +152,19 @@ def finetune(
     experiment: str,
     pipeline_run: str,
     step_name: str = "finetune",
+    source_train: str = "",
 ) -> dict:
-    finetuning.parse_strategy(strategy)
+    """Fine-tunes on the labelled target images; multitask and zero-shot also train on `source_train`."""
+    name, _ = finetuning.parse_strategy(strategy)
     model, _ = load_model(source_model)
     data, meta = load_dataset(target_labelled)
+    source = load_dataset(source_train)[0] if source_train and name in ("multitask", "zero-shot") else None
     config = checkpointed(config, pipeline_run, step_name)
     params = {"strategy": strategy, **_config_params(step_name, config)}
     with tracking.step_run(step_name, experiment, pipeline_run, params):
         tuned = distributed.run(config.nproc, finetuning.finetune, model, data, strategy, config,
-                                log=tracking.EpochLogger(step_name, config.epochs))
+                                log=tracking.EpochLogger(step_name, config.epochs), source=source,
+                                attributes=meta.get("attributes", {}).get("table"))
         method = "target-only" if strategy == "scratch" else f"finetune:{strategy}"
         saved = save_model(out, tuned, method=method, trained_on=meta["content_hash"])
     _done(config)
@@ -180,6 +208,7 @@ def evaluate(
     experiment: str,
     pipeline_run: str,
     best_of: str = "all",
+    source_test: str = "",
 ) -> Evaluation:
     """Scores baselines and candidates on the target test split; copies the best model out
     (the best of all, or with best_of="candidates" the best candidate)."""
@@ -190,17 +219,42 @@ def evaluate(
     models |= {name: (load_model(path)[0], "candidate") for name, path in candidates.items()}
     paths = baselines | candidates
     with tracking.step_run("evaluate", experiment, pipeline_run, {"test_hash": meta["content_hash"]}):
-        evaluation = compare(models, test, best_of)
+        evaluation = compare(models, test, best_of, meta.get("unseen", []))
+        evaluation.tasks = _task_rows(models, evaluation, source_test)
         evaluation.save(evaluation_out)
         write_report(report_out, evaluation, "tlpipe transfer report",
                      {"pipeline run": pipeline_run, "target": meta.get("spec", ""), "test split": meta["content_hash"]})
         mlflow.log_metrics({f"{r.name}_accuracy": r.accuracy for r in evaluation.results})
+        if evaluation.unseen:
+            mlflow.log_metrics({f"{r.name}_{kind}": getattr(r, kind) for r in evaluation.results
+                                for kind in ("seen_accuracy", "unseen_accuracy", "unseen_among_unseen")})
+        for t in evaluation.tasks:
+            mlflow.log_metric(f"{t['model']}_task_{t['task']}_accuracy", t["multi_task"])
         # KFP names artifact files after the output ("report"); MLflow gets browsable names.
         mlflow.log_text(Path(report_out).read_text(), "report/report.html")
         mlflow.log_text(Path(evaluation_out).read_text(), "report/evaluation.json")
         mlflow.log_text(format_table(evaluation), "report/table.txt")
     shutil.copytree(paths[evaluation.best], best_model_out, dirs_exist_ok=True)
     return evaluation
+
+
+def _task_rows(models: dict, evaluation: Evaluation, source_test: str) -> list[dict]:
+    """Each multi-task model's accuracy per task, next to the single-task model of that task:
+    target-only on the target test split, source-only on the source test split."""
+    rows = []
+    source = load_dataset(source_test)[0] if source_test else None
+    single = {r.name: r.accuracy for r in evaluation.results}
+    for name, (model, _) in models.items():
+        if "source" not in model.spec.tasks:
+            continue
+        rows.append({"task": "target", "model": name, "multi_task": single[name],
+                     "single_task": single.get("target-only"), "single_task_model": "target-only" if "target-only" in single else None})
+        if source is not None:
+            baseline = models.get("source-only")
+            rows.append({"task": "source", "model": name, "multi_task": task_accuracy(model, source, "source"),
+                         "single_task": task_accuracy(baseline[0], source, "target") if baseline else None,
+                         "single_task_model": "source-only" if baseline else None})
+    return rows
 
 
 def describe_evaluation(result: Evaluation, evaluation, metrics, confusion, best_model) -> None:

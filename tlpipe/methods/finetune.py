@@ -9,26 +9,40 @@ Strategies:
   weight decay (Li et al. 2018), which keeps the model near the source.
 - `scratch`: no transfer: a freshly initialised model of the same architecture (the target-only
   baseline).
+- `progressive`: a progressive network over the frozen source model (tlpipe.methods.progressive).
+- `multitask[:<w>]`: source and target trained jointly, shared trunk, a head each; w weighs the
+  source task's loss (default 1) (tlpipe.methods.multitask).
+- `zero-shot:attributes` / `zero-shot:embedding`: classes described by attributes, trained on the
+  seen classes of source and labelled target (tlpipe.methods.zeroshot).
 """
 
 import copy
 
+import numpy as np
 import torch
 
 from tlpipe.data import ImageSet
 from tlpipe.errors import TlpipeError
+from tlpipe.methods.multitask import multitask
+from tlpipe.methods.progressive import progressive
 from tlpipe.methods.supervised import train_classifier
+from tlpipe.methods.zeroshot import zero_shot
 from tlpipe.models import Classifier
 from tlpipe.train import LogFn, TrainConfig
 
-STRATEGIES = "full, freeze:<k>, linear-probe, l2sp:<alpha> or scratch"
+STRATEGIES = ("full, freeze:<k>, linear-probe, l2sp:<alpha>, scratch, progressive, multitask[:<w>], "
+              "zero-shot:attributes or zero-shot:embedding")
 
 
-def parse_strategy(strategy: str) -> tuple[str, float]:
+def parse_strategy(strategy: str) -> tuple[str, float | str]:
     name, _, arg = strategy.partition(":")
     try:
-        if name in ("full", "linear-probe", "scratch") and not arg:
+        if name in ("full", "linear-probe", "scratch", "progressive") and not arg:
             return name, 0.0
+        if name == "multitask" and (not arg or float(arg) >= 0):
+            return name, float(arg or 1.0)
+        if name == "zero-shot" and arg in ("attributes", "embedding"):
+            return name, arg
         if name == "freeze" and arg.isdigit():
             return name, int(arg)
         if name == "l2sp" and float(arg) >= 0:
@@ -65,8 +79,22 @@ def finetune(
     config: TrainConfig,
     backbone_lr_scale: float = 0.1,
     log: LogFn | None = None,
+    source: ImageSet | None = None,
+    attributes: dict[str, list[float]] | None = None,
 ) -> Classifier:
+    """`source` (the labelled source training images) is needed by multitask and zero-shot, and
+    `attributes` ({class: signature}) by zero-shot."""
     name, arg = parse_strategy(strategy)
+    if name == "progressive":
+        return progressive(source_model, labelled, config, log)
+    if name in ("multitask", "zero-shot") and source is None:
+        raise TlpipeError(f"strategy {strategy} needs the source training images.")
+    if name == "multitask":
+        return multitask(source_model, source, labelled, arg, config, log)
+    if name == "zero-shot":
+        both = ImageSet(np.concatenate([source.images, labelled.images]),
+                        np.concatenate([source.labels, labelled.labels]), source.classes) if len(labelled) else source
+        return zero_shot(source_model, both, arg, attributes or {}, config, log)
     if not labelled.is_labelled:
         raise TlpipeError("fine-tuning needs labelled target images; set target_labels_per_class to 1 or more.")
     if name == "scratch":
