@@ -108,6 +108,19 @@ def test_default_values_track_in_the_pod_and_write_the_pipeline_secrets():
     assert not by_kind(docs, "Ingress") and not by_kind(docs, "NetworkPolicy")
 
 
+@pytest.mark.parametrize("values", [None, PRODUCTION], ids=["default", "production"])
+def test_mlflow_container_command_is_one_the_pinned_mlflow_accepts(values):
+    """The Deployment's arguments parse with the mlflow command line of the pinned version."""
+    from mlflow.cli import server
+
+    args = mlflow_container(render(values))["args"]
+    assert args[:2] == ["mlflow", "server"]
+    concrete = [a.replace("$(MLFLOW_BACKEND_STORE_URI)", "sqlite:////data/mlflow.db") for a in args[2:]]
+    params = server.make_context("server", concrete).params
+    assert params["serve_artifacts"] is True and params["artifacts_destination"].startswith("s3://")
+    assert "tlpipe-mlflow.team-vision.svc:5000" in params["allowed_hosts"].split(",")
+
+
 def test_backend_uri_goes_into_a_secret_not_the_deployment():
     uri = "postgresql://mlflow:pa55word@db.example.com:5432/mlflow"
     docs = render({"mlflow": {"backendStore": {"uri": uri}}})
