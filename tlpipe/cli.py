@@ -178,10 +178,12 @@ def _add_cluster_options(parser) -> None:
                        help="node label of GPU nodes, repeatable (default nvidia.com/gpu.present=true)")
     group.add_argument("--toleration", action="append", metavar="KEY[=VALUE]:EFFECT",
                        help="taint of GPU nodes to tolerate, repeatable (default nvidia.com/gpu:NoSchedule)")
-    group.add_argument("--train-cpu", default="4:8", metavar="REQUEST[:LIMIT]", help="training steps (default %(default)s)")
-    group.add_argument("--train-memory", default="16Gi:32Gi", metavar="REQUEST[:LIMIT]")
-    group.add_argument("--light-cpu", default="1:2", metavar="REQUEST[:LIMIT]", help="ingest, evaluate, register")
-    group.add_argument("--light-memory", default="2Gi:4Gi", metavar="REQUEST[:LIMIT]")
+    group.add_argument("--train-cpu", default=f"{d.train.cpu_request}:{d.train.cpu_limit}", metavar="REQUEST[:LIMIT]",
+                       help="training steps (default %(default)s)")
+    group.add_argument("--train-memory", default=f"{d.train.memory_request}:{d.train.memory_limit}", metavar="REQUEST[:LIMIT]")
+    group.add_argument("--light-cpu", default=f"{d.light.cpu_request}:{d.light.cpu_limit}", metavar="REQUEST[:LIMIT]",
+                       help="ingest, evaluate, register")
+    group.add_argument("--light-memory", default=f"{d.light.memory_request}:{d.light.memory_limit}", metavar="REQUEST[:LIMIT]")
     group.add_argument("--shm-size", default=d.shm_size, help="memory-backed /dev/shm of training steps")
     group.add_argument("--retries", type=int, default=d.retries, help="retries of a failed training step, backoff from 60 s")
     group.add_argument("--s3-secret", default=d.s3_secret, help="Secret with AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL_S3")

@@ -241,16 +241,17 @@ def evaluate(
 def _task_rows(models: dict, evaluation: Evaluation, source_test: str) -> list[dict]:
     """Each multi-task model's accuracy per task, next to the single-task model of that task:
     target-only on the target test split, source-only on the source test split."""
-    rows = []
+    multitask = {name: model for name, (model, _) in models.items() if "source" in model.spec.tasks}
+    if not multitask:
+        return []
     source = load_dataset(source_test)[0] if source_test else None
     single = {r.name: r.accuracy for r in evaluation.results}
-    for name, (model, _) in models.items():
-        if "source" not in model.spec.tasks:
-            continue
+    baseline = models.get("source-only")
+    rows = []
+    for name, model in multitask.items():
         rows.append({"task": "target", "model": name, "multi_task": single[name],
                      "single_task": single.get("target-only"), "single_task_model": "target-only" if "target-only" in single else None})
         if source is not None:
-            baseline = models.get("source-only")
             rows.append({"task": "source", "model": name, "multi_task": task_accuracy(model, source, "source"),
                          "single_task": task_accuracy(baseline[0], source, "target") if baseline else None,
                          "single_task_model": "source-only" if baseline else None})
@@ -281,7 +282,6 @@ def start_model(
     """Retraining's starting point: the registry's champion, or a new source model when there is none."""
     from tlpipe.registry import export_champion
 
-    tracking.configure()
     version = export_champion(model_name, out)
     if version is None:
         print(f"no champion of '{model_name}' in the registry: training the source model", flush=True)

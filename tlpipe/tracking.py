@@ -86,6 +86,10 @@ class EpochLogger:
         active = mlflow.active_run()
         self.run_id = active.info.run_id if active else None
         self.started, self.first = time.time(), None
+        self._client = None  # made on first use, in the process that trains
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_client": None}
 
     def __call__(self, epoch: int, metrics: dict[str, float]) -> None:
         from mlflow.entities import Metric
@@ -94,13 +98,14 @@ class EpochLogger:
         if self.first is None:  # the first epoch this process trains: later than 0 after a resume
             self.first = epoch
         if self.run_id:
+            self._client = self._client or configure()
             now = int(time.time() * 1000)
-            configure().log_batch(self.run_id, metrics=[Metric(f"train_{k}", v, now, epoch) for k, v in metrics.items()])
+            self._client.log_batch(self.run_id, metrics=[Metric(f"train_{k}", v, now, epoch) for k, v in metrics.items()])
         if (epoch + 1) % self.every == 0 or epoch + 1 == self.epochs:
             bar = tqdm.format_meter(epoch + 1, self.epochs, time.time() - self.started, ncols=60, unit="epoch",
                                     initial=self.first)
-            shown = "  ".join(f"{k} {v:.0f}" if k == "images_per_second" else f"{k} {v:.3f}" for k, v in metrics.items())
-            print(f"[{self.step}] epoch {bar}  {shown}".replace("images_per_second", "img/s"), flush=True)
+            shown = "  ".join(f"img/s {v:.0f}" if k == "images_per_second" else f"{k} {v:.3f}" for k, v in metrics.items())
+            print(f"[{self.step}] epoch {bar}  {shown}", flush=True)
 
 
 def end_pipeline_run(experiment: str, pipeline_run: str, status: str) -> None:
