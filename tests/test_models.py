@@ -57,6 +57,41 @@ def test_weights_for_another_backbone_are_refused(tmp_path):
         Classifier(spec("small-cnn"), read_weights(tmp_path / "r18.pth"), "r18.pth")
 
 
+@pytest.mark.parametrize("backbone, blocks, feature_dim", [
+    ("resnet50", 5, 2048), ("mobilenet_v3_large", 5, 1280), ("mobilenet_v3_small", 5, 1024), ("efficientnet_b0", 7, 1280),
+])
+def test_torchvision_backbones_build_with_weights_none_and_split_into_blocks(backbone, blocks, feature_dim):
+    model = Classifier(spec(backbone, 64)).eval()
+    assert len(model.blocks) == blocks and model.feature_dim == feature_dim
+    assert model(torch.zeros(2, 64, 64, 3, dtype=torch.uint8)).shape == (2, 3)
+    # Every parameter of the torchvision model except its last classifier layer sits in the blocks.
+    from torchvision import models
+
+    reference = getattr(models, backbone)(weights=None)
+    head = {"resnet50": "fc.", "efficientnet_b0": "classifier."}.get(backbone, "classifier.3.")
+    expected = sum(p.numel() for n, p in reference.named_parameters() if not n.startswith(head))
+    assert sum(p.numel() for p in model.blocks.parameters()) == expected
+
+
+def test_a_weights_enum_name_reads_the_torch_cache_file(tmp_path, monkeypatch):
+    from torchvision.models import mobilenet_v3_small
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    name = "MobileNet_V3_Small_Weights.IMAGENET1K_V1"
+    with pytest.raises(TlpipeError, match="is not in the torch cache .*never downloads"):
+        read_weights(name)
+    torch.manual_seed(2)
+    reference = mobilenet_v3_small(weights=None)  # stands in for the file torch.hub would have downloaded
+    cached = tmp_path / "hub" / "checkpoints" / "mobilenet_v3_small-047dcff4.pth"
+    cached.parent.mkdir(parents=True)
+    torch.save(reference.state_dict(), cached)
+    model = Classifier(spec("mobilenet_v3_small"), read_weights(name), name)
+    torch.testing.assert_close(model.blocks[0][0][0].weight, reference.features[0][0].weight)
+    torch.testing.assert_close(model.blocks[-1][-3].weight, reference.classifier[0].weight)
+    with pytest.raises(TlpipeError, match="not a torchvision weights enum"):
+        read_weights("ResNet18_Weights.NO_SUCH")
+
+
 class Payload:
     def __reduce__(self):
         return (exec, ("open('PWNED', 'w').write('x')",))

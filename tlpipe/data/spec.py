@@ -1,6 +1,6 @@
 """Dataset specs, the strings users pass as `source` and `target`.
 
-- `digits`, `digits-m`: built-in domains (tlpipe.data.builtin)
+- `digits`, `digits-m`, `syn-digits`: built-in domains (tlpipe.data.builtin)
 - `imagefolder:<dir>` or `imagefolder:s3://bucket/prefix`: one sub-folder per class
   (tlpipe.data.imagefolder); an S3 folder is downloaded to a temporary directory and read from there.
 - `torchvision:<Name>:<root>`: a torchvision dataset whose files are already under <root>.
@@ -14,8 +14,8 @@ from tlpipe.data import builtin, imagefolder, torchvision_datasets
 from tlpipe.data.dataset import ImageSet
 from tlpipe.errors import TlpipeError
 
-BUILTIN = {"digits": lambda seed: builtin.digits(), "digits-m": builtin.digits_m}
-FORMS = "digits, digits-m, imagefolder:<dir>, imagefolder:s3://bucket/prefix or torchvision:<Name>:<root>"
+BUILTIN = {"digits": lambda seed: builtin.digits(), "digits-m": builtin.digits_m, "syn-digits": builtin.syn_digits}
+FORMS = "digits, digits-m, syn-digits, imagefolder:<dir>, imagefolder:s3://bucket/prefix or torchvision:<Name>:<root>"
 
 
 def _parse(spec: str) -> tuple[str, str]:

@@ -63,6 +63,10 @@ def small_cnn(input_size: int, weights: dict | None, source: str) -> Backbone:
     return Backbone(blocks, 100, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 
 
+def _blocks(*groups) -> nn.ModuleList:
+    return nn.ModuleList(nn.Sequential(*group) if isinstance(group, (list, tuple)) else group for group in groups)
+
+
 def resnet(depth: int):
     def build(input_size: int, weights: dict | None, source: str) -> Backbone:
         from torchvision import models
@@ -84,7 +88,45 @@ def resnet(depth: int):
     return build
 
 
-BACKBONES = {"small-cnn": small_cnn, "resnet18": resnet(18)}
+def mobilenet_v3(size: str):
+    """Blocks at the feature map's stride steps; the pooled 1280/1024-d pre-classifier layer
+    (pretrained) is part of the last block, the final linear layer is the head."""
+
+    def build(input_size: int, weights: dict | None, source: str) -> Backbone:
+        from torchvision import models
+
+        net = getattr(models, f"mobilenet_v3_{size}")(weights=None)
+        if weights is not None:
+            load_matching(net, weights, source, ("classifier.3.",))
+        f = net.features
+        cuts = {"large": (2, 4, 7, 13), "small": (1, 2, 4, 9)}[size]
+        edges = (0, *cuts, len(f))
+        stages = [list(f[a:b]) for a, b in zip(edges[:-1], edges[1:])]
+        stages[-1] += [net.avgpool, nn.Flatten(), *net.classifier[:3]]
+        return Backbone(_blocks(*stages), net.classifier[3].in_features, IMAGENET_MEAN, IMAGENET_STD)
+
+    return build
+
+
+def efficientnet_b0(input_size: int, weights: dict | None, source: str) -> Backbone:
+    from torchvision import models
+
+    net = models.efficientnet_b0(weights=None)
+    if weights is not None:
+        load_matching(net, weights, source, ("classifier.",))
+    f = net.features  # stem, seven MBConv stages, the 1x1 head convolution
+    blocks = _blocks(f[0:2], f[2], f[3], f[4], f[5], f[6], [*f[7:], net.avgpool, nn.Flatten()])
+    return Backbone(blocks, net.classifier[1].in_features, IMAGENET_MEAN, IMAGENET_STD)
+
+
+BACKBONES = {
+    "small-cnn": small_cnn,
+    "resnet18": resnet(18),
+    "resnet50": resnet(50),
+    "mobilenet_v3_large": mobilenet_v3("large"),
+    "mobilenet_v3_small": mobilenet_v3("small"),
+    "efficientnet_b0": efficientnet_b0,
+}
 
 
 def build_backbone(name: str, input_size: int, weights: dict | None = None, source: str = "") -> Backbone:

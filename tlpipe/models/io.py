@@ -4,8 +4,10 @@ Nothing here unpickles: weights are safetensors, and `torch.load` runs with weig
 """
 
 import json
+import re
 import tempfile
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -38,8 +40,33 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu") -> tup
     return model.to(device), meta
 
 
+WEIGHTS_ENUM = re.compile(r"^[A-Za-z0-9_]+_Weights\.[A-Z0-9_]+$")
+
+
+def torch_cache_file(enum_name: str) -> Path:
+    """Where torch.hub keeps the file of a torchvision weights enum (e.g. ResNet50_Weights.IMAGENET1K_V2):
+    $TORCH_HOME/hub/checkpoints/<the file name of its download URL>. Nothing is downloaded."""
+    from torchvision.models import get_weight
+
+    try:
+        weights = get_weight(enum_name)
+    except (ValueError, KeyError, AttributeError):
+        raise TlpipeError(f"'{enum_name}' is not a torchvision weights enum (e.g. ResNet18_Weights.IMAGENET1K_V1).") from None
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(weights.url).path).name
+
+
 def read_weights(location: str | Path) -> dict[str, torch.Tensor]:
-    """A state dict from a .safetensors or PyTorch weights file (local or s3://), refusing pickled code."""
+    """A state dict from a .safetensors or PyTorch weights file (local or s3://), refusing pickled code,
+    or from the torch cache's file for a torchvision weights enum name."""
+    if WEIGHTS_ENUM.match(str(location)):
+        path = torch_cache_file(str(location))
+        if not path.is_file():
+            raise TlpipeError(
+                f"{location} is not in the torch cache ({path}); tlpipe never downloads at run time: fetch it "
+                "where there is network access (torchvision.models.get_weight(name).get_state_dict()) and copy "
+                "it there, or pass the file itself."
+            )
+        return read_weights(path)
     if storage.is_s3(str(location)):
         with tempfile.TemporaryDirectory() as tmp:
             local = storage.download(str(location), Path(tmp) / Path(str(location)).name)
