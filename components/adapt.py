@@ -9,8 +9,10 @@ def adapt(
     source_model: Input[Model],
     source_train: Input[Dataset],
     target_unlabelled: Input[Dataset],
+    target_labelled: Input[Dataset],
     method: str,
     epochs: int,
+    finetune_epochs: int,
     batch_size: int,
     lr: float,
     seed: int,
@@ -21,7 +23,8 @@ def adapt(
     pipeline_run: str,
     model: Output[Model],
 ):
-    """Adapts the source model to the unlabelled target domain (DANN)."""
+    """Adapts the source model to the unlabelled target domain (DANN, CDAN+E, DAN, Deep CORAL), or with
+    dann+finetune adapts and then fine-tunes on the labelled target images for finetune_epochs."""
     from tlpipe import steps
     from tlpipe.errors import exit_on_user_error
     from tlpipe.train import TrainConfig
@@ -29,6 +32,7 @@ def adapt(
     config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, checkpoint_dir=checkpoint_root,
                          checkpoint_every=checkpoint_every, nproc=nproc)
     facts = exit_on_user_error(steps.adapt)(
-        source_model.path, source_train.path, target_unlabelled.path, model.path, method, config, experiment, pipeline_run
+        source_model.path, source_train.path, target_unlabelled.path, model.path, method, config, experiment, pipeline_run,
+        target_labelled.path, finetune_epochs,
     )
     model.metadata.update(facts)

@@ -41,6 +41,7 @@ def evaluate(
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def evaluate_retrain(
     target_test: Input[Dataset],
+    source_test: Input[Dataset],
     start_model: Input[Model],
     finetuned: Input[Model],
     adapted: Input[Model],
@@ -66,5 +67,6 @@ def evaluate_retrain(
         experiment=experiment,
         pipeline_run=pipeline_run,
         best_of="candidates",
+        source_test=source_test.path,
     )
     steps.describe_evaluation(result, evaluation, metrics, confusion, best_model)

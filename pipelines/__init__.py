@@ -5,6 +5,6 @@ Each module has build(cluster=None): the pipeline for kfp.local, or compiled for
 
 
 def registry() -> dict:
-    from pipelines import retrain, transfer
+    from pipelines import layer_sweep, retrain, transfer
 
-    return {"transfer": transfer.build, "retrain": retrain.build}
+    return {"transfer": transfer.build, "retrain": retrain.build, "layer-sweep": layer_sweep.build}

@@ -73,11 +73,13 @@ def build(cluster: Cluster | None = None):
         adapted = on.train(
             adapt,
             source_model=start.outputs["model"], source_train=data.outputs["source_train"],
-            target_unlabelled=data.outputs["target_unlabelled"], method=adapt_method, epochs=adapt_epochs, **train,
+            target_unlabelled=data.outputs["target_unlabelled"], target_labelled=data.outputs["target_labelled"],
+            method=adapt_method, epochs=adapt_epochs, finetune_epochs=finetune_epochs, **train,
         )
         scores = on.light(
             evaluate_retrain,
-            target_test=data.outputs["target_test"], start_model=start.outputs["model"],
+            target_test=data.outputs["target_test"], source_test=data.outputs["source_test"],
+            start_model=start.outputs["model"],
             finetuned=finetuned.outputs["model"], adapted=adapted.outputs["model"], experiment=experiment,
             pipeline_run=run,
         )

@@ -78,8 +78,8 @@ def build(cluster: Cluster | None = None):
         adapted = on.train(
             adapt,
             source_model=source_model.outputs["model"], source_train=data.outputs["source_train"],
-            target_unlabelled=data.outputs["target_unlabelled"], method=adapt_method, epochs=adapt_epochs,
-            batch_size=batch_size, lr=lr, seed=seed, checkpoint_root=checkpoint_root,
+            target_unlabelled=data.outputs["target_unlabelled"], target_labelled=data.outputs["target_labelled"],
+            method=adapt_method, epochs=adapt_epochs, finetune_epochs=finetune_epochs, batch_size=batch_size, lr=lr, seed=seed, checkpoint_root=checkpoint_root,
             checkpoint_every=checkpoint_every, nproc=nproc, experiment=experiment, pipeline_run=run,
         )
         scores = on.light(

@@ -3,7 +3,6 @@
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 from kfp import dsl
 
@@ -11,6 +10,7 @@ from components.adapt import adapt
 from components.evaluate import evaluate
 from components.finetune import finetune
 from components.ingest import ingest
+from components.layers import layer_sweep_report, layer_transfer
 from components.pretrain import pretrain
 from components.register import register
 from tlpipe.data import load_dataset
@@ -47,7 +47,8 @@ def chain(tmp_path_factory):
                          target_labelled=a["target_labelled"], strategy="scratch",
                          step_name="target-only", model=a["target_only"], **TRAIN)
     adapt.python_func(source_model=a["source_model"], source_train=a["source_train"],
-                      target_unlabelled=a["target_unlabelled"], method="dann", model=a["adapted"], **TRAIN)
+                      target_unlabelled=a["target_unlabelled"], target_labelled=a["target_labelled"],
+                      method="dann+finetune", finetune_epochs=1, model=a["adapted"], **TRAIN)
     a["evaluation"] = artifact(dsl.Artifact, root / "evaluation.json")
     a["report"] = artifact(dsl.HTML, root / "report.html")
     a["metrics"] = artifact(dsl.Metrics, root / "metrics")
@@ -77,7 +78,7 @@ def test_ingest_writes_five_disjoint_splits_with_metadata(chain):
 def test_training_components_write_loadable_models(chain):
     methods = {name: load_model(chain[name].path)[1]["method"] for name in ("source_model", "finetuned", "target_only", "adapted")}
     assert methods == {"source_model": "source-only", "finetuned": "finetune:freeze:1",
-                       "target_only": "target-only", "adapted": "dann"}
+                       "target_only": "target-only", "adapted": "dann+finetune"}
     assert chain["adapted"].metadata["backbone"] == "small-cnn"
 
 
@@ -93,6 +94,41 @@ def test_evaluate_scores_every_model_and_copies_the_best(chain):
     assert load_model(chain["best_model"].path)[1]["method"] == load_model(chain[_path_key(best["name"])].path)[1]["method"]
     report = Path(chain["report"].path).read_text()
     assert "data:image/png;base64," in report and best["name"] in report
+    # Proxy A-distances (source test vs target test) for every model, and the t-SNE picture.
+    assert all(-2 <= r["a_distance"] <= 2 for r in evaluation["results"])
+    assert "A-distance" in report and "t-SNE" in report
+
+
+def test_evaluate_logs_analysis_artifacts_to_mlflow(chain):
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    exp = client.get_experiment_by_name("tests")
+    run = next(r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("tlpipe.step") == "evaluate")
+    files = {f.path for f in client.list_artifacts(run.info.run_id, "report")}
+    assert {"report/tsne.png", "report/per_class_accuracy.csv", "report/confusion"} <= files
+    confusions = {f.path for f in client.list_artifacts(run.info.run_id, "report/confusion")}
+    assert confusions == {f"report/confusion/{n}.png" for n in ("source-only", "target-only", "finetuned", "adapted")}
+    assert {"source-only_a_distance", "adapted_a_distance"} <= set(run.data.metrics)
+
+
+def test_layer_sweep_components_train_both_modes_and_plot(chain, tmp_path):
+    train = {**TRAIN, "experiment": "tests-sweep", "pipeline_run": "run-sweep"}
+    points = []
+    for k in (0, 2):
+        point = artifact(dsl.Artifact, tmp_path / f"point-{k}")
+        layer_transfer.python_func(source_model=chain["source_model"], target_labelled=chain["target_labelled"],
+                                   target_test=chain["target_test"], blocks=k, point=point, **train)
+        assert set(point.metadata) == {"blocks", "frozen", "fine-tuned"}
+        points.append(point)
+    sweep, report = artifact(dsl.Artifact, tmp_path / "sweep"), artifact(dsl.HTML, tmp_path / "report.html")
+    layer_sweep_report.python_func(points=points, experiment="tests-sweep", pipeline_run="run-sweep", sweep=sweep,
+                                   report=report)
+    rows = json.loads(Path(sweep.path).read_text())
+    assert [(r["blocks"], r["mode"]) for r in rows] == [(0, "fine-tuned"), (0, "frozen"), (2, "fine-tuned"), (2, "frozen")]
+    # With no block copied both modes are the same target-only training.
+    assert rows[0]["accuracy"] == rows[1]["accuracy"]
+    assert "data:image/png;base64," in Path(report.path).read_text()
 
 
 def _path_key(name):

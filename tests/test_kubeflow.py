@@ -2,7 +2,6 @@
 and `tlpipe submit` / `tlpipe schedule` against a local fake of the KFP v2beta1 REST API."""
 
 import filecmp
-import json
 from pathlib import Path
 
 import pytest
@@ -77,6 +76,21 @@ def test_compiled_ir_places_steps(tmp_path, name):
     # Caching: off where the input can change behind the same name; on for training and evaluation.
     uncached = {t for t, body in tasks.items() if not body.get("cachingOptions", {}).get("enableCache")}
     assert uncached == ({"ingest", "register", "champion"} if name == "retrain" else {"ingest", "register"})
+
+
+def test_layer_sweep_fans_out_over_blocks_on_gpus_and_collects_the_points(tmp_path):
+    spec, platform = load_ir(compile_pipeline("layer-sweep", tmp_path, Cluster(gpus=1)))
+    loop = spec["root"]["dag"]["tasks"]["for-loop-1"]
+    assert loop["parameterIterator"]["items"] == {"inputParameter": "pipelinechannel--blocks"}
+    assert spec["root"]["inputDefinitions"]["parameters"]["blocks"]["parameterType"] == "LIST"
+    inner = spec["components"]["comp-for-loop-1"]["dag"]["tasks"]
+    assert list(inner) == ["layer-transfer"]
+    executor = inner["layer-transfer"]["componentRef"]["name"].replace("comp-", "exec-")
+    assert spec["deploymentSpec"]["executors"][executor]["container"]["resources"]["accelerator"]["resourceCount"] == "1"
+    assert "emptyDirMounts" in platform[executor]
+    report = spec["root"]["dag"]["tasks"]["layer-sweep-report"]
+    assert report["inputs"]["artifacts"]["points"]["taskOutputArtifact"]["producerTask"] == "for-loop-1"
+    assert "accelerator" not in spec["deploymentSpec"]["executors"][executor_of(spec, "layer-sweep-report")]["container"]["resources"]
 
 
 def test_compiled_ir_holds_no_secret_values(tmp_path, monkeypatch):

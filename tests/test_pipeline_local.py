@@ -57,8 +57,9 @@ def test_run_prints_table_registration_and_report(first_run, home):
         assert f"\n{row} " in out
     assert "registered model: tlpipe version 1 (alias challenger)" in out
     assert "champion: version 1 (promoted)" in out
+    assert "A-dist" in out  # proxy A-distance per model
     report = Path(out.split("report: ")[1].split()[0])
-    assert report.suffix == ".html" and "<table>" in report.read_text()
+    assert report.suffix == ".html" and "<table>" in report.read_text() and "t-SNE" in report.read_text()
     assert (home / "mlflow.db").is_file() and (home / "mlartifacts").is_dir() and (home / "pipeline-root").is_dir()
 
 
@@ -104,6 +105,7 @@ def _bad_folders(tmp_path, case):
         ("classes", "source and target classes differ: only in source ['c'], only in target ['d']"),
         ("k-shot", "target class 'a' has 10 image(s): target_labels_per_class=50"),
         ("strategy", "unknown fine-tuning strategy 'freeze:two'"),
+        ("adapt", "unknown adaptation method 'mmd'; use dann, cdan+e, dan, coral, dann+finetune"),
     ],
 )
 def test_bad_input_fails_with_one_sentence_and_leaves_the_registry_alone(first_run, home, registry, tmp_path, case, expected):
@@ -112,6 +114,8 @@ def test_bad_input_fails_with_one_sentence_and_leaves_the_registry_alone(first_r
         params = ["target=imagefolder:/no/such/dir"]
     elif case == "strategy":
         params = ["strategy=freeze:two"]
+    elif case == "adapt":
+        params = ["adapt_method=mmd"]
     elif case == "k-shot":
         params = _bad_folders(tmp_path, "ok") + ["target_labels_per_class=50"]
     else:
@@ -169,3 +173,21 @@ def test_other_transfer_settings_run_end_to_end(first_run, home, strategy, shown
     if strategy.startswith("zero-shot"):
         assert "Zero-shot: unseen classes 7, 8, 9" in report
         assert "unseen*" in result.stdout
+
+
+def test_layer_sweep_runs_in_parallel_and_plots_accuracy_against_blocks(home):
+    result = tlpipe_run(home, "source=syn-digits", "target=digits", "source_epochs=1", "finetune_epochs=1",
+                        "blocks=[0,2,4]", pipeline="layer-sweep")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    rows = [line.split() for line in result.stdout.splitlines() if line.strip()[:1].isdigit() and "%" in line]
+    assert [r[0] for r in rows] == ["0", "2", "4"] and all(len(r) == 3 for r in rows)
+    assert rows[0][1] == rows[0][2]  # k = 0: frozen and fine-tuned are the same target-only training
+    report = Path(result.stdout.split("report: ")[1].split()[0]).read_text()
+    assert "layer sweep" in report and "data:image/png;base64," in report
+
+
+def test_layer_sweep_refuses_blocks_the_backbone_does_not_have(home):
+    result = tlpipe_run(home, "blocks=[0,9]", pipeline="layer-sweep")
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if line.startswith("tlpipe: error:")]
+    assert len(errors) == 1 and "blocks=[0, 9]: give whole numbers from 0 to 4" in errors[0], result.stderr[-2000:]

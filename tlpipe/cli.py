@@ -20,6 +20,7 @@ def _params(pairs: list[str]) -> dict[str, str]:
 
 def cmd_run(args) -> None:
     from tlpipe import local
+    from tlpipe.analysis import format_layer_sweep
     from tlpipe.evaluate import format_table
 
     if args.stack == "local":
@@ -28,21 +29,30 @@ def cmd_run(args) -> None:
         stack.activate()
 
     result = local.run(args.pipeline, _params(args.param), verbose=args.verbose)
-    reg = result.registration
     print()
-    print(format_table(result.evaluation))
+    if result.evaluation:
+        print(format_table(result.evaluation))
+        print()
+    if result.sweep:
+        print(format_layer_sweep(result.sweep))
+        print()
+    if result.registration:
+        _print_registration(result.registration)
+    print(f"report: {result.report}")
+    print(f"log: {result.log}")
     print()
+    if result.sequential:
+        print(local.format_timing(result))
+    print(f"pipeline finished in {result.seconds:.0f} s")
+
+
+def _print_registration(reg) -> None:
     print(f"registered model: {reg.model_name} version {reg.version} (alias challenger), accuracy {reg.accuracy:.2%}")
     if reg.promoted:
         before = f"; previous champion version {reg.previous_champion}" if reg.previous_champion else ""
         print(f"champion: version {reg.version} (promoted{before})")
     else:
         print(f"champion: version {reg.champion_version} kept ({reg.previous_champion_accuracy:.2%} >= {reg.accuracy:.2%})")
-    print(f"report: {result.report}")
-    print(f"log: {result.log}")
-    print()
-    print(local.format_timing(result))
-    print(f"pipeline finished in {result.seconds:.0f} s")
 
 
 def _registry_client(args):

@@ -25,6 +25,9 @@ class Result:
     seen_accuracy: float | None = None
     unseen_accuracy: float | None = None
     unseen_among_unseen: float | None = None
+    # Proxy A-distance between the source and target test images in this model's features
+    # (tlpipe.analysis): lower after a successful adaptation.
+    a_distance: float | None = None
 
 
 @dataclass
@@ -86,16 +89,24 @@ def task_accuracy(model: Classifier, test: ImageSet, task: str) -> float:
     return float((predict(model, test.images, head=head).numpy() == test.labels).mean())
 
 
+def _has_distances(evaluation: Evaluation) -> bool:
+    return any(r.a_distance is not None for r in evaluation.results)
+
+
 def format_table(evaluation: Evaluation) -> str:
     zero_shot = bool(evaluation.unseen)
-    extra = f" {'seen':>8} {'unseen':>8} {'unseen*':>8}" if zero_shot else ""
+    distances = _has_distances(evaluation)
+    extra = (f" {'A-dist':>7}" if distances else "") + (f" {'seen':>8} {'unseen':>8} {'unseen*':>8}" if zero_shot else "")
     lines = [f"{'model':<14} {'role':<10} {'accuracy':>8}{extra}", "-" * (34 + len(extra))]
     for r in evaluation.results:
         mark = "  <- best" if r.name == evaluation.best else ""
-        cells = (f" {r.seen_accuracy:>8.2%} {r.unseen_accuracy:>8.2%} {r.unseen_among_unseen:>8.2%}"
-                 if zero_shot else "")
+        cells = f" {r.a_distance:>7.2f}" if distances and r.a_distance is not None else (" " * 8 if distances else "")
+        if zero_shot:
+            cells += f" {r.seen_accuracy:>8.2%} {r.unseen_accuracy:>8.2%} {r.unseen_among_unseen:>8.2%}"
         lines.append(f"{r.name:<14} {r.role:<10} {r.accuracy:>8.2%}{cells}{mark}")
     lines.append(f"(target test split: {evaluation.test_count} images)")
+    if distances:
+        lines.append("A-dist: proxy A-distance between source and target test features (0: indistinguishable, 2: separable)")
     if zero_shot:
         lines.append(f"unseen classes {', '.join(evaluation.unseen)} (never in training): chance is "
                      f"{1 / len(evaluation.classes):.1%} over all classes, {1 / len(evaluation.unseen):.1%} among the "
@@ -106,7 +117,7 @@ def format_table(evaluation: Evaluation) -> str:
     return "\n".join(lines)
 
 
-def _confusion_png(result: Result, classes: list[str]) -> str:
+def confusion_png(result: Result, classes: list[str]) -> bytes:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -127,7 +138,14 @@ def _confusion_png(result: Result, classes: list[str]) -> str:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
     plt.close(fig)
-    return base64.b64encode(buffer.getvalue()).decode()
+    return buffer.getvalue()
+
+
+def per_class_csv(evaluation: Evaluation) -> str:
+    """Per-class accuracy of every model: a row per class, a column per model."""
+    lines = ["class," + ",".join(r.name for r in evaluation.results)]
+    lines += [c + "," + ",".join(f"{r.per_class[c]:.4f}" for r in evaluation.results) for c in evaluation.classes]
+    return "\n".join(lines) + "\n"
 
 
 def _extra_sections(evaluation: Evaluation) -> str:
@@ -150,15 +168,23 @@ def _extra_sections(evaluation: Evaluation) -> str:
     return "".join(parts)
 
 
-def write_report(path: str | Path, evaluation: Evaluation, title: str, facts: dict) -> None:
-    """A self-contained HTML page: the table, per-class accuracy, the best model's confusion matrix."""
+def write_report(path: str | Path, evaluation: Evaluation, title: str, facts: dict, tsne: bytes | None = None) -> None:
+    """A self-contained HTML page: the table with per-class accuracy and A-distances, the best
+    model's confusion matrix and, when given, the t-SNE picture (tlpipe.analysis.tsne_png)."""
     esc = html.escape
-    head = "".join(f"<th>{esc(c)}</th>" for c in evaluation.classes)
+    distances = _has_distances(evaluation)
+    head = ("<th>A-distance</th>" if distances else "") + "".join(f"<th>{esc(c)}</th>" for c in evaluation.classes)
     rows = []
     for r in evaluation.results:
-        cells = "".join(f"<td>{r.per_class[c]:.0%}</td>" for c in evaluation.classes)
+        cells = (f"<td>{'' if r.a_distance is None else format(r.a_distance, '.2f')}</td>" if distances else "")
+        cells += "".join(f"<td>{r.per_class[c]:.0%}</td>" for c in evaluation.classes)
         style = ' class="best"' if r.name == evaluation.best else ""
         rows.append(f"<tr{style}><td>{esc(r.name)}</td><td>{r.role}</td><td><b>{r.accuracy:.2%}</b></td>{cells}</tr>")
+    distance_note = (" A-distance: the proxy A-distance between source and target test images in the model's "
+                     "features, 2(1 - 2 err) of a linear domain classifier (0: indistinguishable, 2: separable)."
+                     if distances else "")
+    tsne_section = (f'<h2>Features before and after transfer (t-SNE)</h2><img alt="t-SNE of source and target features" '
+                    f'src="data:image/png;base64,{base64.b64encode(tsne).decode()}">' if tsne else "")
     fact_rows = "".join(f"<tr><td>{esc(str(k))}</td><td>{esc(str(v))}</td></tr>" for k, v in facts.items())
     best = evaluation.result(evaluation.best)
     page = f"""<!doctype html>
@@ -173,10 +199,11 @@ tr.best {{ background: #e6f4ea; }}
 <h1>{esc(title)}</h1>
 <h2>Accuracy on the target test split ({evaluation.test_count} images)</h2>
 <table><tr><th>model</th><th>role</th><th>accuracy</th>{head}</tr>{''.join(rows)}</table>
-<p>Best: <b>{esc(evaluation.best)}</b>. Per-class columns are the accuracy on each class.</p>
+<p>Best: <b>{esc(evaluation.best)}</b>. Per-class columns are the accuracy on each class.{distance_note}</p>
 {_extra_sections(evaluation)}
 <h2>Confusion matrix of {esc(best.name)}</h2>
-<img alt="confusion matrix" src="data:image/png;base64,{_confusion_png(best, evaluation.classes)}">
+<img alt="confusion matrix" src="data:image/png;base64,{base64.b64encode(confusion_png(best, evaluation.classes)).decode()}">
+{tsne_section}
 <h2>Run</h2><table>{fact_rows}</table>
 </body></html>
 """

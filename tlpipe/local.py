@@ -1,6 +1,7 @@
 """Runs a pipeline on this machine with kfp.local (SubprocessRunner, in the current environment)."""
 
 import io
+import json
 import os
 import re
 import shutil
@@ -16,11 +17,19 @@ from tlpipe.data import check_spec
 from tlpipe.errors import ERROR_FILE_ENV, TlpipeError
 from tlpipe.evaluate import Evaluation
 from tlpipe.methods.finetune import parse_strategy
-from tlpipe.models.backbones import BACKBONES
+from tlpipe.models.backbones import BACKBONES, build_backbone
 from tlpipe.registry import Registration
 from tlpipe.steps import ADAPT_METHODS, COMPUTE_MARK
 
-_CASTS = {"Integer": int, "Float": float, "String": str, "Boolean": lambda v: v.lower() in ("1", "true", "yes")}
+def _json_list(value: str) -> list:
+    parsed = json.loads(value)
+    if not isinstance(parsed, list):
+        raise ValueError(value)
+    return parsed
+
+
+_CASTS = {"Integer": int, "Float": float, "String": str, "Boolean": lambda v: v.lower() in ("1", "true", "yes"),
+          "List": _json_list}
 
 
 @dataclass
@@ -28,16 +37,24 @@ class StepTime:
     task: str
     wall: float  # from kfp.local starting the task to its end
     compute: float  # inside the step function (tlpipe.steps.timed)
+    began: float = 0.0  # perf_counter at the start
 
 
 @dataclass
 class RunResult:
-    evaluation: Evaluation
-    registration: Registration
     report: Path
     log: Path
     seconds: float
     steps: list[StepTime]
+    evaluation: Evaluation | None = None  # transfer and retrain
+    registration: Registration | None = None
+    sweep: list[dict] | None = None  # layer-sweep: its points
+
+    @property
+    def sequential(self) -> bool:
+        """Whether the steps ran one after another (a ParallelFor runs them side by side)."""
+        steps = sorted(self.steps, key=lambda s: s.began)
+        return all(b.began >= a.began + a.wall for a, b in zip(steps, steps[1:]))
 
 
 _COLOUR = re.compile(r"\x1b\[[0-9;]*m")
@@ -55,7 +72,7 @@ class _LogView(io.TextIOBase):
     def __init__(self, terminal, log_file, verbose: bool):
         self.terminal, self.log_file, self.verbose, self.pending = terminal, log_file, verbose, ""
         self.steps: list[StepTime] = []
-        self.started: dict[str, float] = {}
+        self.started: dict[str, list[float]] = {}
         self.compute = 0.0
 
     def write(self, text: str) -> int:
@@ -71,11 +88,14 @@ class _LogView(io.TextIOBase):
     def _time(self, line: str) -> None:
         line = _COLOUR.sub("", line)
         if m := _TASK_START.search(line):
-            self.started[m.group(1)], self.compute = time.perf_counter(), 0.0
+            # A ParallelFor starts several tasks of one name: first started, first finished.
+            self.started.setdefault(m.group(1), []).append(time.perf_counter())
+            self.compute = 0.0
         elif m := _COMPUTE.search(line):
             self.compute = float(m.group(1))  # the outermost step ends last
-        elif (m := _TASK_END.search(line)) and m.group(1) in self.started:
-            self.steps.append(StepTime(m.group(1), time.perf_counter() - self.started.pop(m.group(1)), self.compute))
+        elif (m := _TASK_END.search(line)) and self.started.get(m.group(1)):
+            began = self.started[m.group(1)].pop(0)
+            self.steps.append(StepTime(m.group(1), time.perf_counter() - began, self.compute, began))
 
     def flush(self) -> None:
         self.log_file.flush()
@@ -92,8 +112,9 @@ def pipeline_arguments(pipeline, given: dict[str, str]) -> dict:
         kind = inputs[name].type
         try:
             arguments[name] = _CASTS.get(kind, str)(value)
-        except ValueError:
-            raise TlpipeError(f"parameter {name}={value!r} is not a valid {kind.lower()}.") from None
+        except ValueError:  # json.JSONDecodeError is one
+            example = " (JSON, e.g. [0,1,2])" if kind == "List" else ""
+            raise TlpipeError(f"parameter {name}={value!r} is not a valid {kind.lower()}{example}.") from None
     return arguments
 
 
@@ -108,6 +129,8 @@ def preflight(arguments: dict, defaults: dict) -> None:
                               "(class,<attribute>,...).")
     if values.get("backbone") not in (None, *BACKBONES):
         raise TlpipeError(f"unknown backbone '{values['backbone']}'; choose one of {', '.join(BACKBONES)}.")
+    if "blocks" in values:
+        _check_blocks(values["blocks"], values.get("backbone", "small-cnn"), values.get("image_size", 32))
     if values.get("adapt_method") not in (None, *ADAPT_METHODS):
         raise TlpipeError(f"unknown adaptation method '{values['adapt_method']}'; use {', '.join(ADAPT_METHODS)}.")
     for key in ("source", "target"):
@@ -122,6 +145,14 @@ def preflight(arguments: dict, defaults: dict) -> None:
         if storage.is_s3(values.get(key, "")):
             storage.check_bucket(values[key])
     tracking.check_reachable()
+
+
+def _check_blocks(blocks: list, backbone: str, image_size: int) -> None:
+    """The layer sweep's k values: whole numbers from 0 to the backbone's number of blocks."""
+    n = len(build_backbone(backbone, image_size).blocks)
+    if not blocks or any(not isinstance(k, int) or isinstance(k, bool) or not 0 <= k <= n for k in blocks):
+        raise TlpipeError(f"blocks={json.dumps(blocks)}: give whole numbers from 0 to {n}, the number of blocks of the "
+                          f"{backbone} backbone, e.g. [0, 1, 2].")
 
 
 def run(name: str, given: dict[str, str], verbose: bool = False) -> RunResult:
@@ -162,14 +193,14 @@ def run(name: str, given: dict[str, str], verbose: bool = False) -> RunResult:
     report = settings.home() / "reports" / f"{run_dir.name}.html"
     report.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(outputs["report"].path, report)
-    return RunResult(
-        evaluation=Evaluation.load(outputs["evaluation"].path),
-        registration=Registration.load(outputs["registration"].path),
-        report=report,
-        log=log_path,
-        seconds=time.perf_counter() - started,
-        steps=view.steps,
-    )
+    result = RunResult(report=report, log=log_path, seconds=time.perf_counter() - started, steps=view.steps)
+    if "evaluation" in outputs:
+        result.evaluation = Evaluation.load(outputs["evaluation"].path)
+    if "registration" in outputs:
+        result.registration = Registration.load(outputs["registration"].path)
+    if "sweep" in outputs:
+        result.sweep = json.loads(Path(outputs["sweep"].path).read_text())
+    return result
 
 
 def format_timing(result: RunResult) -> str:

@@ -4,8 +4,11 @@ Each step validates its input, tracks itself as a nested MLflow run, writes its 
 and returns facts for the component's artifact metadata. User mistakes raise TlpipeError.
 """
 
+import base64
 import dataclasses
 import functools
+import html
+import io
 import json
 import shutil
 import time
@@ -14,17 +17,18 @@ from pathlib import Path
 import mlflow
 import torch
 
-from tlpipe import distributed, settings, storage, tracking
+from tlpipe import analysis, distributed, settings, storage, tracking
 from tlpipe.checkpoint import Checkpoint
-from tlpipe.data import load_dataset, load_domain, save_dataset, split_source, split_target
+from tlpipe.data import ImageSet, load_dataset, load_domain, save_dataset, split_source, split_target
 from tlpipe.data.attributes import DIGITS, signatures
 from tlpipe.errors import TlpipeError
-from tlpipe.evaluate import Evaluation, compare, format_table, task_accuracy, write_report
-from tlpipe.methods import dann, finetune as finetuning, supervised
+from tlpipe.evaluate import (Evaluation, compare, confusion_png, format_table, per_class_csv, score, task_accuracy,
+                             write_report)
+from tlpipe.methods import adapt as adaptation, finetune as finetuning, supervised
 from tlpipe.models import Classifier, ModelSpec, load_model, read_weights, save_model
 from tlpipe.train import TrainConfig, device
 
-ADAPT_METHODS = ("dann",)
+ADAPT_METHODS = adaptation.METHODS
 SOURCE_TEST_FRACTION = 0.2
 TARGET_TEST_FRACTION = 0.3
 
@@ -181,17 +185,26 @@ def adapt(
     config: TrainConfig,
     experiment: str,
     pipeline_run: str,
+    target_labelled: str = "",
+    finetune_epochs: int = 0,
 ) -> dict:
-    if method not in ADAPT_METHODS:
-        raise TlpipeError(f"unknown adaptation method '{method}'; use {', '.join(ADAPT_METHODS)}.")
+    """Adapts the source model to the target domain; dann+finetune then fine-tunes on `target_labelled`
+    for `finetune_epochs`."""
+    adaptation.check_method(method)
     model, _ = load_model(source_model)
     source, _ = load_dataset(source_train)
     target, meta = load_dataset(target_unlabelled)
+    labelled = load_dataset(target_labelled)[0] if target_labelled and method == "dann+finetune" else None
     config = checkpointed(config, pipeline_run, "adapt")
+    tune_config = dataclasses.replace(config, epochs=finetune_epochs or config.epochs, checkpoint_dir="")
     params = {"method": method, **_config_params("adapt", config)}
+    if labelled is not None:
+        params["finetune_epochs"] = tune_config.epochs
+    total_epochs = config.epochs + (tune_config.epochs if labelled is not None else 0)
     with tracking.step_run("adapt", experiment, pipeline_run, params):
-        adapted = distributed.run(config.nproc, dann.adapt, model, source, target, config,
-                                  log=tracking.EpochLogger("adapt", config.epochs))
+        adapted = distributed.run(config.nproc, adaptation.adapt, method, model, source, target, config,
+                                  log=tracking.EpochLogger("adapt", total_epochs), labelled=labelled,
+                                  finetune_config=tune_config)
         saved = save_model(out, adapted, method=method, trained_on=meta["content_hash"])
     _done(config)
     return _model_facts(saved)
@@ -218,13 +231,28 @@ def evaluate(
     models = {name: (load_model(path)[0], "baseline") for name, path in baselines.items()}
     models |= {name: (load_model(path)[0], "candidate") for name, path in candidates.items()}
     paths = baselines | candidates
+    source = load_dataset(source_test)[0] if source_test else None
     with tracking.step_run("evaluate", experiment, pipeline_run, {"test_hash": meta["content_hash"]}):
         evaluation = compare(models, test, best_of, meta.get("unseen", []))
-        evaluation.tasks = _task_rows(models, evaluation, source_test)
+        evaluation.tasks = _task_rows(models, evaluation, source)
+        tsne = None
+        if source is not None and len(source):
+            distances = analysis.domain_distances({name: m for name, (m, _) in models.items()}, source, test)
+            for r in evaluation.results:
+                r.a_distance = distances[r.name]
+            # Before (the starting model) and after transfer; target-only never saw the source.
+            pictured = {name: m for name, (m, _) in models.items() if name != "target-only"}
+            tsne = analysis.tsne_png(pictured, source, test, distances)
+            mlflow.log_metrics({f"{name}_a_distance": d for name, d in distances.items()})
+            mlflow.log_image(_png_image(tsne), "report/tsne.png")
         evaluation.save(evaluation_out)
         write_report(report_out, evaluation, "tlpipe transfer report",
-                     {"pipeline run": pipeline_run, "target": meta.get("spec", ""), "test split": meta["content_hash"]})
+                     {"pipeline run": pipeline_run, "target": meta.get("spec", ""), "test split": meta["content_hash"]},
+                     tsne)
         mlflow.log_metrics({f"{r.name}_accuracy": r.accuracy for r in evaluation.results})
+        mlflow.log_text(per_class_csv(evaluation), "report/per_class_accuracy.csv")
+        for r in evaluation.results:
+            mlflow.log_image(_png_image(confusion_png(r, evaluation.classes)), f"report/confusion/{r.name}.png")
         if evaluation.unseen:
             mlflow.log_metrics({f"{r.name}_{kind}": getattr(r, kind) for r in evaluation.results
                                 for kind in ("seen_accuracy", "unseen_accuracy", "unseen_among_unseen")})
@@ -238,13 +266,18 @@ def evaluate(
     return evaluation
 
 
-def _task_rows(models: dict, evaluation: Evaluation, source_test: str) -> list[dict]:
+def _png_image(png: bytes):
+    from PIL import Image
+
+    return Image.open(io.BytesIO(png))
+
+
+def _task_rows(models: dict, evaluation: Evaluation, source: ImageSet | None) -> list[dict]:
     """Each multi-task model's accuracy per task, next to the single-task model of that task:
     target-only on the target test split, source-only on the source test split."""
     multitask = {name: model for name, (model, _) in models.items() if "source" in model.spec.tasks}
     if not multitask:
         return []
-    source = load_dataset(source_test)[0] if source_test else None
     single = {r.name: r.accuracy for r in evaluation.results}
     baseline = models.get("source-only")
     rows = []
@@ -344,6 +377,67 @@ def register(
     registration.save(out)
     tracking.end_pipeline_run(experiment, pipeline_run, "FINISHED")
     return registration
+
+
+@timed
+def layer_transfer(
+    source_model: str,
+    target_labelled: str,
+    target_test: str,
+    out: str,
+    blocks: int,
+    config: TrainConfig,
+    experiment: str,
+    pipeline_run: str,
+) -> list[dict]:
+    """One k of the layer sweep: the first `blocks` blocks copied from the source model, frozen (AnB)
+    and, separately, fine-tuned (AnB+), the rest trained fresh on the labelled target images; both
+    scored on the target test split."""
+    model, _ = load_model(source_model)
+    labelled, _ = load_dataset(target_labelled)
+    test, _ = load_dataset(target_test)
+    if not test.is_labelled or len(test) == 0:
+        raise TlpipeError(f"target test split {target_test} is empty or unlabelled.")
+    if blocks < 0 or blocks > len(model.blocks):
+        raise TlpipeError(f"the layer sweep asks for {blocks} blocks; the {model.spec.backbone} backbone has "
+                          f"{len(model.blocks)} (use 0 to {len(model.blocks)}).")
+    rows = []
+    for mode, strategy in analysis.SWEEP_MODES.items():
+        strategy = strategy.format(k=blocks)
+        step_name = f"layers-{blocks}-{mode}"
+        step_config = checkpointed(config, pipeline_run, step_name)
+        with tracking.step_run(step_name, experiment, pipeline_run, {"strategy": strategy, **_config_params("layers", step_config)}):
+            tuned = distributed.run(step_config.nproc, finetuning.finetune, model, labelled, strategy, step_config,
+                                    log=tracking.EpochLogger(step_name, step_config.epochs))
+            rows.append({"blocks": blocks, "mode": mode, "strategy": strategy, "accuracy": score(tuned, test).accuracy})
+            mlflow.log_metric("accuracy", rows[-1]["accuracy"])
+        _done(step_config)
+    Path(out).write_text(json.dumps(rows))
+    return rows
+
+
+@timed
+def layer_sweep_report(points: list[str], out: str, report_out: str, experiment: str, pipeline_run: str) -> list[dict]:
+    """Gathers the sweep's points into one table and one plot (HTML report and MLflow artifacts)."""
+    rows = sorted((row for p in points for row in json.loads(Path(p).read_text())), key=lambda r: (r["blocks"], r["mode"]))
+    table = analysis.format_layer_sweep(rows)
+    png = analysis.layer_sweep_png(rows, "layer transferability: target accuracy vs blocks copied")
+    Path(out).write_text(json.dumps(rows, indent=2))
+    Path(report_out).write_text(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>tlpipe layer sweep</title></head>"
+        "<body style=\"font-family: system-ui, sans-serif; margin: 2em\"><h1>tlpipe layer sweep</h1>"
+        f"<p>Pipeline run {html.escape(pipeline_run)}. Frozen: the first k blocks copied from the source model and "
+        "kept fixed, the rest trained fresh on the labelled target images (AnB of Yosinski et al. 2014); "
+        "fine-tuned: the same copy, then every block trained (AnB+). k = 0 is target-only.</p>"
+        f"<img alt=\"target accuracy against k\" src=\"data:image/png;base64,{base64.b64encode(png).decode()}\">"
+        f"<pre>{html.escape(table)}</pre></body></html>\n")
+    with tracking.step_run("layer-sweep", experiment, pipeline_run, {"points": len(rows)}):
+        mlflow.log_text(table, "report/layer_sweep.txt")
+        mlflow.log_text(json.dumps(rows, indent=2), "report/layer_sweep.json")
+        mlflow.log_image(_png_image(png), "report/layer_sweep.png")
+        mlflow.log_text(Path(report_out).read_text(), "report/report.html")
+    tracking.end_pipeline_run(experiment, pipeline_run, "FINISHED")
+    return rows
 
 
 def publish(directory: str, publish_to: str, pipeline_run: str, name: str) -> str:

@@ -7,6 +7,9 @@ Strategies:
 - `linear-probe`: the whole backbone is a frozen feature extractor; only the head trains.
 - `l2sp:<alpha>`: full fine-tuning with alpha/2 * ||w - w_source||^2 on the backbone in place of
   weight decay (Li et al. 2018), which keeps the model near the source.
+- `copy:<k>` / `copy+:<k>`: Yosinski et al. (2014)'s AnB / AnB+: the first k blocks are copied from the
+  source model, the other blocks and the head start fresh; copy keeps the copied blocks frozen,
+  copy+ fine-tunes them with the rest (all at the base rate). k = 0 is target-only.
 - `scratch`: no transfer: a freshly initialised model of the same architecture (the target-only
   baseline).
 - `progressive`: a progressive network over the frozen source model (tlpipe.methods.progressive).
@@ -30,7 +33,7 @@ from tlpipe.methods.zeroshot import zero_shot
 from tlpipe.models import Classifier
 from tlpipe.train import LogFn, TrainConfig
 
-STRATEGIES = ("full, freeze:<k>, linear-probe, l2sp:<alpha>, scratch, progressive, multitask[:<w>], "
+STRATEGIES = ("full, freeze:<k>, linear-probe, l2sp:<alpha>, copy:<k>, copy+:<k>, scratch, progressive, multitask[:<w>], "
               "zero-shot:attributes or zero-shot:embedding")
 
 
@@ -43,7 +46,7 @@ def parse_strategy(strategy: str) -> tuple[str, float | str]:
             return name, float(arg or 1.0)
         if name == "zero-shot" and arg in ("attributes", "embedding"):
             return name, arg
-        if name == "freeze" and arg.isdigit():
+        if name in ("freeze", "copy", "copy+") and arg.isdigit():
             return name, int(arg)
         if name == "l2sp" and float(arg) >= 0:
             return name, float(arg)
@@ -97,11 +100,16 @@ def finetune(
         return zero_shot(source_model, both, arg, attributes or {}, config, log)
     if not labelled.is_labelled:
         raise TlpipeError("fine-tuning needs labelled target images; set target_labels_per_class to 1 or more.")
-    if name == "scratch":
+    if name in ("scratch", "copy", "copy+"):
+        k = int(arg) if name != "scratch" else 0
+        if k > len(source_model.blocks):
+            raise TlpipeError(f"strategy {strategy} asks for more blocks than the backbone has ({len(source_model.blocks)}).")
         torch.manual_seed(config.seed)
         model = Classifier(copy.deepcopy(source_model.spec))
-        model.train()
-        train_classifier(model, labelled, config, log=log)
+        for fresh, learned in zip(model.blocks[:k], source_model.blocks[:k]):
+            fresh.load_state_dict(learned.state_dict())
+        freeze_blocks(model, k if name == "copy" else 0)
+        train_classifier(model, labelled, config, param_groups=[p for p in model.parameters() if p.requires_grad], log=log)
         return model
 
     model = copy.deepcopy(source_model)

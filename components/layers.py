@@ -1,0 +1,53 @@
+from typing import List
+
+from kfp import dsl
+from kfp.dsl import HTML, Artifact, Dataset, Input, Model, Output
+
+from components import IMAGE
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def layer_transfer(
+    source_model: Input[Model],
+    target_labelled: Input[Dataset],
+    target_test: Input[Dataset],
+    blocks: int,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    checkpoint_root: str,
+    checkpoint_every: int,
+    nproc: int,
+    experiment: str,
+    pipeline_run: str,
+    point: Output[Artifact],
+):
+    """Copies the first `blocks` blocks of the source model, frozen and (separately) fine-tuned, trains the
+    rest on the labelled target images and scores both on the target test split."""
+    from tlpipe import steps
+    from tlpipe.errors import exit_on_user_error
+    from tlpipe.train import TrainConfig
+
+    config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, checkpoint_dir=checkpoint_root,
+                         checkpoint_every=checkpoint_every, nproc=nproc)
+    rows = exit_on_user_error(steps.layer_transfer)(
+        source_model.path, target_labelled.path, target_test.path, point.path, blocks, config, experiment, pipeline_run,
+    )
+    point.metadata.update({"blocks": blocks, **{r["mode"]: r["accuracy"] for r in rows}})
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def layer_sweep_report(
+    points: Input[List[Artifact]],
+    experiment: str,
+    pipeline_run: str,
+    sweep: Output[Artifact],
+    report: Output[HTML],
+):
+    """One table and one plot of target accuracy against the number of blocks copied."""
+    from tlpipe import steps
+    from tlpipe.errors import exit_on_user_error
+
+    exit_on_user_error(steps.layer_sweep_report)([p.path for p in points], sweep.path, report.path, experiment,
+                                                 pipeline_run)

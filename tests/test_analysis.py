@@ -1,0 +1,52 @@
+"""Proxy A-distance, the t-SNE picture, per-class and confusion outputs, and the layer-sweep table."""
+
+import numpy as np
+from test_methods import colour_set, trained_source
+
+from tlpipe.analysis import domain_distances, format_layer_sweep, layer_sweep_png, proxy_a_distance, tsne_png
+from tlpipe.evaluate import compare, confusion_png, format_table, per_class_csv, write_report
+
+PNG = b"\x89PNG"
+
+
+def test_proxy_a_distance_is_near_zero_for_one_domain_and_two_for_separable_ones():
+    rng = np.random.default_rng(0)
+    same = proxy_a_distance(rng.normal(size=(400, 16)), rng.normal(size=(400, 16)))
+    apart = proxy_a_distance(rng.normal(size=(400, 16)), rng.normal(5.0, 1.0, size=(400, 16)))
+    halfway = proxy_a_distance(rng.normal(size=(400, 16)), rng.normal(0.4, 1.0, size=(400, 16)))
+    assert abs(same) < 0.3
+    assert apart > 1.9
+    assert same < halfway < apart
+
+
+def test_domain_distances_tell_a_shifted_target_from_the_source():
+    model = trained_source()
+    source, shifted = colour_set(seed=1), colour_set(seed=2, shift=120)
+    distances = domain_distances({"m": model}, source, shifted)
+    assert distances["m"] > 1.0
+    assert domain_distances({"m": model}, source, colour_set(seed=3))["m"] < distances["m"]
+
+
+def test_report_and_table_carry_a_distances_per_class_and_the_tsne_picture(tmp_path):
+    model = trained_source()
+    source, target = colour_set(seed=1), colour_set(seed=2, shift=60)
+    evaluation = compare({"source-only": (model, "baseline"), "adapted": (model, "candidate")}, target)
+    for r, d in zip(evaluation.results, (1.5, 0.25)):
+        r.a_distance = d
+    tsne = tsne_png({"source-only": model}, source, target, {"source-only": 1.5})
+    assert tsne.startswith(PNG) and confusion_png(evaluation.results[0], evaluation.classes).startswith(PNG)
+    table = format_table(evaluation)
+    assert "A-dist" in table and "1.50" in table and "0.25" in table
+    csv = per_class_csv(evaluation).splitlines()
+    assert csv[0] == "class,source-only,adapted" and [line.split(",")[0] for line in csv[1:]] == ["r", "g", "b"]
+    write_report(tmp_path / "r.html", evaluation, "t", {}, tsne)
+    page = (tmp_path / "r.html").read_text()
+    assert "A-distance" in page and "t-SNE" in page and page.count("data:image/png;base64,") == 2
+
+
+def test_layer_sweep_table_and_plot():
+    rows = [{"blocks": k, "mode": m, "accuracy": a} for k, m, a in
+            [(0, "frozen", 0.5), (0, "fine-tuned", 0.5), (2, "frozen", 0.6), (2, "fine-tuned", 0.7)]]
+    table = format_layer_sweep(rows).splitlines()
+    assert table[2].split() == ["0", "50.00%", "50.00%"] and table[3].split() == ["2", "60.00%", "70.00%"]
+    assert layer_sweep_png(rows, "t").startswith(PNG)

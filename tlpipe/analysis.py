@@ -1,0 +1,122 @@
+"""Analysis of transfer: how far apart the source and target domains are in a model's features
+(the proxy A-distance of Ben-David et al. 2007, as used in the DANN paper, and a t-SNE picture), and
+the layer-transferability sweep's table and plot."""
+
+import io
+
+import numpy as np
+import torch
+
+from tlpipe.data import ImageSet
+from tlpipe.models import Classifier
+
+MAX_PER_DOMAIN = 500  # images per domain for the t-SNE plot (t-SNE is quadratic in the points)
+
+
+@torch.inference_mode()
+def features(model: Classifier, images: np.ndarray, batch_size: int = 512) -> np.ndarray:
+    model.eval()
+    device = next(model.parameters()).device
+    x = torch.as_tensor(images)
+    return torch.cat([model.features(x[i : i + batch_size].to(device)).float().cpu()
+                      for i in range(0, len(x), batch_size)]).numpy()
+
+
+def _balanced(n_source: int, n_target: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    n = min(n_source, n_target)
+    return np.sort(rng.choice(n_source, n, replace=False)), np.sort(rng.choice(n_target, n, replace=False))
+
+
+def proxy_a_distance(source_features: np.ndarray, target_features: np.ndarray, seed: int = 0) -> float:
+    """2 (1 - 2 err) of a linear source-vs-target classifier trained on half of an equal number of
+    images from each domain and tested on the other half: about 0 when the domains are
+    indistinguishable, 2 when they are perfectly separable."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import train_test_split
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    s, t = _balanced(len(source_features), len(target_features), seed)
+    x = np.concatenate([source_features[s], target_features[t]])
+    y = np.concatenate([np.ones(len(s)), np.zeros(len(t))])
+    x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=0.5, stratify=y, random_state=seed)
+    classifier = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=2000))
+    error = 1.0 - classifier.fit(x_train, y_train).score(x_test, y_test)
+    return float(2.0 * (1.0 - 2.0 * error))
+
+
+def domain_distances(models: dict[str, Classifier], source: ImageSet, target: ImageSet) -> dict[str, float]:
+    """Each model's proxy A-distance between the source and target test images."""
+    return {name: proxy_a_distance(features(model, source.images), features(model, target.images))
+            for name, model in models.items()}
+
+
+def tsne_png(models: dict[str, Classifier], source: ImageSet, target: ImageSet,
+             distances: dict[str, float] | None = None, seed: int = 0) -> bytes:
+    """One t-SNE panel per model: source (circles) and target (crosses) test features, coloured by
+    class; after a good adaptation the target crosses gather in the source's class clusters."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.manifold import TSNE
+
+    rng = np.random.default_rng(seed)
+    s = np.sort(rng.choice(len(source), min(len(source), MAX_PER_DOMAIN), replace=False))
+    t = np.sort(rng.choice(len(target), min(len(target), MAX_PER_DOMAIN), replace=False))
+    colours = plt.get_cmap("tab10" if len(source.classes) <= 10 else "tab20")
+    fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 4.4), squeeze=False)
+    for ax, (name, model) in zip(axes[0], models.items()):
+        points = np.concatenate([features(model, source.images[s]), features(model, target.images[t])])
+        embedded = TSNE(n_components=2, init="pca", perplexity=30, random_state=seed).fit_transform(points)
+        ax.scatter(*embedded[: len(s)].T, c=colours(source.labels[s] % colours.N), marker="o", s=8, alpha=0.6)
+        ax.scatter(*embedded[len(s) :].T, c=colours(target.labels[t] % colours.N), marker="x", s=10, alpha=0.8)
+        title = name if not distances or name not in distances else f"{name}  (A-distance {distances[name]:.2f})"
+        ax.set_title(title, fontsize=10)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle("t-SNE of test features: source o, target x, colour = class", fontsize=10)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+# The transferability study (Yosinski et al. 2014): target accuracy against the number of blocks copied.
+SWEEP_MODES = {"frozen": "copy:{k}", "fine-tuned": "copy+:{k}"}  # AnB and AnB+, as fine-tuning strategies
+
+
+def format_layer_sweep(rows: list[dict]) -> str:
+    """rows: {"blocks": k, "mode": "frozen" | "fine-tuned", "accuracy": a}; a table with a row per k."""
+    table = {(r["blocks"], r["mode"]): r["accuracy"] for r in rows}
+    lines = [f"{'blocks copied':>13} {'frozen (AnB)':>13} {'fine-tuned (AnB+)':>18}", "-" * 46]
+    for k in sorted({r["blocks"] for r in rows}):
+        cells = [f"{table[(k, m)]:.2%}" if (k, m) in table else "-" for m in SWEEP_MODES]
+        lines.append(f"{k:>13} {cells[0]:>13} {cells[1]:>18}")
+    return "\n".join(lines)
+
+
+def layer_sweep_png(rows: list[dict], title: str) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for mode, style in zip(SWEEP_MODES, ("o-", "s--")):
+        points = sorted((r["blocks"], r["accuracy"]) for r in rows if r["mode"] == mode)
+        if points:
+            ax.plot(*zip(*points), style, label=f"first k blocks copied, {mode}")
+    ax.set_xlabel("k: blocks copied from the source model")
+    ax.set_ylabel("target test accuracy")
+    ax.set_xticks(sorted({r["blocks"] for r in rows}))
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    return buffer.getvalue()

@@ -1,0 +1,32 @@
+"""The adapt step's methods by name: alignment without target labels, and DANN followed by
+few-shot fine-tuning on the k labelled target images."""
+
+from tlpipe.data import ImageSet
+from tlpipe.errors import TlpipeError
+from tlpipe.methods import cdan, coral, dan, dann
+from tlpipe.methods.finetune import finetune
+from tlpipe.models import Classifier
+from tlpipe.train import LogFn, TrainConfig
+
+UNSUPERVISED = {"dann": dann.adapt, "cdan+e": cdan.adapt, "dan": dan.adapt, "coral": coral.adapt}
+METHODS = (*UNSUPERVISED, "dann+finetune")
+
+
+def check_method(method: str) -> None:
+    if method not in METHODS:
+        raise TlpipeError(f"unknown adaptation method '{method}'; use {', '.join(METHODS)}.")
+
+
+def adapt(method: str, source_model: Classifier, source: ImageSet, target: ImageSet, config: TrainConfig,
+          log: LogFn | None = None, labelled: ImageSet | None = None,
+          finetune_config: TrainConfig | None = None) -> Classifier:
+    """`labelled` (the k-shot target split) and `finetune_config` are used by dann+finetune."""
+    check_method(method)
+    if method in UNSUPERVISED:
+        return UNSUPERVISED[method](source_model, source, target, config, log)
+    if labelled is None or not labelled.is_labelled or len(labelled) == 0:
+        raise TlpipeError("dann+finetune needs labelled target images; set target_labels_per_class to 1 or more.")
+    adapted = dann.adapt(source_model, source, target, config, log)
+    # The fine-tuning epochs continue the step's epoch count in the log.
+    tune_log = (lambda epoch, metrics: log(config.epochs + epoch, metrics)) if log else None
+    return finetune(adapted, labelled, "full", finetune_config or config, log=tune_log)

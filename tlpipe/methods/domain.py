@@ -1,0 +1,97 @@
+"""Unsupervised domain adaptation: the loop every alignment method shares.
+
+The model learns to classify labelled source images while an alignment loss pulls the features of
+source and unlabelled target images together; the methods (DANN, CDAN+E, DAN, Deep CORAL) differ
+only in that loss, an `Alignment` module. Its weight ramps up with training progress p following
+Ganin's lambda_p = 2 / (1 + exp(-10 p)) - 1, so that the classifier forms before alignment pulls on
+it; the learning rate anneals as mu0 / (1 + 10 p)^0.75 (tlpipe.train).
+"""
+
+import copy
+import math
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tlpipe.data import ImageSet
+from tlpipe.errors import TlpipeError
+from tlpipe.models import Classifier
+from tlpipe.train import Batches, LogFn, TrainConfig, device, fit, prepare, seed_everything, sgd
+
+Metrics = dict[str, torch.Tensor]
+
+
+def ganin_lambda(p: float) -> float:
+    return 2.0 / (1.0 + math.exp(-10.0 * p)) - 1.0
+
+
+class Alignment(nn.Module):
+    """A domain-alignment loss over both domains' features and class logits, at weight `coeff`."""
+
+    def forward(self, source_features: torch.Tensor, target_features: torch.Tensor, source_logits: torch.Tensor,
+                target_logits: torch.Tensor, coeff: float) -> tuple[torch.Tensor, Metrics]:
+        raise NotImplementedError
+
+
+class _Joint(nn.Module):
+    """Classifier and alignment as one module, so that data-parallel training sees one forward."""
+
+    def __init__(self, model: Classifier, alignment: Alignment):
+        super().__init__()
+        self.model, self.alignment = model, alignment
+
+    def forward(self, source_images, target_images, coeff: float):
+        # Separate passes: batch norm normalises each domain by its own batch statistics, which
+        # removes much of the colour and contrast gap before the alignment loss looks.
+        source_features = self.model.features(source_images)
+        target_features = self.model.features(target_images)
+        source_logits = self.model.head(source_features)
+        target_logits = self.model.head(target_features)
+        loss, metrics = self.alignment(source_features, target_features, source_logits, target_logits, coeff)
+        return source_logits, loss, metrics
+
+
+def adapt(
+    source_model: Classifier,
+    source: ImageSet,
+    target: ImageSet,
+    make_alignment: Callable[[Classifier], Alignment],
+    config: TrainConfig,
+    log: LogFn | None = None,
+    name: str = "adaptation",
+) -> Classifier:
+    """Trains a copy of `source_model` on labelled `source` and unlabelled `target` images with the
+    classification loss plus the loss of `make_alignment(model)` (built after seeding, so that its
+    initial weights follow the seed)."""
+    if not source.is_labelled:
+        raise TlpipeError(f"{name} needs labelled source images.")
+    if len(target) == 0:
+        raise TlpipeError(f"{name} needs unlabelled target images; the unlabelled target split is empty.")
+    generator = seed_everything(config.seed)
+    dev = device()
+    model = copy.deepcopy(source_model).train()
+    alignment = make_alignment(model).train()
+    net = prepare(_Joint(model, alignment), config)
+    source_batches = Batches(
+        torch.from_numpy(source.images).to(dev),
+        torch.from_numpy(source.labels).to(dev),
+        batch_size=config.batch_size,
+        generator=generator,
+    )
+    target_batches = Batches(torch.from_numpy(target.images).to(dev), batch_size=config.batch_size, generator=generator)
+    optimizer = sgd([{"params": model.parameters()}, {"params": alignment.parameters()}], config)
+
+    def step(p: float):
+        source_images, labels = next(source_batches)
+        (target_images,) = next(target_batches)
+        class_logits, alignment_loss, metrics = net(source_images, target_images, ganin_lambda(p))
+        classification = F.cross_entropy(class_logits, labels)
+        return classification + alignment_loss, {"loss": classification, **metrics}
+
+    steps_per_epoch = max(source_batches.per_epoch, target_batches.per_epoch)
+    fit(step, optimizer, config.epochs, steps_per_epoch, log, config.checkpoint_dir, config.checkpoint_every,
+        state={"model": model, "alignment": alignment, "source": source_batches, "target": target_batches},
+        images_per_step=source_batches.batch_size + target_batches.batch_size)
+    return model.eval()
