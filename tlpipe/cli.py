@@ -43,6 +43,8 @@ def cmd_run(args) -> None:
     print()
     if result.sequential:
         print(local.format_timing(result))
+    else:
+        print("steps ran side by side (ParallelFor): no per-step timing table")
     print(f"pipeline finished in {result.seconds:.0f} s")
 
 
