@@ -1,32 +1,46 @@
-"""Accuracy of every transfer method on a domain pair, over several seeds; prints a markdown table.
+"""Accuracy of every transfer method on the built-in domain pairs, over several seeds; prints markdown tables.
 
-    .venv/bin/python benchmarks/accuracy.py [--source digits] [--target digits-m] [--seeds 0 1 2]
+    .venv/bin/python benchmarks/accuracy.py [--pairs digits:digits-m syn-digits:digits digits-m:digits]
+                                            [--seeds 0 1 2] [--jobs 2] [--out benchmarks/results/accuracy.md]
 
-Uses the same library calls and defaults as the transfer pipeline (without KFP and MLflow), and the
-target-oracle upper bound: the same network trained on all labelled target training images.
+Uses the library calls and defaults of the transfer pipeline (without KFP and MLflow), and the
+target-oracle upper bound: the same network trained on all labelled target training images. "gap
+closed" is the share of the source-only -> target-oracle gap a method closes: (method - source-only) /
+(oracle - source-only), on the means; negative means negative transfer.
 """
 
 import argparse
+import os
+import platform
 import statistics
+import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 
 import torch
 
 from tlpipe.data import load_domain, split_source, split_target
 from tlpipe.evaluate import score
-from tlpipe.methods import dann
+from tlpipe.methods import adapt as adaptation
 from tlpipe.methods.finetune import finetune
 from tlpipe.methods.supervised import pretrain
 from tlpipe.models import Classifier, ModelSpec
 from tlpipe.steps import SOURCE_TEST_FRACTION, TARGET_TEST_FRACTION
 from tlpipe.train import TrainConfig
 
+PAIRS = ["digits:digits-m", "syn-digits:digits", "digits-m:digits"]
 STRATEGIES = ["full", "freeze:2", "linear-probe", "l2sp:0.01"]
+UNSUPERVISED = {"DANN": "dann", "CDAN+E": "cdan+e", "DAN": "dan", "Deep CORAL": "coral"}
 
 
-def run_seed(args, seed: int) -> dict[str, float]:
-    source = load_domain(args.source, 32, seed)
-    target = load_domain(args.target, 32, seed)
+def run_unit(args, pair: str, seed: int) -> dict[str, float]:
+    """Every method on one domain pair and seed."""
+    if args.jobs > 1:
+        torch.set_num_threads(1)  # the units share the cores
+    source_name, target_name = pair.split(":")
+    source = load_domain(source_name, 32, seed)
+    target = load_domain(target_name, 32, seed)
     source_train, _ = split_source(source, SOURCE_TEST_FRACTION, seed)
     labelled, unlabelled, test = split_target(target, args.k, TARGET_TEST_FRACTION, seed)
     config = lambda epochs: TrainConfig(epochs=epochs, batch_size=64, lr=0.01, seed=seed)  # noqa: E731
@@ -38,13 +52,19 @@ def run_seed(args, seed: int) -> dict[str, float]:
     for strategy in STRATEGIES:
         tuned = finetune(source_model, labelled, strategy, config(args.finetune_epochs))
         results[f"finetune {strategy}"] = score(tuned, test).accuracy
-    results["DANN"] = score(dann.adapt(source_model, source_train, unlabelled, config(args.adapt_epochs)), test).accuracy
+    adapted = {}
+    for name, method in UNSUPERVISED.items():
+        adapted[name] = adaptation.adapt(method, source_model, source_train, unlabelled, config(args.adapt_epochs))
+        results[name] = score(adapted[name], test).accuracy
+    # dann+finetune is DANN, then full fine-tuning on the k labels: the DANN model above is its first half.
+    results["DANN+finetune"] = score(finetune(adapted["DANN"], labelled, "full", config(args.finetune_epochs)), test).accuracy
     # Oracle: all target training images with their true labels (the unlabelled split's labels restored).
     oracle_train = target.subset([i for i in range(len(target)) if not _in(target.images[i], test.images)])
     torch.manual_seed(seed)
     oracle = Classifier(ModelSpec(args.backbone, source.classes, 32))
     pretrain(oracle, oracle_train, config(args.source_epochs))
     results["target oracle"] = score(oracle, test).accuracy
+    print(f"done: {pair} seed {seed}", file=sys.stderr, flush=True)
     return results
 
 
@@ -52,36 +72,66 @@ def _in(image, images) -> bool:
     return bool((images == image).all(axis=(1, 2, 3)).any())
 
 
+def pair_table(pair: str, seeds: list[int], per_seed: list[dict[str, float]]) -> tuple[str, dict[str, float]]:
+    methods = list(per_seed[0])
+    low = statistics.mean(r["source-only"] for r in per_seed)
+    high = statistics.mean(r["target oracle"] for r in per_seed)
+    lines = [f"### {pair.replace(':', ' -> ')}", "",
+             "| method | " + " | ".join(f"seed {s}" for s in seeds) + " | mean ± std | gap closed |",
+             "|---" * (len(seeds) + 3) + "|"]
+    closed = {}
+    for method in methods:
+        values = [r[method] for r in per_seed]
+        mean = statistics.mean(values)
+        std = statistics.stdev(values) if len(values) > 1 else 0.0
+        closed[method] = (mean - low) / (high - low) if high != low else 0.0
+        cells = " | ".join(f"{v:.1%}" for v in values)
+        lines.append(f"| {method} | {cells} | {mean:.1%} ± {std:.1%} | {closed[method]:+.0%} |")
+    return "\n".join(lines), closed
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--source", default="digits")
-    parser.add_argument("--target", default="digits-m")
+    parser.add_argument("--pairs", nargs="+", default=PAIRS, metavar="SOURCE:TARGET")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--k", type=int, default=10, help="target labels per class")
     parser.add_argument("--backbone", default="small-cnn")
     parser.add_argument("--source-epochs", type=int, default=30)
     parser.add_argument("--finetune-epochs", type=int, default=30)
     parser.add_argument("--adapt-epochs", type=int, default=120)
+    parser.add_argument("--jobs", type=int, default=os.cpu_count(), help="units (pair, seed) run side by side")
+    parser.add_argument("--out", help="also write the tables, command, machine and date to this markdown file")
     args = parser.parse_args()
 
     started = time.time()
-    per_seed = [run_seed(args, seed) for seed in args.seeds]
-    methods = list(per_seed[0])
-    low = statistics.mean(r["source-only"] for r in per_seed)
-    high = statistics.mean(r["target oracle"] for r in per_seed)
-    print(f"{args.source} -> {args.target}, k={args.k}, {args.backbone}, seeds {args.seeds}")
-    print()
-    print("| method | " + " | ".join(f"seed {s}" for s in args.seeds) + " | mean ± std | gap closed |")
-    print("|---" * (len(args.seeds) + 3) + "|")
-    for method in methods:
-        values = [r[method] for r in per_seed]
-        mean = statistics.mean(values)
-        std = statistics.stdev(values) if len(values) > 1 else 0.0
-        closed = (mean - low) / (high - low) if high != low else 0.0
-        cells = " | ".join(f"{v:.1%}" for v in values)
-        print(f"| {method} | {cells} | {mean:.1%} ± {std:.1%} | {closed:+.0%} |")
-    print()
-    print(f"gap closed: share of the source-only -> target-oracle gap; {time.time() - started:.0f} s in all")
+    units = [(pair, seed) for pair in args.pairs for seed in args.seeds]
+    with ProcessPoolExecutor(max_workers=args.jobs, mp_context=get_context("spawn")) as pool:
+        results = list(pool.map(run_unit, [args] * len(units), *zip(*units)))
+    by_unit = dict(zip(units, results))
+    tables, summary = [], {}
+    for pair in args.pairs:
+        table, summary[pair] = pair_table(pair, args.seeds, [by_unit[(pair, s)] for s in args.seeds])
+        tables.append(table)
+    methods = list(results[0])
+    lines = ["### Share of the source-only -> oracle gap closed", "",
+             "| method | " + " | ".join(p.replace(":", " -> ") for p in args.pairs) + " |",
+             "|---" * (len(args.pairs) + 1) + "|"]
+    lines += [f"| {m} | " + " | ".join(f"{summary[p][m]:+.0%}" for p in args.pairs) + " |" for m in methods]
+    seconds = time.time() - started
+    body = "\n\n".join(tables + ["\n".join(lines)])
+    print(body)
+    print(f"\n{seconds:.0f} s in all, {args.jobs} jobs")
+    if args.out:
+        command = "benchmarks/accuracy.py " + " ".join(sys.argv[1:])
+        machine = (f"{platform.machine()}, {os.cpu_count()} cores, "
+                   f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}, torch {torch.__version__}")
+        header = (f"# Accuracy benchmark\n\nCommand: `.venv/bin/python {command}`  \n"
+                  f"Settings: k={args.k} labels per class, {args.backbone}, epochs source/finetune/adapt "
+                  f"{args.source_epochs}/{args.finetune_epochs}/{args.adapt_epochs}, seeds {args.seeds}  \n"
+                  f"Machine: {machine}  \nDate: {time.strftime('%Y-%m-%d', time.gmtime())}  \n"
+                  f"Wall time: {seconds:.0f} s with {args.jobs} jobs\n\n")
+        with open(args.out, "w") as f:
+            f.write(header + body + "\n")
 
 
 if __name__ == "__main__":
