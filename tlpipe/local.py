@@ -14,6 +14,7 @@ from pathlib import Path
 
 from tlpipe import settings, storage, tracking
 from tlpipe.data import check_spec
+from tlpipe.data.spec import BUILTIN
 from tlpipe.errors import ERROR_FILE_ENV, TlpipeError
 from tlpipe.evaluate import Evaluation
 from tlpipe.methods.finetune import parse_strategy
@@ -123,7 +124,7 @@ def preflight(arguments: dict, defaults: dict) -> None:
     values = {**defaults, **arguments}
     if "strategy" in values:
         name, _ = parse_strategy(values["strategy"])
-        builtin = values.get("source") in ("digits", "digits-m")
+        builtin = values.get("source") in BUILTIN
         if name == "zero-shot" and not values.get("attributes") and not builtin:
             raise TlpipeError("zero-shot strategies need an attribute table for these classes: set -p attributes=<file.csv> "
                               "(class,<attribute>,...).")
