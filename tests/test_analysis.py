@@ -3,7 +3,8 @@
 import numpy as np
 from test_methods import colour_set, trained_source
 
-from tlpipe.analysis import domain_distances, format_layer_sweep, layer_sweep_png, proxy_a_distance, tsne_png
+from tlpipe.analysis import (domain_distances, domain_features, format_layer_sweep, layer_sweep_png, proxy_a_distance,
+                             tsne_png)
 from tlpipe.evaluate import compare, confusion_png, format_table, per_class_csv, write_report
 
 PNG = b"\x89PNG"
@@ -22,9 +23,9 @@ def test_proxy_a_distance_is_near_zero_for_one_domain_and_two_for_separable_ones
 def test_domain_distances_tell_a_shifted_target_from_the_source():
     model = trained_source()
     source, shifted = colour_set(seed=1), colour_set(seed=2, shift=120)
-    distances = domain_distances({"m": model}, source, shifted)
+    distances = domain_distances(domain_features({"m": model}, source, shifted))
     assert distances["m"] > 1.0
-    assert domain_distances({"m": model}, source, colour_set(seed=3))["m"] < distances["m"]
+    assert domain_distances(domain_features({"m": model}, source, colour_set(seed=3)))["m"] < distances["m"]
 
 
 def test_report_and_table_carry_a_distances_per_class_and_the_tsne_picture(tmp_path):
@@ -33,7 +34,8 @@ def test_report_and_table_carry_a_distances_per_class_and_the_tsne_picture(tmp_p
     evaluation = compare({"source-only": (model, "baseline"), "adapted": (model, "candidate")}, target)
     for r, d in zip(evaluation.results, (1.5, 0.25)):
         r.a_distance = d
-    tsne = tsne_png({"source-only": model}, source, target, {"source-only": 1.5})
+    tsne = tsne_png(domain_features({"source-only": model}, source, target), source.labels, target.labels,
+                    {"source-only": 1.5})
     assert tsne.startswith(PNG) and confusion_png(evaluation.results[0], evaluation.classes).startswith(PNG)
     table = format_table(evaluation)
     assert "A-dist" in table and "1.50" in table and "0.25" in table

@@ -2,6 +2,8 @@
 (the proxy A-distance of Ben-David et al. 2007, as used in the DANN paper, and a t-SNE picture), and
 the layer-transferability sweep's table and plot."""
 
+import base64
+import html
 import io
 
 import numpy as np
@@ -46,42 +48,62 @@ def proxy_a_distance(source_features: np.ndarray, target_features: np.ndarray, s
     return float(2.0 * (1.0 - 2.0 * error))
 
 
-def domain_distances(models: dict[str, Classifier], source: ImageSet, target: ImageSet) -> dict[str, float]:
-    """Each model's proxy A-distance between the source and target test images."""
-    return {name: proxy_a_distance(features(model, source.images), features(model, target.images))
-            for name, model in models.items()}
+def domain_features(models: dict[str, Classifier], source: ImageSet,
+                    target: ImageSet) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Each model's features of the source and the target images, computed once for the A-distance
+    and the t-SNE picture."""
+    return {name: (features(model, source.images), features(model, target.images)) for name, model in models.items()}
 
 
-def tsne_png(models: dict[str, Classifier], source: ImageSet, target: ImageSet,
-             distances: dict[str, float] | None = None, seed: int = 0) -> bytes:
-    """One t-SNE panel per model: source (circles) and target (crosses) test features, coloured by
-    class; after a good adaptation the target crosses gather in the source's class clusters."""
+def domain_distances(pairs: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
+    """Each model's proxy A-distance between its source and target features (from domain_features)."""
+    return {name: proxy_a_distance(source, target) for name, (source, target) in pairs.items()}
+
+
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (steps run without a display)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def figure_png(fig, dpi: int) -> bytes:
+    """The figure as PNG bytes; the figure is closed."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    pyplot().close(fig)
+    return buffer.getvalue()
+
+
+def tsne_png(pairs: dict[str, tuple[np.ndarray, np.ndarray]], source_labels: np.ndarray, target_labels: np.ndarray,
+             distances: dict[str, float] | None = None, seed: int = 0) -> bytes:
+    """One t-SNE panel per model (pairs from domain_features): source (circles) and target (crosses)
+    features, coloured by class; after a good adaptation the target crosses gather in the source's
+    class clusters."""
     from sklearn.manifold import TSNE
 
+    plt = pyplot()
     rng = np.random.default_rng(seed)
-    s = np.sort(rng.choice(len(source), min(len(source), MAX_PER_DOMAIN), replace=False))
-    t = np.sort(rng.choice(len(target), min(len(target), MAX_PER_DOMAIN), replace=False))
-    colours = plt.get_cmap("tab10" if len(source.classes) <= 10 else "tab20")
-    fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 4.4), squeeze=False)
-    for ax, (name, model) in zip(axes[0], models.items()):
-        points = np.concatenate([features(model, source.images[s]), features(model, target.images[t])])
+    s = np.sort(rng.choice(len(source_labels), min(len(source_labels), MAX_PER_DOMAIN), replace=False))
+    t = np.sort(rng.choice(len(target_labels), min(len(target_labels), MAX_PER_DOMAIN), replace=False))
+    classes = int(max(source_labels.max(), target_labels.max())) + 1
+    colours = plt.get_cmap("tab10" if classes <= 10 else "tab20")
+    fig, axes = plt.subplots(1, len(pairs), figsize=(4.2 * len(pairs), 4.4), squeeze=False)
+    for ax, (name, (source, target)) in zip(axes[0], pairs.items()):
+        points = np.concatenate([source[s], target[t]])
         embedded = TSNE(n_components=2, init="pca", perplexity=30, random_state=seed).fit_transform(points)
-        ax.scatter(*embedded[: len(s)].T, c=colours(source.labels[s] % colours.N), marker="o", s=8, alpha=0.6)
-        ax.scatter(*embedded[len(s) :].T, c=colours(target.labels[t] % colours.N), marker="x", s=10, alpha=0.8)
+        ax.scatter(*embedded[: len(s)].T, c=colours(source_labels[s] % colours.N), marker="o", s=8, alpha=0.6)
+        ax.scatter(*embedded[len(s) :].T, c=colours(target_labels[t] % colours.N), marker="x", s=10, alpha=0.8)
         title = name if not distances or name not in distances else f"{name}  (A-distance {distances[name]:.2f})"
         ax.set_title(title, fontsize=10)
         ax.set_xticks([])
         ax.set_yticks([])
     fig.suptitle("t-SNE of test features: source o, target x, colour = class", fontsize=10)
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=90)
-    plt.close(fig)
-    return buffer.getvalue()
+    return figure_png(fig, dpi=90)
 
 
 # The transferability study (Yosinski et al. 2014): target accuracy against the number of blocks copied.
@@ -99,11 +121,7 @@ def format_layer_sweep(rows: list[dict]) -> str:
 
 
 def layer_sweep_png(rows: list[dict], title: str) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for mode, style in zip(SWEEP_MODES, ("o-", "s--")):
         points = sorted((r["blocks"], r["accuracy"]) for r in rows if r["mode"] == mode)
@@ -116,7 +134,16 @@ def layer_sweep_png(rows: list[dict], title: str) -> bytes:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
-    return buffer.getvalue()
+    return figure_png(fig, dpi=100)
+
+
+def layer_sweep_html(table: str, png: bytes, pipeline_run: str) -> str:
+    """The sweep's self-contained HTML report: what was measured, the plot and the table."""
+    return (
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>tlpipe layer sweep</title></head>"
+        "<body style=\"font-family: system-ui, sans-serif; margin: 2em\"><h1>tlpipe layer sweep</h1>"
+        f"<p>Pipeline run {html.escape(pipeline_run)}. Frozen: the first k blocks copied from the source model and "
+        "kept fixed, the rest trained fresh on the labelled target images (AnB of Yosinski et al. 2014); "
+        "fine-tuned: the same copy, then every block trained (AnB+). k = 0 is target-only.</p>"
+        f"<img alt=\"target accuracy against k\" src=\"data:image/png;base64,{base64.b64encode(png).decode()}\">"
+        f"<pre>{html.escape(table)}</pre></body></html>\n")

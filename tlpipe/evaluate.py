@@ -2,7 +2,6 @@
 
 import base64
 import html
-import io
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -10,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from tlpipe.data import ImageSet
+from tlpipe.analysis import figure_png, pyplot
 from tlpipe.models import Classifier, predict
 
 
@@ -118,11 +118,7 @@ def format_table(evaluation: Evaluation) -> str:
 
 
 def confusion_png(result: Result, classes: list[str]) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     matrix = np.asarray(result.confusion)
     fig, ax = plt.subplots(figsize=(4.5, 4))
     ax.imshow(matrix, cmap="Blues")
@@ -135,10 +131,7 @@ def confusion_png(result: Result, classes: list[str]) -> bytes:
         if v and len(classes) <= 12:
             ax.text(j, i, str(v), ha="center", va="center", fontsize=7, color="white" if v > matrix.max() / 2 else "black")
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
-    return buffer.getvalue()
+    return figure_png(fig, dpi=100)
 
 
 def per_class_csv(evaluation: Evaluation) -> str:

@@ -4,10 +4,8 @@ Each step validates its input, tracks itself as a nested MLflow run, writes its 
 and returns facts for the component's artifact metadata. User mistakes raise TlpipeError.
 """
 
-import base64
 import dataclasses
 import functools
-import html
 import io
 import json
 import shutil
@@ -237,12 +235,13 @@ def evaluate(
         evaluation.tasks = _task_rows(models, evaluation, source)
         tsne = None
         if source is not None and len(source):
-            distances = analysis.domain_distances({name: m for name, (m, _) in models.items()}, source, test)
+            pairs = analysis.domain_features({name: m for name, (m, _) in models.items()}, source, test)
+            distances = analysis.domain_distances(pairs)
             for r in evaluation.results:
                 r.a_distance = distances[r.name]
             # Before (the starting model) and after transfer; target-only never saw the source.
-            pictured = {name: m for name, (m, _) in models.items() if name != "target-only"}
-            tsne = analysis.tsne_png(pictured, source, test, distances)
+            pictured = {name: pair for name, pair in pairs.items() if name != "target-only"}
+            tsne = analysis.tsne_png(pictured, source.labels, test.labels, distances)
             mlflow.log_metrics({f"{name}_a_distance": d for name, d in distances.items()})
             mlflow.log_image(_png_image(tsne), "report/tsne.png")
         evaluation.save(evaluation_out)
@@ -398,9 +397,6 @@ def layer_transfer(
     test, _ = load_dataset(target_test)
     if not test.is_labelled or len(test) == 0:
         raise TlpipeError(f"target test split {target_test} is empty or unlabelled.")
-    if blocks < 0 or blocks > len(model.blocks):
-        raise TlpipeError(f"the layer sweep asks for {blocks} blocks; the {model.spec.backbone} backbone has "
-                          f"{len(model.blocks)} (use 0 to {len(model.blocks)}).")
     rows = []
     for mode, strategy in analysis.SWEEP_MODES.items():
         strategy = strategy.format(k=blocks)
@@ -423,14 +419,7 @@ def layer_sweep_report(points: list[str], out: str, report_out: str, experiment:
     table = analysis.format_layer_sweep(rows)
     png = analysis.layer_sweep_png(rows, "layer transferability: target accuracy vs blocks copied")
     Path(out).write_text(json.dumps(rows, indent=2))
-    Path(report_out).write_text(
-        "<!doctype html><html><head><meta charset=\"utf-8\"><title>tlpipe layer sweep</title></head>"
-        "<body style=\"font-family: system-ui, sans-serif; margin: 2em\"><h1>tlpipe layer sweep</h1>"
-        f"<p>Pipeline run {html.escape(pipeline_run)}. Frozen: the first k blocks copied from the source model and "
-        "kept fixed, the rest trained fresh on the labelled target images (AnB of Yosinski et al. 2014); "
-        "fine-tuned: the same copy, then every block trained (AnB+). k = 0 is target-only.</p>"
-        f"<img alt=\"target accuracy against k\" src=\"data:image/png;base64,{base64.b64encode(png).decode()}\">"
-        f"<pre>{html.escape(table)}</pre></body></html>\n")
+    Path(report_out).write_text(analysis.layer_sweep_html(table, png, pipeline_run))
     with tracking.step_run("layer-sweep", experiment, pipeline_run, {"points": len(rows)}):
         mlflow.log_text(table, "report/layer_sweep.txt")
         mlflow.log_text(json.dumps(rows, indent=2), "report/layer_sweep.json")
