@@ -117,6 +117,28 @@ def test_a_racing_register_waits_for_the_gate_and_never_displaces_a_better_champ
     assert not [m for m in client.search_registered_models() if m.name.endswith(".gate-lock")]
 
 
+def test_a_lock_released_while_the_store_reads_it_is_taken_not_an_error(tlpipe_home, monkeypatch):
+    # The interleaving a racing step can hit: its insert of the lock fails because the holder has it,
+    # and the holder deletes it before the store reads it back to say "already exists".
+    client = tracking.configure()
+    holder = tracking.configure()
+    holder.create_registered_model("gated.gate-lock")
+    store = client._get_registry_client().store  # the real SQLite store behind the client
+    read = store.get_registered_model
+    released = []
+
+    def read_after_the_holder_released(name):
+        if name == "gated.gate-lock" and not released:
+            released.append(name)
+            holder.delete_registered_model(name)
+        return read(name)
+
+    monkeypatch.setattr(store, "get_registered_model", read_after_the_holder_released)
+    with registry.gate_lock(client, "gated", timeout=30):
+        assert released and client.get_registered_model("gated.gate-lock")
+    assert not client.search_registered_models("name = 'gated.gate-lock'")
+
+
 def test_rollback_moves_champion_back_and_listing_shows_lineage(models, tlpipe_home):
     register(models, "weak", "run-1")
     register(models, "strong", "run-2")

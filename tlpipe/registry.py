@@ -78,7 +78,11 @@ def gate_lock(client, model_name: str, timeout: float = 600):
             client.create_registered_model(lock, description="held by a tlpipe register step while it moves aliases")
             break
         except MlflowException as error:
-            if error.error_code != "RESOURCE_ALREADY_EXISTS":
+            # The store answers a taken name by reading the holder's lock; if the holder released it
+            # in between, that read says "does not exist": the lock is free, so try again.
+            if error.error_code == "RESOURCE_DOES_NOT_EXIST":
+                continue
+            if error.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
                 raise
         try:
             held_since = client.get_registered_model(lock).creation_timestamp / 1000
