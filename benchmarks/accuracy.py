@@ -10,6 +10,7 @@ closed" is the share of the source-only -> target-oracle gap a method closes: (m
 """
 
 import argparse
+import dataclasses
 import os
 import platform
 import statistics
@@ -20,6 +21,7 @@ from multiprocessing import get_context
 
 import torch
 
+from tlpipe.augment import AUGMENTATIONS
 from tlpipe.data import load_domain, split_source, split_target
 from tlpipe.evaluate import score
 from tlpipe.methods import adapt as adaptation
@@ -44,9 +46,12 @@ def run_unit(args, pair: str, seed: int) -> dict[str, float]:
     source_train, _ = split_source(source, SOURCE_TEST_FRACTION, seed)
     labelled, unlabelled, test = split_target(target, args.k, TARGET_TEST_FRACTION, seed)
     config = lambda epochs: TrainConfig(epochs=epochs, batch_size=64, lr=0.01, seed=seed)  # noqa: E731
+    # Source augmentation applies where source images are trained on (pretraining, adaptation) and to
+    # the oracle, whose training recipe is the source model's on target labels.
+    source_config = lambda epochs: dataclasses.replace(config(epochs), augment=args.source_augment)  # noqa: E731
     torch.manual_seed(seed)
     source_model = Classifier(ModelSpec(args.backbone, source.classes, 32))
-    pretrain(source_model, source_train, config(args.source_epochs))
+    pretrain(source_model, source_train, source_config(args.source_epochs))
     results = {"source-only": score(source_model, test).accuracy}
     results["target-only"] = score(finetune(source_model, labelled, "scratch", config(args.finetune_epochs)), test).accuracy
     for strategy in STRATEGIES:
@@ -54,7 +59,7 @@ def run_unit(args, pair: str, seed: int) -> dict[str, float]:
         results[f"finetune {strategy}"] = score(tuned, test).accuracy
     adapted = {}
     for name, method in UNSUPERVISED.items():
-        adapted[name] = adaptation.adapt(method, source_model, source_train, unlabelled, config(args.adapt_epochs))
+        adapted[name] = adaptation.adapt(method, source_model, source_train, unlabelled, source_config(args.adapt_epochs))
         results[name] = score(adapted[name], test).accuracy
     # dann+finetune is DANN, then full fine-tuning on the k labels: the DANN model above is its first half.
     results["DANN+finetune"] = score(finetune(adapted["DANN"], labelled, "full", config(args.finetune_epochs)), test).accuracy
@@ -62,7 +67,7 @@ def run_unit(args, pair: str, seed: int) -> dict[str, float]:
     oracle_train = target.subset([i for i in range(len(target)) if not _in(target.images[i], test.images)])
     torch.manual_seed(seed)
     oracle = Classifier(ModelSpec(args.backbone, source.classes, 32))
-    pretrain(oracle, oracle_train, config(args.source_epochs))
+    pretrain(oracle, oracle_train, source_config(args.source_epochs))
     results["target oracle"] = score(oracle, test).accuracy
     print(f"done: {pair} seed {seed}", file=sys.stderr, flush=True)
     return results
@@ -99,6 +104,8 @@ def main() -> None:
     parser.add_argument("--source-epochs", type=int, default=30)
     parser.add_argument("--finetune-epochs", type=int, default=30)
     parser.add_argument("--adapt-epochs", type=int, default=120)
+    parser.add_argument("--source-augment", default="none", choices=list(AUGMENTATIONS),
+                        help="augmentation of the source images in pretraining and adaptation (and of the oracle's)")
     parser.add_argument("--jobs", type=int, default=os.cpu_count(), help="units (pair, seed) run side by side")
     parser.add_argument("--out", help="also write the tables, command, machine and date to this markdown file")
     args = parser.parse_args()
@@ -127,7 +134,8 @@ def main() -> None:
                    f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}, torch {torch.__version__}")
         header = (f"# Accuracy benchmark\n\nCommand: `.venv/bin/python {command}`  \n"
                   f"Settings: k={args.k} labels per class, {args.backbone}, epochs source/finetune/adapt "
-                  f"{args.source_epochs}/{args.finetune_epochs}/{args.adapt_epochs}, seeds {args.seeds}  \n"
+                  f"{args.source_epochs}/{args.finetune_epochs}/{args.adapt_epochs}, source augmentation {args.source_augment}, "
+                  f"seeds {args.seeds}  \n"
                   f"Machine: {machine}  \nDate: {time.strftime('%Y-%m-%d', time.gmtime())}  \n"
                   f"Wall time: {seconds:.0f} s with {args.jobs} jobs\n\n")
         with open(args.out, "w") as f:

@@ -19,18 +19,21 @@ def adapt(
     checkpoint_root: str,
     checkpoint_every: int,
     nproc: int,
+    source_augment: str,
     experiment: str,
     pipeline_run: str,
     model: Output[Model],
 ):
     """Adapts the source model to the unlabelled target domain (DANN, CDAN+E, DAN, Deep CORAL), or with
-    dann+finetune adapts and then fine-tunes on the labelled target images for finetune_epochs."""
+    dann+finetune adapts and then fine-tunes on the labelled target images for finetune_epochs. source_augment
+    applies to the source images (tlpipe.augment: none, colour)."""
     from tlpipe import steps
     from tlpipe.errors import exit_on_user_error
     from tlpipe.train import TrainConfig
 
     config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, checkpoint_dir=checkpoint_root,
-                         checkpoint_every=checkpoint_every, nproc=nproc)
+                         checkpoint_every=checkpoint_every, nproc=nproc,
+                         augment=source_augment)
     facts = exit_on_user_error(steps.adapt)(
         source_model.path, source_train.path, target_unlabelled.path, model.path, method, config, experiment, pipeline_run,
         target_labelled.path, finetune_epochs,

@@ -17,6 +17,7 @@ def champion(
     checkpoint_root: str,
     checkpoint_every: int,
     nproc: int,
+    source_augment: str,
     experiment: str,
     pipeline_run: str,
     model: Output[Model],
@@ -27,7 +28,8 @@ def champion(
     from tlpipe.train import TrainConfig
 
     config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, checkpoint_dir=checkpoint_root,
-                         checkpoint_every=checkpoint_every, nproc=nproc)
+                         checkpoint_every=checkpoint_every, nproc=nproc,
+                         augment=source_augment)
     facts = exit_on_user_error(steps.start_model)(
         source_train.path, model.path, model_name, backbone, pretrained_weights, config, experiment, pipeline_run
     )

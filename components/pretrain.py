@@ -16,17 +16,20 @@ def pretrain(
     checkpoint_root: str,
     checkpoint_every: int,
     nproc: int,
+    source_augment: str,
     experiment: str,
     pipeline_run: str,
     model: Output[Model],
 ):
-    """Trains backbone + head on the labelled source domain (optionally from pretrained weights)."""
+    """Trains backbone + head on the labelled source domain (optionally from pretrained weights), with
+    source_augment (tlpipe.augment: none, colour) applied to its images."""
     from tlpipe import steps
     from tlpipe.errors import exit_on_user_error
     from tlpipe.train import TrainConfig
 
     config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, checkpoint_dir=checkpoint_root,
-                         checkpoint_every=checkpoint_every, nproc=nproc)
+                         checkpoint_every=checkpoint_every, nproc=nproc,
+                         augment=source_augment)
     facts = exit_on_user_error(steps.pretrain)(
         source_train.path, model.path, backbone, pretrained_weights, config, experiment, pipeline_run
     )

@@ -28,6 +28,7 @@ def build(cluster: Cluster | None = None):
         backbone: str = "small-cnn",
         pretrained_weights: str = "",
         blocks: list = [0, 1, 2, 3, 4],
+        source_augment: str = "none",
         source_epochs: int = 30,
         finetune_epochs: int = 30,
         batch_size: int = 64,
@@ -48,7 +49,7 @@ def build(cluster: Cluster | None = None):
         )
         source_model = on.train(
             pretrain, source_train=data.outputs["source_train"], backbone=backbone,
-            pretrained_weights=pretrained_weights, epochs=source_epochs, **train,
+            pretrained_weights=pretrained_weights, epochs=source_epochs, source_augment=source_augment, **train,
         )
         with dsl.ParallelFor(items=blocks) as k:
             point = on.train(

@@ -35,6 +35,7 @@ def build(cluster: Cluster | None = None):
         pretrained_weights: str = "",
         strategy: str = "full",
         adapt_method: str = "dann",
+        source_augment: str = "none",
         source_epochs: int = 30,
         finetune_epochs: int = 30,
         adapt_epochs: int = 60,
@@ -62,7 +63,7 @@ def build(cluster: Cluster | None = None):
         start = on.train(
             champion,
             source_train=data.outputs["source_train"], model_name=model_name, backbone=backbone,
-            pretrained_weights=pretrained_weights, epochs=source_epochs, **train,
+            pretrained_weights=pretrained_weights, epochs=source_epochs, source_augment=source_augment, **train,
         ).set_caching_options(False)
         finetuned = on.train(
             finetune,
@@ -74,7 +75,8 @@ def build(cluster: Cluster | None = None):
             adapt,
             source_model=start.outputs["model"], source_train=data.outputs["source_train"],
             target_unlabelled=data.outputs["target_unlabelled"], target_labelled=data.outputs["target_labelled"],
-            method=adapt_method, epochs=adapt_epochs, finetune_epochs=finetune_epochs, **train,
+            method=adapt_method, epochs=adapt_epochs, finetune_epochs=finetune_epochs, source_augment=source_augment,
+            **train,
         )
         scores = on.light(
             evaluate_retrain,

@@ -32,6 +32,7 @@ def build(cluster: Cluster | None = None):
         pretrained_weights: str = "",
         strategy: str = "full",
         adapt_method: str = "dann",
+        source_augment: str = "none",
         source_epochs: int = 30,
         finetune_epochs: int = 30,
         adapt_epochs: int = 120,
@@ -57,7 +58,8 @@ def build(cluster: Cluster | None = None):
             pretrain,
             source_train=data.outputs["source_train"], backbone=backbone, pretrained_weights=pretrained_weights,
             epochs=source_epochs, batch_size=batch_size, lr=lr, seed=seed, checkpoint_root=checkpoint_root,
-            checkpoint_every=checkpoint_every, nproc=nproc, experiment=experiment, pipeline_run=run,
+            checkpoint_every=checkpoint_every, nproc=nproc, source_augment=source_augment, experiment=experiment,
+            pipeline_run=run,
         )
         finetuned = on.train(
             finetune,
@@ -80,7 +82,8 @@ def build(cluster: Cluster | None = None):
             source_model=source_model.outputs["model"], source_train=data.outputs["source_train"],
             target_unlabelled=data.outputs["target_unlabelled"], target_labelled=data.outputs["target_labelled"],
             method=adapt_method, epochs=adapt_epochs, finetune_epochs=finetune_epochs, batch_size=batch_size, lr=lr, seed=seed, checkpoint_root=checkpoint_root,
-            checkpoint_every=checkpoint_every, nproc=nproc, experiment=experiment, pipeline_run=run,
+            checkpoint_every=checkpoint_every, nproc=nproc, source_augment=source_augment, experiment=experiment,
+            pipeline_run=run,
         )
         scores = on.light(
             evaluate,

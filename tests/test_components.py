@@ -39,7 +39,7 @@ def chain(tmp_path_factory):
     for name in ("source_model", "finetuned", "target_only", "adapted", "best_model"):
         a[name] = artifact(dsl.Model, root / name)
     pretrain.python_func(source_train=a["source_train"], backbone="small-cnn", pretrained_weights="",
-                         model=a["source_model"], **TRAIN)
+                         source_augment="colour", model=a["source_model"], **TRAIN)
     finetune.python_func(source_model=a["source_model"], source_train=a["source_train"],
                          target_labelled=a["target_labelled"], strategy="freeze:1",
                          step_name="finetune", model=a["finetuned"], **TRAIN)
@@ -48,7 +48,7 @@ def chain(tmp_path_factory):
                          step_name="target-only", model=a["target_only"], **TRAIN)
     adapt.python_func(source_model=a["source_model"], source_train=a["source_train"],
                       target_unlabelled=a["target_unlabelled"], target_labelled=a["target_labelled"],
-                      method="dann+finetune", finetune_epochs=1, model=a["adapted"], **TRAIN)
+                      method="dann+finetune", finetune_epochs=1, source_augment="colour", model=a["adapted"], **TRAIN)
     a["evaluation"] = artifact(dsl.Artifact, root / "evaluation.json")
     a["report"] = artifact(dsl.HTML, root / "report.html")
     a["metrics"] = artifact(dsl.Metrics, root / "metrics")
@@ -169,6 +169,9 @@ def test_one_parent_run_with_a_nested_run_per_step(chain):
     assert all(r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for r in steps.values())
     history = client.get_metric_history(steps["pretrain"].info.run_id, "train_loss")
     assert [m.step for m in history] == [0]
+    # source_augment reaches the training of the source images, and only there.
+    assert steps["pretrain"].data.params["pretrain_augment"] == steps["adapt"].data.params["adapt_augment"] == "colour"
+    assert steps["finetune"].data.params["finetune_augment"] == "none"
 
 
 def test_user_errors_exit_with_one_sentence(tmp_path, capsys, tlpipe_home):

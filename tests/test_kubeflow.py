@@ -93,6 +93,17 @@ def test_layer_sweep_fans_out_over_blocks_on_gpus_and_collects_the_points(tmp_pa
     assert "accelerator" not in spec["deploymentSpec"]["executors"][executor_of(spec, "layer-sweep-report")]["container"]["resources"]
 
 
+@pytest.mark.parametrize("name, source_trained", [("transfer", {"pretrain", "adapt"}), ("retrain", {"champion", "adapt"}),
+                                                   ("layer-sweep", {"pretrain"})])
+def test_source_augment_reaches_exactly_the_steps_that_train_on_source_images(tmp_path, name, source_trained):
+    spec, _ = load_ir(compile_pipeline(name, tmp_path, Cluster()))
+    tasks = spec["root"]["dag"]["tasks"]
+    wired = {task for task, body in tasks.items()
+             if body.get("inputs", {}).get("parameters", {}).get("source_augment") == {"componentInputParameter": "source_augment"}}
+    assert wired == source_trained
+    assert spec["root"]["inputDefinitions"]["parameters"]["source_augment"]["defaultValue"] == "none"
+
+
 def test_compiled_ir_holds_no_secret_values(tmp_path, monkeypatch):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s3cr3t-value-123")
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "pa55-value-456")

@@ -106,6 +106,7 @@ def _bad_folders(tmp_path, case):
         ("k-shot", "target class 'a' has 10 image(s): target_labels_per_class=50"),
         ("strategy", "unknown fine-tuning strategy 'freeze:two'"),
         ("adapt", "unknown adaptation method 'mmd'; use dann, cdan+e, dan, coral, dann+finetune"),
+        ("augment", "unknown augmentation 'sepia'; use none, colour"),
     ],
 )
 def test_bad_input_fails_with_one_sentence_and_leaves_the_registry_alone(first_run, home, registry, tmp_path, case, expected):
@@ -116,6 +117,8 @@ def test_bad_input_fails_with_one_sentence_and_leaves_the_registry_alone(first_r
         params = ["strategy=freeze:two"]
     elif case == "adapt":
         params = ["adapt_method=mmd"]
+    elif case == "augment":
+        params = ["source_augment=sepia"]
     elif case == "k-shot":
         params = _bad_folders(tmp_path, "ok") + ["target_labels_per_class=50"]
     else:

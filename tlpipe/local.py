@@ -12,7 +12,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from tlpipe import settings, storage, tracking
+from tlpipe import augment, settings, storage, tracking
 from tlpipe.data import check_spec
 from tlpipe.data.spec import BUILTIN
 from tlpipe.errors import ERROR_FILE_ENV, TlpipeError
@@ -134,6 +134,8 @@ def preflight(arguments: dict, defaults: dict) -> None:
         _check_blocks(values["blocks"], values.get("backbone", "small-cnn"), values.get("image_size", 32))
     if values.get("adapt_method") not in (None, *ADAPT_METHODS):
         raise TlpipeError(f"unknown adaptation method '{values['adapt_method']}'; use {', '.join(ADAPT_METHODS)}.")
+    if "source_augment" in values:
+        augment.get(values["source_augment"])
     for key in ("source", "target"):
         if key in values:
             check_spec(values[key])

@@ -15,7 +15,7 @@ from pathlib import Path
 import mlflow
 import torch
 
-from tlpipe import analysis, distributed, settings, storage, tracking
+from tlpipe import analysis, augment, distributed, settings, storage, tracking
 from tlpipe.checkpoint import Checkpoint
 from tlpipe.data import ImageSet, load_dataset, load_domain, save_dataset, split_source, split_target
 from tlpipe.data.attributes import DIGITS, signatures
@@ -128,6 +128,7 @@ def pretrain(
     experiment: str,
     pipeline_run: str,
 ) -> dict:
+    augment.get(config.augment)
     data, meta = load_dataset(source_train)
     config = checkpointed(config, pipeline_run, "pretrain")
     params = {"backbone": backbone, "pretrained_weights": pretrained_weights or "none", **_config_params("pretrain", config)}
@@ -189,6 +190,7 @@ def adapt(
     """Adapts the source model to the target domain; dann+finetune then fine-tunes on `target_labelled`
     for `finetune_epochs`."""
     adaptation.check_method(method)
+    augment.get(config.augment)
     model, _ = load_model(source_model)
     source, _ = load_dataset(source_train)
     target, meta = load_dataset(target_unlabelled)

@@ -15,6 +15,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from tlpipe import augment as augmentation
 from tlpipe import distributed
 from tlpipe.checkpoint import Checkpoint
 from tlpipe.errors import TlpipeError
@@ -35,6 +36,7 @@ class TrainConfig:
     checkpoint_dir: str = ""  # local directory or s3:// prefix; empty: no checkpoints
     checkpoint_every: int = 1  # epochs
     nproc: int = 1  # data-parallel processes; 0: one per GPU
+    augment: str = "none"  # of the labelled images a loop trains on (tlpipe.augment); in adaptation, the source's
     compile: bool = False  # torch.compile the network (CUDA)
 
 
@@ -62,10 +64,12 @@ def seed_everything(seed: int) -> torch.Generator:
 
 
 class Batches:
-    """Endless shuffled minibatches over tensors that already live on the device."""
+    """Endless shuffled minibatches over tensors that already live on the device; `augment` transforms
+    the first tensor (the images) of each batch."""
 
-    def __init__(self, *tensors: torch.Tensor, batch_size: int, generator: torch.Generator):
+    def __init__(self, *tensors: torch.Tensor, batch_size: int, generator: torch.Generator, augment: str = "none"):
         self.tensors = tensors
+        self.augment = augmentation.get(augment)
         self.n = len(tensors[0])
         self.batch_size = min(batch_size, self.n)
         self.generator = generator  # seeded alike on every rank: all ranks draw the same global batches
@@ -93,10 +97,15 @@ class Batches:
         if self.position + self.batch_size > len(self.order):
             self.order = torch.randperm(self.n, generator=self.generator)
             self.position = 0
-        index = self.order[self.position : self.position + self.batch_size][self.rank :: self.world]
-        index = index.to(self.tensors[0].device, non_blocking=True)
+        global_batch = self.order[self.position : self.position + self.batch_size]
         self.position += self.batch_size
-        return tuple(t[index] for t in self.tensors)
+        if self.augment is None:
+            index = global_batch[self.rank :: self.world].to(self.tensors[0].device, non_blocking=True)
+            return tuple(t[index] for t in self.tensors)
+        # Every rank augments the whole global batch, so that all generators stay in step, and keeps its share.
+        index = global_batch.to(self.tensors[0].device, non_blocking=True)
+        images, *rest = (t[index] for t in self.tensors)
+        return tuple(t[self.rank :: self.world] for t in (self.augment(images, self.generator), *rest))
 
 
 def annealed_lr(p: float) -> float:

@@ -1,6 +1,8 @@
 """The adapt step's methods by name: alignment without target labels, and DANN followed by
 few-shot fine-tuning on the k labelled target images."""
 
+import dataclasses
+
 from tlpipe.data import ImageSet
 from tlpipe.errors import TlpipeError
 from tlpipe.methods import cdan, coral, dan, dann
@@ -29,4 +31,6 @@ def adapt(method: str, source_model: Classifier, source: ImageSet, target: Image
     adapted = dann.adapt(source_model, source, target, config, log)
     # The fine-tuning epochs continue the step's epoch count in the log.
     tune_log = (lambda epoch, metrics: log(config.epochs + epoch, metrics)) if log else None
-    return finetune(adapted, labelled, "full", finetune_config or config, log=tune_log)
+    # Source augmentation belongs to the source images; the fine-tuning trains on target labels.
+    tune_config = dataclasses.replace(finetune_config or config, augment="none")
+    return finetune(adapted, labelled, "full", tune_config, log=tune_log)

@@ -79,6 +79,7 @@ def adapt(
         torch.from_numpy(source.labels).to(dev),
         batch_size=config.batch_size,
         generator=generator,
+        augment=config.augment,
     )
     target_batches = Batches(torch.from_numpy(target.images).to(dev), batch_size=config.batch_size, generator=generator)
     optimizer = sgd([{"params": model.parameters()}, {"params": alignment.parameters()}], config)

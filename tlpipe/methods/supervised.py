@@ -25,7 +25,7 @@ def train_classifier(
     """Cross-entropy training of `model` (in the train/eval modes its caller set) on `data`."""
     generator = seed_everything(config.seed)
     net = prepare(model, config)
-    batches = Batches(*on_device(data), batch_size=config.batch_size, generator=generator)
+    batches = Batches(*on_device(data), batch_size=config.batch_size, generator=generator, augment=config.augment)
     optimizer = sgd(param_groups if param_groups is not None else model.parameters(), config)
 
     def step(p: float):
