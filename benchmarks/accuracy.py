@@ -1,7 +1,8 @@
 """Accuracy of every transfer method on the built-in domain pairs, over several seeds; prints markdown tables.
 
     .venv/bin/python benchmarks/accuracy.py [--pairs digits:digits-m syn-digits:digits digits-m:digits]
-                                            [--seeds 0 1 2] [--jobs 2] [--out benchmarks/results/accuracy.md]
+                                            [--seeds 0 1 2] [--jobs 2] [--source-augment colour]
+                                            [--out benchmarks/results/accuracy.md]
 
 Uses the library calls and defaults of the transfer pipeline (without KFP and MLflow), and the
 target-oracle upper bound: the same network trained on all labelled target training images. "gap
