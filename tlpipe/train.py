@@ -97,15 +97,13 @@ class Batches:
         if self.position + self.batch_size > len(self.order):
             self.order = torch.randperm(self.n, generator=self.generator)
             self.position = 0
-        global_batch = self.order[self.position : self.position + self.batch_size]
+        index = self.order[self.position : self.position + self.batch_size].to(self.tensors[0].device, non_blocking=True)
         self.position += self.batch_size
-        if self.augment is None:
-            index = global_batch[self.rank :: self.world].to(self.tensors[0].device, non_blocking=True)
-            return tuple(t[index] for t in self.tensors)
-        # Every rank augments the whole global batch, so that all generators stay in step, and keeps its share.
-        index = global_batch.to(self.tensors[0].device, non_blocking=True)
-        images, *rest = (t[index] for t in self.tensors)
-        return tuple(t[self.rank :: self.world] for t in (self.augment(images, self.generator), *rest))
+        batch = [t[index] for t in self.tensors]
+        if self.augment is not None:
+            # The whole global batch, on every rank, so that all ranks' generators stay in step.
+            batch[0] = self.augment(batch[0], self.generator)
+        return tuple(t[self.rank :: self.world] for t in batch)
 
 
 def annealed_lr(p: float) -> float:
