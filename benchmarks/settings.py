@@ -17,16 +17,15 @@ from tlpipe.evaluate import score, task_accuracy
 from tlpipe.methods.finetune import finetune
 from tlpipe.methods.supervised import pretrain
 from tlpipe.models import Classifier, ModelSpec
-from tlpipe.steps import SOURCE_TEST_FRACTION, TARGET_TEST_FRACTION
 from tlpipe.train import TrainConfig
 
 
 def splits(args, unseen=frozenset()):
     source = load_domain(args.source, 32, args.seed)
     target = load_domain(args.target, 32, args.seed)
-    source_train, source_test = split_source(source, SOURCE_TEST_FRACTION, args.seed, unseen)
-    labelled, _, test = split_target(target, args.k, TARGET_TEST_FRACTION, args.seed, unseen)
-    return source.classes, source_train, source_test, labelled, test
+    source_train, _, source_test = split_source(source, args.seed, unseen)
+    target_parts = split_target(target, args.k, 0, args.seed, unseen)
+    return source.classes, source_train, source_test, target_parts.labelled, target_parts.test
 
 
 def source_model(classes, source_train, args):

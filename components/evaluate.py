@@ -7,11 +7,15 @@ from components import IMAGE
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def evaluate(
     target_test: Input[Dataset],
+    target_val: Input[Dataset],
+    source_val: Input[Dataset],
+    target_unlabelled: Input[Dataset],
     source_test: Input[Dataset],
     source_only: Input[Model],
     target_only: Input[Model],
     finetuned: Input[Model],
     adapted: Input[Model],
+    select_by: str,
     experiment: str,
     pipeline_run: str,
     evaluation: Output[Artifact],
@@ -20,7 +24,8 @@ def evaluate(
     confusion: Output[ClassificationMetrics],
     best_model: Output[Model],
 ):
-    """Scores baselines and candidates on the target test split, reports, and picks the best."""
+    """Scores baselines and candidates on the target validation and test splits, selects one by
+    `select_by` (never by the test split), and reports."""
     from tlpipe import steps
     from tlpipe.errors import exit_on_user_error
 
@@ -34,6 +39,10 @@ def evaluate(
         experiment=experiment,
         pipeline_run=pipeline_run,
         source_test=source_test.path,
+        target_val=target_val.path,
+        source_val=source_val.path,
+        target_unlabelled=target_unlabelled.path,
+        select_by=select_by,
     )
     steps.describe_evaluation(result, evaluation, metrics, confusion, best_model)
 
@@ -41,10 +50,14 @@ def evaluate(
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def evaluate_retrain(
     target_test: Input[Dataset],
+    target_val: Input[Dataset],
+    source_val: Input[Dataset],
+    target_unlabelled: Input[Dataset],
     source_test: Input[Dataset],
     start_model: Input[Model],
     finetuned: Input[Model],
     adapted: Input[Model],
+    select_by: str,
     experiment: str,
     pipeline_run: str,
     evaluation: Output[Artifact],
@@ -53,7 +66,8 @@ def evaluate_retrain(
     confusion: Output[ClassificationMetrics],
     best_model: Output[Model],
 ):
-    """Scores the retrained candidates against the model they started from; picks the best candidate."""
+    """Scores the retrained candidates against the model they started from; selects a candidate by
+    `select_by`."""
     from tlpipe import steps
     from tlpipe.errors import exit_on_user_error
 
@@ -68,5 +82,9 @@ def evaluate_retrain(
         pipeline_run=pipeline_run,
         best_of="candidates",
         source_test=source_test.path,
+        target_val=target_val.path,
+        source_val=source_val.path,
+        target_unlabelled=target_unlabelled.path,
+        select_by=select_by,
     )
     steps.describe_evaluation(result, evaluation, metrics, confusion, best_model)

@@ -13,9 +13,12 @@ def register(
     experiment: str,
     pipeline_run: str,
     publish_to: str,
+    gate_alpha: float,
+    gate_margin: float,
     registration: Output[Artifact],
 ):
-    """Registers the best model in MLflow as `challenger`; promotes it to `champion` only if better."""
+    """Registers the selected model in MLflow as `challenger`; promotes it to `champion` only when a paired
+    test on the target test split shows it better."""
     from dataclasses import asdict
 
     from tlpipe import steps
@@ -23,6 +26,6 @@ def register(
 
     result = exit_on_user_error(steps.register)(
         best_model.path, evaluation.path, target_test.path, model_name, experiment, pipeline_run, registration.path,
-        publish_to,
+        publish_to, gate_alpha, gate_margin,
     )
     registration.metadata.update(asdict(result))

@@ -23,6 +23,7 @@ def build(cluster: Cluster | None = None):
         source: str = "digits",
         target: str = "digits-m",
         target_labels_per_class: int = 10,
+        target_val_per_class: int = 10,
         seed: int = 0,
         image_size: int = 32,
         backbone: str = "small-cnn",
@@ -43,7 +44,8 @@ def build(cluster: Cluster | None = None):
                      checkpoint_every=checkpoint_every, nproc=nproc, experiment=experiment, pipeline_run=run)
         data = on.light(
             ingest, cache=False,
-            source=source, target=target, target_labels_per_class=target_labels_per_class, seed=seed,
+            source=source, target=target, target_labels_per_class=target_labels_per_class,
+            target_val_per_class=target_val_per_class, seed=seed,
             image_size=image_size, experiment=experiment, pipeline_run=run, publish_to="", unseen_classes="",
             attributes="",
         )

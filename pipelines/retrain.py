@@ -29,6 +29,7 @@ def build(cluster: Cluster | None = None):
         source: str = "digits",
         target: str = "digits-m",
         target_labels_per_class: int = 10,
+        target_val_per_class: int = 10,
         seed: int = 0,
         image_size: int = 32,
         backbone: str = "small-cnn",
@@ -41,6 +42,9 @@ def build(cluster: Cluster | None = None):
         adapt_epochs: int = 60,
         batch_size: int = 64,
         lr: float = 0.01,
+        select_by: str = "auto",
+        gate_alpha: float = 0.05,
+        gate_margin: float = 0.0,
         model_name: str = "tlpipe",
         experiment: str = "tlpipe",
         publish_to: str = "",
@@ -55,7 +59,8 @@ def build(cluster: Cluster | None = None):
                      checkpoint_every=checkpoint_every, nproc=nproc, experiment=experiment, pipeline_run=run)
         data = on.light(
             ingest, cache=False,
-            source=source, target=target, target_labels_per_class=target_labels_per_class, seed=seed,
+            source=source, target=target, target_labels_per_class=target_labels_per_class,
+            target_val_per_class=target_val_per_class, seed=seed,
             image_size=image_size, experiment=experiment, pipeline_run=run, publish_to=publish_to,
             unseen_classes=unseen_classes, attributes=attributes,
         )
@@ -80,7 +85,9 @@ def build(cluster: Cluster | None = None):
         )
         scores = on.light(
             evaluate_retrain,
-            target_test=data.outputs["target_test"], source_test=data.outputs["source_test"],
+            target_test=data.outputs["target_test"], target_val=data.outputs["target_val"],
+            source_val=data.outputs["source_val"], target_unlabelled=data.outputs["target_unlabelled"],
+            source_test=data.outputs["source_test"], select_by=select_by,
             start_model=start.outputs["model"],
             finetuned=finetuned.outputs["model"], adapted=adapted.outputs["model"], experiment=experiment,
             pipeline_run=run,
@@ -89,7 +96,7 @@ def build(cluster: Cluster | None = None):
             register, cache=False,
             best_model=scores.outputs["best_model"], evaluation=scores.outputs["evaluation"],
             target_test=data.outputs["target_test"], model_name=model_name, experiment=experiment, pipeline_run=run,
-            publish_to=publish_to,
+            publish_to=publish_to, gate_alpha=gate_alpha, gate_margin=gate_margin,
         )
         Outputs = NamedTuple("Outputs", evaluation=Artifact, report=HTML, registration=Artifact)
         return Outputs(

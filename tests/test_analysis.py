@@ -31,7 +31,7 @@ def test_domain_distances_tell_a_shifted_target_from_the_source():
 def test_report_and_table_carry_a_distances_per_class_and_the_tsne_picture(tmp_path):
     model = trained_source()
     source, target = colour_set(seed=1), colour_set(seed=2, shift=60)
-    evaluation = compare({"source-only": (model, "baseline"), "adapted": (model, "candidate")}, target)
+    evaluation = compare({"source-only": (model, "baseline"), "adapted": (model, "candidate")}, target, val=target)
     for r, d in zip(evaluation.results, (1.5, 0.25)):
         r.a_distance = d
     tsne = tsne_png(domain_features({"source-only": model}, source, target), source.labels, target.labels,

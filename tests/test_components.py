@@ -16,7 +16,7 @@ from components.register import register
 from tlpipe.data import load_dataset
 from tlpipe.models import load_model
 
-SPLITS = ["source_train", "source_test", "target_labelled", "target_unlabelled", "target_test"]
+from tlpipe.steps import SPLITS
 TRAIN = dict(epochs=1, batch_size=64, lr=0.01, seed=0, checkpoint_root="", checkpoint_every=1, nproc=1, experiment="tests",
              pipeline_run="run-1")
 
@@ -33,7 +33,8 @@ def chain(tmp_path_factory):
     mp.setenv("TLPIPE_HOME", str(root / "home"))
     mp.delenv("MLFLOW_TRACKING_URI", raising=False)
     a = {name: artifact(dsl.Dataset, root / name) for name in SPLITS}
-    ingest.python_func(source="digits", target="digits-m", target_labels_per_class=5, seed=0, image_size=32,
+    ingest.python_func(source="digits", target="digits-m", target_labels_per_class=5, target_val_per_class=10, seed=0,
+                       image_size=32,
                        experiment="tests", pipeline_run="run-1", publish_to=str(root / "published"), unseen_classes="",
                        attributes="", **a)
     for name in ("source_model", "finetuned", "target_only", "adapted", "best_model"):
@@ -53,23 +54,26 @@ def chain(tmp_path_factory):
     a["report"] = artifact(dsl.HTML, root / "report.html")
     a["metrics"] = artifact(dsl.Metrics, root / "metrics")
     a["confusion"] = artifact(dsl.ClassificationMetrics, root / "confusion")
-    evaluate.python_func(target_test=a["target_test"], source_test=a["source_test"], source_only=a["source_model"], target_only=a["target_only"],
+    evaluate.python_func(target_test=a["target_test"], target_val=a["target_val"], source_val=a["source_val"],
+                         target_unlabelled=a["target_unlabelled"], select_by="auto", source_test=a["source_test"],
+                         source_only=a["source_model"], target_only=a["target_only"],
                          finetuned=a["finetuned"], adapted=a["adapted"], experiment="tests", pipeline_run="run-1",
                          evaluation=a["evaluation"], report=a["report"], metrics=a["metrics"],
                          confusion=a["confusion"], best_model=a["best_model"])
     a["registration"] = artifact(dsl.Artifact, root / "registration.json")
     register.python_func(best_model=a["best_model"], evaluation=a["evaluation"], target_test=a["target_test"],
                          model_name="tests-model", experiment="tests", pipeline_run="run-1",
-                         publish_to=str(root / "published"), registration=a["registration"])
+                         publish_to=str(root / "published"), gate_alpha=0.05, gate_margin=0.0,
+                         registration=a["registration"])
     yield a
     mp.undo()
 
 
-def test_ingest_writes_five_disjoint_splits_with_metadata(chain):
+def test_ingest_writes_seven_disjoint_splits_with_metadata(chain):
     counts = {name: chain[name].metadata["count"] for name in SPLITS}
-    assert counts["source_train"] + counts["source_test"] == 1797
-    assert counts["target_labelled"] == 50
-    assert counts["target_labelled"] + counts["target_unlabelled"] + counts["target_test"] == 1797
+    assert counts["source_train"] + counts["source_val"] + counts["source_test"] == 1797
+    assert counts["target_labelled"] == 50 and counts["target_val"] == 100
+    assert counts["target_labelled"] + counts["target_val"] + counts["target_unlabelled"] + counts["target_test"] == 1797
     assert chain["target_unlabelled"].metadata["labelled"] is False
     data, meta = load_dataset(chain["target_test"].path)
     assert meta["content_hash"] == chain["target_test"].metadata["content_hash"] and len(data) == counts["target_test"]
@@ -82,13 +86,16 @@ def test_training_components_write_loadable_models(chain):
     assert chain["adapted"].metadata["backbone"] == "small-cnn"
 
 
-def test_evaluate_scores_every_model_and_copies_the_best(chain):
+def test_evaluate_scores_every_model_and_copies_the_one_selected_on_validation(chain):
     evaluation = json.loads(Path(chain["evaluation"].path).read_text())
     names = [r["name"] for r in evaluation["results"]]
     assert names == ["source-only", "target-only", "finetuned", "adapted"]
-    best = max(evaluation["results"], key=lambda r: r["accuracy"])
-    assert evaluation["best"] == best["name"]
-    assert chain["metrics"].metadata[f"{best['name']}_accuracy"] == best["accuracy"]
+    best = max(evaluation["results"], key=lambda r: r["val_accuracy"])  # the first on ties
+    assert evaluation["best"] == best["name"] and evaluation["selected_by"] == "target-val"
+    assert evaluation["val_count"] == chain["target_val"].metadata["count"] == 100
+    assert chain["metrics"].metadata[f"{best['name']}_test_accuracy"] == best["accuracy"]
+    assert chain["metrics"].metadata[f"{best['name']}_val_accuracy"] == best["val_accuracy"]
+    assert chain["evaluation"].metadata["selected"] == best["name"]
     matrix = chain["confusion"].metadata["confusionMatrix"]
     assert sum(sum(row["row"]) for row in matrix["rows"]) == chain["target_test"].metadata["count"]
     assert load_model(chain["best_model"].path)[1]["method"] == load_model(chain[_path_key(best["name"])].path)[1]["method"]
@@ -177,7 +184,8 @@ def test_one_parent_run_with_a_nested_run_per_step(chain):
 def test_user_errors_exit_with_one_sentence(tmp_path, capsys, tlpipe_home):
     outputs = {name: artifact(dsl.Dataset, tmp_path / name) for name in SPLITS}
     with pytest.raises(SystemExit) as exit_info:
-        ingest.python_func(source="digits", target="digits-m", target_labels_per_class=500, seed=0, image_size=32,
+        ingest.python_func(source="digits", target="digits-m", target_labels_per_class=500, target_val_per_class=10,
+                           seed=0, image_size=32,
                            experiment="tests", pipeline_run="run-x", publish_to="", unseen_classes="", attributes="",
                            **outputs)
     assert exit_info.value.code == 2

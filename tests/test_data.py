@@ -64,29 +64,107 @@ def test_syn_digits_look_like_their_class():
 
 
 def test_source_split_is_disjoint_stratified_and_seeded():
-    data = indexed_set()
-    train, test = split_source(data, 0.25, seed=1)
-    assert ids(train).isdisjoint(ids(test)) and ids(train) | ids(test) == ids(data)
-    assert np.bincount(test.labels).tolist() == [5, 5, 5, 5]
-    again, _ = split_source(data, 0.25, seed=1)
-    other, _ = split_source(data, 0.25, seed=2)
-    assert ids(again) == ids(train) and ids(other) != ids(train)
-
-
-def test_target_split_has_k_labels_per_class_and_hides_unlabelled_labels():
-    data = indexed_set()
-    labelled, unlabelled, test = split_target(data, 3, 0.3, seed=0)
-    parts = [ids(labelled), ids(unlabelled), ids(test)]
+    data = indexed_set(per_class=200)
+    train, val, test = split_source(data, seed=1)
+    parts = [ids(train), ids(val), ids(test)]
     assert all(a.isdisjoint(b) for i, a in enumerate(parts) for b in parts[i + 1 :])
     assert set().union(*parts) == ids(data)
-    assert np.bincount(labelled.labels).tolist() == [3, 3, 3, 3]
-    assert (unlabelled.labels == UNLABELLED).all() and not unlabelled.is_labelled
-    assert ids(split_target(data, 3, 0.3, seed=0)[2]) == ids(test)
+    assert 0.15 < len(test) / len(data) < 0.25 and 0.06 < len(val) / len(data) < 0.14
+    assert set(np.bincount(test.labels)) and min(np.bincount(test.labels)) > 20  # every class is tested
+    again = split_source(data, seed=1)
+    other = split_source(data, seed=2)
+    assert ids(again[2]) == ids(test) and ids(other[2]) != ids(test)
+
+
+def test_target_split_has_exact_counts_per_class_and_hides_unlabelled_labels():
+    data = indexed_set(per_class=50)
+    parts = split_target(data, 3, 5, seed=0)
+    sets = [ids(parts.labelled), ids(parts.val), ids(parts.unlabelled), ids(parts.test)]
+    assert all(a.isdisjoint(b) for i, a in enumerate(sets) for b in sets[i + 1 :])
+    assert set().union(*sets) == ids(data)
+    assert np.bincount(parts.labelled.labels).tolist() == [3, 3, 3, 3]
+    assert np.bincount(parts.val.labels).tolist() == [5, 5, 5, 5]
+    assert (parts.unlabelled.labels == UNLABELLED).all() and not parts.unlabelled.is_labelled
+    assert ids(split_target(data, 3, 5, seed=0).test) == ids(parts.test)
+    # Without enough held-out images a class keeps half of them for testing.
+    small = split_target(indexed_set(per_class=20), 3, 10, seed=0)
+    assert small.val_short and (np.bincount(small.test.labels) >= np.bincount(small.val.labels, minlength=4)).all()
+
+
+def _splits(data, seed=0):
+    """Each image's split, by its id."""
+    named = dict(zip(("source_train", "source_val", "source_test"), split_source(data, seed)))
+    target = split_target(data, 10, 10, seed)
+    named |= {"labelled": target.labelled, "target_val": target.val, "unlabelled": target.unlabelled,
+              "target_test": target.test}
+    return {i: name for name, part in named.items() for i in ids(part)}
+
+
+def test_splits_do_not_move_when_images_are_added_or_removed():
+    """Adding 10% more images to every class and removing some never moves an image between training and
+    held-out data; the source splits do not move at all; within the target's training and held-out
+    images only the exact per-class counts shift, by at most the number of images added or removed."""
+    classes, per_class = 4, 300
+    data = indexed_set(per_class=per_class, classes=classes)
+    grown = indexed_set(per_class=per_class * 11 // 10, classes=classes)  # the same images, then 30 new per class
+    rng = np.random.default_rng(0)
+    removed = set(rng.choice(len(data), 40, replace=False).tolist())
+    shrunk = data.subset(np.array([i for i in range(len(data)) if i not in removed]))
+    before = _splits(data)
+    held_out = {"source_val", "source_test", "target_val", "target_test"}
+    for changed, n_changed in ((grown, 30 * classes), (shrunk, len(removed))):
+        after = _splits(changed)
+        common = [i for i in before if i in after]
+        assert len(common) >= len(data) - len(removed)
+        for i in common:
+            assert (before[i] in held_out) == (after[i] in held_out), (i, before[i], after[i])
+            if before[i].startswith("source"):
+                assert before[i] == after[i]
+        moved = [i for i in common if before[i] != after[i]]
+        assert len(moved) <= n_changed
+
+
+def test_no_built_in_pair_shares_a_glyph_between_source_train_and_target_held_out():
+    from sklearn.datasets import load_digits
+
+    from tlpipe.data.dataset import pixel_ids
+
+    raw = load_digits().images.astype(np.uint8)
+    glyphs = pixel_ids(raw[..., None].repeat(3, axis=-1))
+    for seed in (0, 1):
+        domains = {name: load_domain(name, 32, seed) for name in ("digits", "digits-m", "syn-digits")}
+        # digits and digits-m are drawn from scikit-learn's glyphs in order: their identity is the glyph's.
+        assert np.array_equal(domains["digits"].ids, glyphs) and np.array_equal(domains["digits-m"].ids, glyphs)
+        for source_name, source in domains.items():
+            train = split_source(source, seed)[0]
+            for target_name, target in domains.items():
+                parts = split_target(target, 10, 10, seed)
+                held_out = np.concatenate([parts.val.ids, parts.test.ids])
+                assert not np.isin(held_out, train.ids).any(), (source_name, target_name, seed)
+
+
+def test_exact_duplicates_across_folders_stay_out_of_source_train(tmp_path, tlpipe_home, capsys):
+    from tlpipe import steps
+
+    source = write_image_folder(tmp_path / "source", per_class=40, seed=1)
+    target = write_image_folder(tmp_path / "target", per_class=40, seed=2)
+    for name in ("a", "b", "c"):  # the target has copies of 20 source images per class, renamed
+        for i in range(20):
+            (target / name / f"copy-{i}.png").write_bytes((source / name / f"{i}.png").read_bytes())
+    out = {name: str(tmp_path / "out" / name) for name in steps.SPLITS}
+    steps.ingest(f"imagefolder:{source}", f"imagefolder:{target}", 3, 0, 16, out, "dup", "run-dup",
+                 target_val_per_class=2)
+    loaded = {name: load_dataset(path)[0] for name, path in out.items()}
+    held_out = np.concatenate([loaded["target_val"].ids, loaded["target_test"].ids])
+    copies = np.isin(held_out, load_domain(f"imagefolder:{source}", 16, 0).ids)
+    assert copies.sum() > 5  # some copies are held out in the target...
+    assert not np.isin(held_out, loaded["source_train"].ids).any()  # ...and none of them is trained on
+    assert f"{copies.sum()} of the {len(held_out)} target validation and test images are exact duplicates" in capsys.readouterr().out
 
 
 def test_k_shot_larger_than_a_class_names_the_class():
-    with pytest.raises(TlpipeError, match=r"target class '0' has 20 image\(s\).*target_labels_per_class=15"):
-        split_target(indexed_set(), 15, 0.3, seed=0)
+    with pytest.raises(TlpipeError, match=r"target class '0' has \d+ image\(s\) outside the held-out 30%.*target_labels_per_class=30"):
+        split_target(indexed_set(), 30, 0, seed=0)
 
 
 def test_image_folder_reads_classes_and_converts_modes(tmp_path):
@@ -172,9 +250,10 @@ def test_an_empty_class_folder_is_named(tmp_path):
 
 
 def test_an_empty_unlabelled_split_is_refused():
-    # 20 per class: 6 held out for testing and all 14 others labelled leaves nothing unlabelled.
+    one_class = indexed_set(classes=1)
+    outside_held_out = len(split_source(one_class, 0)[0])  # source train is the same part: u >= 0.3
     with pytest.raises(TlpipeError, match="the unlabelled target split is empty"):
-        split_target(indexed_set(), 14, 0.3, seed=0)
+        split_target(one_class, outside_held_out, 0, seed=0)
 
 
 def write_mnist(root, n=12, seed=0):

@@ -56,8 +56,12 @@ def test_run_prints_table_registration_and_report(first_run, home):
     for row in ("source-only", "target-only", "finetuned", "adapted"):
         assert f"\n{row} " in out
     assert "registered model: tlpipe version 1 (alias challenger)" in out
-    assert "champion: version 1 (promoted)" in out
+    assert "champion: version 1 (promoted: the first champion)" in out
     assert "A-dist" in out  # proxy A-distance per model
+    header = next(line for line in out.splitlines() if line.startswith("model "))
+    assert header.split()[:5] == ["model", "role", "val", "acc", "test"]
+    assert "selected by target validation accuracy (100 images); test acc: target test split" in out
+    assert out.count("<- selected") == 1
     report = Path(out.split("report: ")[1].split()[0])
     assert report.suffix == ".html" and "<table>" in report.read_text() and "t-SNE" in report.read_text()
     assert (home / "mlflow.db").is_file() and (home / "mlartifacts").is_dir() and (home / "pipeline-root").is_dir()
@@ -81,7 +85,9 @@ def test_second_identical_run_registers_version_2_but_keeps_the_champion(first_r
     second = tlpipe_run(home, *TINY)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "registered model: tlpipe version 2 (alias challenger)" in second.stdout
-    assert "champion: version 1 kept" in second.stdout  # same seed, same accuracy: not strictly better
+    # Same seed, same predictions: no image tells them apart, so there is no evidence to promote on.
+    assert "only v2 right on 0, only v1 on 0; one-sided exact McNemar p = 1" in second.stdout
+    assert "champion: version 1 (kept champion v1: not shown better (p=1 >= 0.05))" in second.stdout
     assert versions(registry) == [1, 2]
     assert str(registry.get_model_version_by_alias("tlpipe", "champion").version) == "1"
     assert str(registry.get_model_version_by_alias("tlpipe", "challenger").version) == "2"
@@ -103,10 +109,12 @@ def _bad_folders(tmp_path, case):
         ("missing", "image folder /no/such/dir does not exist"),
         ("corrupt", "target/b/3.png: it is corrupt or truncated"),
         ("classes", "source and target classes differ: only in source ['c'], only in target ['d']"),
-        ("k-shot", "target class 'a' has 10 image(s): target_labels_per_class=50"),
+        ("k-shot", "outside the held-out 30%, fewer than target_labels_per_class=50"),
         ("strategy", "unknown fine-tuning strategy 'freeze:two'"),
         ("adapt", "unknown adaptation method 'mmd'; use dann, cdan+e, dan, coral, dann+finetune"),
         ("augment", "unknown augmentation 'sepia'; use none, colour"),
+        ("select", "unknown select_by 'test'; use auto, target-val, source-val, im, snd"),
+        ("gate", "gate_alpha must be above 0 and at most 1, got 0.0"),
     ],
 )
 def test_bad_input_fails_with_one_sentence_and_leaves_the_registry_alone(first_run, home, registry, tmp_path, case, expected):
@@ -119,6 +127,10 @@ def test_bad_input_fails_with_one_sentence_and_leaves_the_registry_alone(first_r
         params = ["adapt_method=mmd"]
     elif case == "augment":
         params = ["source_augment=sepia"]
+    elif case == "select":
+        params = ["select_by=test"]
+    elif case == "gate":
+        params = ["gate_alpha=0"]
     elif case == "k-shot":
         params = _bad_folders(tmp_path, "ok") + ["target_labels_per_class=50"]
     else:
@@ -147,15 +159,36 @@ def test_retrain_starts_from_the_champion_and_promotes_only_through_the_gate(fir
     new = max(versions(registry))
     assert versions(registry) == before + [new]
     now = str(registry.get_model_version_by_alias("tlpipe", "champion").version)
-    if accuracy[evaluation["best"]] > accuracy[f"champion-v{champion.version}"]:
-        assert now == str(new) and "(promoted" in result.stdout
+    assert f"gate: on the same {evaluation['test_count']} test images, v{new} " in result.stdout
+    gate = registry.get_model_version("tlpipe", str(new)).tags
+    p = float(gate["tlpipe.gate.p_value"])
+    if p < 0.05:
+        assert now == str(new) and "(promoted: better than champion" in result.stdout
     else:
-        assert now == str(champion.version) and "kept" in result.stdout
+        assert now == str(champion.version) and "kept champion" in result.stdout
+    assert float(gate["tlpipe.gate.challenger_accuracy"]) == pytest.approx(accuracy[evaluation["best"]], abs=1e-6)
 
     # Without a champion, retraining starts from a source model it trains itself.
     fresh = tlpipe_run(home, *TINY, "model_name=fresh", pipeline="retrain")
     assert fresh.returncode == 0, fresh.stderr[-3000:]
-    assert "\nsource-only " in fresh.stdout and "champion: version 1 (promoted)" in fresh.stdout
+    assert "\nsource-only " in fresh.stdout and "champion: version 1 (promoted: the first champion)" in fresh.stdout
+
+
+def test_a_model_of_other_classes_is_not_gated_against_the_champion(first_run, home, registry, tmp_path):
+    """A 3-class image-folder model under the default name, after the digits run: one sentence, exit 2,
+    the new version stays a challenger and the digits champion stays."""
+    champion = str(registry.get_model_version_by_alias("tlpipe", "champion").version)
+    source = write_image_folder(tmp_path / "source", per_class=30)
+    target = write_image_folder(tmp_path / "target", per_class=30, seed=1)
+    result = tlpipe_run(home, *TINY, f"source=imagefolder:{source}", f"target=imagefolder:{target}", "image_size=16",
+                        "target_val_per_class=3")
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if line.startswith("tlpipe: error:")]
+    assert len(errors) == 1 and "predicts classes ['0', '1', '2', '3', '4', '5', '6', '7', '8', '9'] and this model " \
+        "['a', 'b', 'c']" in errors[0] and "-p model_name=" in errors[0], result.stderr[-2000:]
+    new = str(max(versions(registry)))
+    assert str(registry.get_model_version_by_alias("tlpipe", "challenger").version) == new != champion
+    assert str(registry.get_model_version_by_alias("tlpipe", "champion").version) == champion
 
 
 @pytest.mark.parametrize("strategy, shown", [

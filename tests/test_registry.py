@@ -55,10 +55,10 @@ def register(models, name, run, model_name="gated"):
     mlflow.set_experiment(experiment_id=tracking.experiment_id(client, "gate"))
     with mlflow.start_run():
         tags = {tracking.PIPELINE_RUN_TAG: run, "tlpipe.accuracy": f"{accuracy[name]:.4f}"}
-        return registry.register(client, root / name, model_name, accuracy[name], test, tags)
+        return registry.register(client, root / name, model_name, test, tags)
 
 
-def test_gate_promotes_only_a_strictly_better_model(models):
+def test_gate_promotes_only_a_model_shown_better(models):
     first = register(models, "weak", "run-1")
     assert (first.version, first.promoted, first.previous_champion) == ("1", True, None)
     second = register(models, "strong", "run-2")
@@ -70,13 +70,73 @@ def test_gate_promotes_only_a_strictly_better_model(models):
     client = tracking.configure()
     assert str(client.get_model_version_by_alias("gated", "champion").version) == "2"
     assert str(client.get_model_version_by_alias("gated", "challenger").version) == "3"
-    assert client.get_model_version("gated", "3").tags["tlpipe.gate"].startswith("kept champion v2")
+    tags = client.get_model_version("gated", "3").tags
+    assert tags["tlpipe.gate.verdict"].startswith("kept champion v2: not shown better")
+    assert float(tags["tlpipe.gate.p_value"]) == third.p_value > 0.05 and tags["tlpipe.gate.promoted"] == "False"
+    assert int(tags["tlpipe.gate.champion_only"]) == third.champion_only > 0
+    assert float(tags["tlpipe.gate.champion_accuracy"]) == pytest.approx(models[1]["strong"], abs=1e-6)
+
+
+@pytest.mark.parametrize("b, c, p", [(1, 0, 0.5), (6, 0, 1 / 64), (10, 2, 79 / 4096), (5, 5, 638 / 1024), (0, 0, 1.0),
+                                     (0, 3, 1.0)])
+def test_mcnemar_p_is_the_exact_one_sided_binomial_tail(b, c, p):
+    from scipy.stats import binomtest
+
+    from tlpipe.evaluate import mcnemar_p
+
+    assert mcnemar_p(b, c) == pytest.approx(p, rel=1e-12)
+    if b + c:
+        assert mcnemar_p(b, c) == pytest.approx(binomtest(b, b + c, 0.5, alternative="greater").pvalue, rel=1e-12)
+
+
+def test_gate_needs_significance_and_the_margin():
+    from tlpipe.evaluate import PairedComparison
+
+    one_better = PairedComparison(500, 0.802, 0.800, 1, 0, 0.5)
+    clearly = PairedComparison(500, 0.86, 0.80, 35, 5, 1e-6)
+    assert not registry.Gate().passes(one_better) and registry.Gate().passes(clearly)
+    assert not registry.Gate(0.05, margin=10).passes(clearly)  # 6 points < 10
+    assert registry.Gate(1.0, margin=0.1).passes(one_better)  # a margin-only team: alpha 1
+    assert "gain +6.00 points < margin 10" in registry.Gate(0.05, 10).verdict(clearly, "1")
+    with pytest.raises(TlpipeError, match="gate_alpha must be above 0"):
+        registry.Gate(0)
+
+
+def test_a_challenger_one_image_better_is_not_promoted_a_clearly_better_one_is(models):
+    root, accuracy, test = models
+    register(models, "medium", "run-medium")  # the champion never predicts "g"
+    one_green = np.concatenate([np.flatnonzero(test.labels != 1), np.flatnonzero(test.labels == 1)[:1]])
+    client = tracking.configure()
+    with mlflow.start_run(experiment_id=tracking.experiment_id(client, "gate")):
+        close = registry.register(client, root / "strong", "gated", test.subset(one_green),
+                                  {tracking.PIPELINE_RUN_TAG: "run-close"})
+    assert close.accuracy > close.previous_champion_accuracy  # better by one image...
+    assert (close.challenger_only, close.champion_only, close.p_value) == (1, 0, 0.5)
+    assert not close.promoted  # ...is no evidence
+    clear = register(models, "strong", "run-clear")  # ten green images
+    assert clear.challenger_only >= 9 and clear.p_value < 0.01 and clear.promoted
+    assert str(client.get_model_version_by_alias("gated", "champion").version) == clear.version
+
+
+def test_a_champion_of_other_classes_is_named_and_left_alone(models, tmp_path):
+    register(models, "strong", "run-1")
+    other = Classifier(ModelSpec("small-cnn", ["cat", "dog"], 16))
+    save_model(tmp_path / "other", other)
+    client = tracking.configure()
+    with mlflow.start_run(experiment_id=tracking.experiment_id(client, "gate")):
+        with pytest.raises(TlpipeError, match=r"the champion of 'gated' \(version 1\) predicts classes \['r', 'g', 'b'\] "
+                                              r"and this model \['cat', 'dog'\].*version 2 stays registered as challenger "
+                                              r".*another model_name"):
+            registry.register(client, tmp_path / "other", "gated", models[2], {tracking.PIPELINE_RUN_TAG: "run-2"})
+    assert str(client.get_model_version_by_alias("gated", "champion").version) == "1"
+    assert str(client.get_model_version_by_alias("gated", "challenger").version) == "2"
+    assert not client.search_registered_models("name = 'gated.gate-lock'")
 
 
 def test_a_retried_register_step_creates_no_second_version(models):
     first = register(models, "weak", "run-1")
     again = register(models, "weak", "run-1")
-    assert again.version == first.version == "1" and again.promoted
+    assert again.version == first.version == "1" and again.promoted and again.verdict == first.verdict
     assert len(tracking.configure().search_model_versions("name='gated'")) == 1
 
 
@@ -86,7 +146,7 @@ def _register_medium(home, root, accuracy, queue):
     mlflow.set_experiment(experiment_id=tracking.experiment_id(client, "gate"))
     with mlflow.start_run():
         tags = {tracking.PIPELINE_RUN_TAG: "run-medium"}
-        result = registry.register(client, f"{root}/medium", "gated", accuracy["medium"], colour_set(1), tags)
+        result = registry.register(client, f"{root}/medium", "gated", colour_set(1), tags)
     queue.put(result.promoted)
 
 
@@ -155,3 +215,50 @@ def test_rollback_moves_champion_back_and_listing_shows_lineage(models, tlpipe_h
     assert str(tracking.configure().get_model_version_by_alias("gated", "champion").version) == "1"
     with pytest.raises(TlpipeError, match="replaced no earlier champion"):
         registry.rollback(tracking.configure(), "gated")
+
+
+def test_a_holder_whose_lease_lapsed_never_deletes_the_new_holders_lock(tlpipe_home):
+    client = tracking.configure()
+    first = registry.Lease(client, "gated", seconds=30)
+    first.acquire(timeout=5)
+    client.set_registered_model_tag("gated.gate-lock", "lease_until", str(time.time() - 1))  # it stopped renewing
+    second = registry.Lease(client, "gated", seconds=30)
+    second.acquire(timeout=5)  # breaks the lapsed lock and takes it
+    assert second.owned() and not first.owned()
+    assert not first.renew()
+    with pytest.raises(TlpipeError, match="lost the registry lock"):
+        first.check()
+    first.release()
+    assert second.owned()
+    second.release()
+    assert not client.search_registered_models("name = 'gated.gate-lock'")
+
+
+HOLD = """
+import sys, time
+from tlpipe import registry, tracking
+client = tracking.configure()
+with registry.gate_lock(client, "gated", timeout=60) as lease:
+    print("enter", time.time(), flush=True)
+    time.sleep(float(sys.argv[1]))
+    print("owned", lease.owned(), flush=True)
+    print("exit", time.time(), flush=True)
+"""
+
+
+def test_a_gate_that_works_longer_than_its_lease_keeps_the_lock(tlpipe_home, tmp_path):
+    """The first step holds the gate for 4 leases while a second step waits: the second enters only
+    after the first left, and the first never deletes the second's lock."""
+    env = {**os.environ, "TLPIPE_HOME": str(tlpipe_home), registry.LEASE_ENV: "1.5"}
+    tracking.configure()  # create the store before two processes race to
+    first = subprocess.Popen([sys.executable, "-c", HOLD, "6"], env=env, stdout=subprocess.PIPE, text=True)
+    assert first.stdout.readline().startswith("enter")
+    second = subprocess.Popen([sys.executable, "-c", HOLD, "2"], env=env, stdout=subprocess.PIPE, text=True)
+    out_first, _ = first.communicate(timeout=120)
+    out_second, _ = second.communicate(timeout=120)
+    assert first.returncode == 0 and second.returncode == 0
+    times = lambda out: {line.split()[0]: line.split()[1] for line in out.splitlines()}  # noqa: E731
+    a, b = times(out_first), times(out_second)
+    assert a["owned"] == "True" and b["owned"] == "True"  # each still held its lock when it finished working
+    assert float(b["enter"]) >= float(a["exit"])
+    assert not tracking.configure().search_registered_models("name = 'gated.gate-lock'")

@@ -34,7 +34,7 @@ def data(tmp_path_factory):
     mp = pytest.MonkeyPatch()
     mp.setenv("TLPIPE_HOME", str(home))
     mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-    names = ["source_train", "source_test", "target_labelled", "target_unlabelled", "target_test"]
+    names = steps.SPLITS
     steps.ingest("digits", "digits-m", 5, 0, 32, {n: str(root / n) for n in names}, "resume", "setup")
     from tlpipe.train import TrainConfig
 

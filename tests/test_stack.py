@@ -101,7 +101,7 @@ def test_pipeline_tracks_on_the_server_and_keeps_models_in_s3(stack):
     params = [*TINY, "publish_to=s3://tlpipe/published"]
     result = tlpipe(home, "run", "--stack", "local", *[a for p in params for a in ("-p", p)])
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    assert "champion: version 1 (promoted)" in result.stdout
+    assert "champion: version 1 (promoted: the first champion)" in result.stdout
     keys = storage.list_keys("s3://tlpipe/mlartifacts")
     assert any(k.endswith("best_model/model.safetensors") for k in keys)
     assert any(k.endswith("report/report.html") for k in keys)

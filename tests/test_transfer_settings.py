@@ -115,7 +115,7 @@ def test_attribute_table_from_csv_and_its_errors(tmp_path):
 @pytest.fixture(scope="module")
 def unseen_ingest(tmp_path_factory):
     root = tmp_path_factory.mktemp("zs")
-    names = ["source_train", "source_test", "target_labelled", "target_unlabelled", "target_test"]
+    names = steps.SPLITS
     out = {n: str(root / n) for n in names}
     mp = pytest.MonkeyPatch()
     mp.setenv("TLPIPE_HOME", str(root / "home"))
@@ -141,8 +141,7 @@ def test_zero_shot_training_splits_never_hold_an_unseen_class(unseen_ingest):
 
 
 def test_unseen_classes_are_checked(tmp_path):
-    out = {n: str(tmp_path / n) for n in ("source_train", "source_test", "target_labelled", "target_unlabelled",
-                                           "target_test")}
+    out = {n: str(tmp_path / n) for n in steps.SPLITS}
     with pytest.raises(TlpipeError, match=r"unseen_classes \['x'\] are not classes"):
         steps.ingest("digits", "digits", 5, 0, 16, out, "zs", "run-1", unseen_classes="x")
     with pytest.raises(TlpipeError, match="at least two classes seen"):

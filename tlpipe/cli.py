@@ -49,12 +49,13 @@ def cmd_run(args) -> None:
 
 
 def _print_registration(reg) -> None:
-    print(f"registered model: {reg.model_name} version {reg.version} (alias challenger), accuracy {reg.accuracy:.2%}")
-    if reg.promoted:
-        before = f"; previous champion version {reg.previous_champion}" if reg.previous_champion else ""
-        print(f"champion: version {reg.version} (promoted{before})")
-    else:
-        print(f"champion: version {reg.champion_version} kept ({reg.previous_champion_accuracy:.2%} >= {reg.accuracy:.2%})")
+    print(f"registered model: {reg.model_name} version {reg.version} (alias challenger), test accuracy {reg.accuracy:.2%}")
+    if reg.previous_champion is not None and reg.p_value is not None:
+        print(f"gate: on the same {reg.test_images} test images, v{reg.version} {reg.accuracy:.2%} vs champion "
+              f"v{reg.previous_champion} {reg.previous_champion_accuracy:.2%}; only v{reg.version} right on "
+              f"{reg.challenger_only}, only v{reg.previous_champion} on {reg.champion_only}; "
+              f"one-sided exact McNemar p = {reg.p_value:.3g}")
+    print(f"champion: version {reg.champion_version} ({reg.verdict})")
 
 
 def _registry_client(args):
@@ -72,7 +73,7 @@ def cmd_registry(args) -> None:
     from tlpipe import registry
 
     rows = registry.versions(_registry_client(args), args.model_name)
-    columns = ["version", "aliases", "accuracy", "candidate", "method", "created", "pipeline_run", "gate"]
+    columns = ["version", "aliases", "accuracy", "candidate", "method", "created", "pipeline_run", "p", "gate"]
     widths = {c: max(len(c), *(len(r[c]) for r in rows)) for c in columns}
     print("  ".join(c.ljust(widths[c]) for c in columns))
     for row in rows:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tlpipe import selection
 from tlpipe.data import ImageSet
 from tlpipe.analysis import figure_png, pyplot
 from tlpipe.models import Classifier, predict
@@ -28,18 +29,22 @@ class Result:
     # Proxy A-distance between the source and target test images in this model's features
     # (tlpipe.analysis): lower after a successful adaptation.
     a_distance: float | None = None
+    val_accuracy: float | None = None  # on the target validation split, when there is one
+    selection_score: float | None = None  # the value of the criterion the model was chosen by
 
 
 @dataclass
 class Evaluation:
     results: list[Result]
-    best: str
+    best: str  # the selected model: the best by `selected_by`, never by test accuracy
     classes: list[str]
     test_hash: str
     test_count: int
     unseen: list[str] = field(default_factory=list)
     # Multi-task models: per task, the multi-task model's accuracy next to a single-task model's.
     tasks: list[dict] = field(default_factory=list)
+    selected_by: str = "target-val"  # a key of tlpipe.selection.CRITERIA
+    val_count: int = 0
 
     def result(self, name: str) -> Result:
         return next(r for r in self.results if r.name == name)
@@ -73,14 +78,52 @@ def score(model: Classifier, test: ImageSet, name: str = "", role: str = "candid
     return result
 
 
-def compare(models: dict[str, tuple[Classifier, str]], test: ImageSet, best_of: str = "all",
-            unseen: list[str] = ()) -> Evaluation:
-    """Scores every model on the same test set; the best is the most accurate (first listed on ties),
-    of all models or, with best_of="candidates", of the candidates only."""
+def compare(models: dict[str, tuple[Classifier, str]], test: ImageSet, best_of: str = "all", unseen: list[str] = (),
+            val: ImageSet | None = None, select_by: str = "auto", source_val: ImageSet | None = None,
+            target_unlabelled: ImageSet | None = None) -> Evaluation:
+    """Scores every model on the target validation and test splits and selects one by `select_by`
+    (tlpipe.selection; the first listed on ties), of all models or, with best_of="candidates", of the
+    candidates only. The test split only reports: nothing is chosen by it."""
+    val_count = len(val) if val is not None else 0
+    criterion = selection.resolve(select_by, val_count)
     results = [score(model, test, name, role, unseen) for name, (model, role) in models.items()]
+    val_accuracy = {name: score(model, val).accuracy for name, (model, _) in models.items()} if val_count else {}
+    chosen_by = selection.scores(criterion, {name: model for name, (model, _) in models.items()}, val, source_val,
+                                 target_unlabelled, val_accuracy)
+    for r in results:
+        r.val_accuracy, r.selection_score = val_accuracy.get(r.name), chosen_by[r.name]
     eligible = [r for r in results if best_of == "all" or r.role == "candidate"]
-    best = max(eligible, key=lambda r: r.accuracy).name
-    return Evaluation(results, best, test.classes, test.content_hash(), len(test), list(unseen))
+    best = max(eligible, key=lambda r: r.selection_score).name
+    return Evaluation(results, best, test.classes, test.content_hash(), len(test), list(unseen), selected_by=criterion,
+                      val_count=val_count)
+
+
+@dataclass
+class PairedComparison:
+    """Two fixed models on the same test images: the evidence the champion gate decides on."""
+
+    images: int
+    challenger_accuracy: float
+    champion_accuracy: float
+    challenger_only: int  # images the challenger classifies correctly and the champion does not
+    champion_only: int  # the reverse
+    p_value: float  # one-sided exact McNemar test that the challenger is better
+
+
+def mcnemar_p(challenger_only: int, champion_only: int) -> float:
+    """One-sided exact McNemar test: under "equally good" each discordant image is a fair coin, so p is
+    P(X >= challenger_only) for X ~ Binomial(discordant, 1/2); 1 when there is no discordant image."""
+    from scipy.stats import binomtest
+
+    n = challenger_only + champion_only
+    return float(binomtest(challenger_only, n, 0.5, alternative="greater").pvalue) if n else 1.0
+
+
+def paired_comparison(challenger: Classifier, champion: Classifier, test: ImageSet) -> PairedComparison:
+    right_new = predict(challenger, test.images).numpy() == test.labels
+    right_old = predict(champion, test.images).numpy() == test.labels
+    b, c = int((right_new & ~right_old).sum()), int((right_old & ~right_new).sum())
+    return PairedComparison(len(test), float(right_new.mean()), float(right_old.mean()), b, c, mcnemar_p(b, c))
 
 
 def task_accuracy(model: Classifier, test: ImageSet, task: str) -> float:
@@ -93,18 +136,26 @@ def _has_distances(evaluation: Evaluation) -> bool:
     return any(r.a_distance is not None for r in evaluation.results)
 
 
+SCORE_COLUMNS = {"source-val": "src val", "im": "IM", "snd": "SND"}
+
+
 def format_table(evaluation: Evaluation) -> str:
     zero_shot = bool(evaluation.unseen)
     distances = _has_distances(evaluation)
-    extra = (f" {'A-dist':>7}" if distances else "") + (f" {'seen':>8} {'unseen':>8} {'unseen*':>8}" if zero_shot else "")
-    lines = [f"{'model':<14} {'role':<10} {'accuracy':>8}{extra}", "-" * (34 + len(extra))]
+    criterion = SCORE_COLUMNS.get(evaluation.selected_by)
+    header = f"{'model':<14} {'role':<10} {'val acc':>8} {'test acc':>8}" + (f" {criterion:>8}" if criterion else "")
+    header += (f" {'A-dist':>7}" if distances else "") + (f" {'seen':>8} {'unseen':>8} {'unseen*':>8}" if zero_shot else "")
+    lines = [header, "-" * (len(header) + 13)]
     for r in evaluation.results:
-        mark = "  <- best" if r.name == evaluation.best else ""
-        cells = f" {r.a_distance:>7.2f}" if distances and r.a_distance is not None else (" " * 8 if distances else "")
+        mark = "  <- selected" if r.name == evaluation.best else ""
+        val = f"{r.val_accuracy:>8.2%}" if r.val_accuracy is not None else f"{'n/a':>8}"
+        cells = f" {r.selection_score:>8.3f}" if criterion else ""
+        cells += (f" {r.a_distance:>7.2f}" if r.a_distance is not None else " " * 8) if distances else ""
         if zero_shot:
             cells += f" {r.seen_accuracy:>8.2%} {r.unseen_accuracy:>8.2%} {r.unseen_among_unseen:>8.2%}"
-        lines.append(f"{r.name:<14} {r.role:<10} {r.accuracy:>8.2%}{cells}{mark}")
-    lines.append(f"(target test split: {evaluation.test_count} images)")
+        lines.append(f"{r.name:<14} {r.role:<10} {val} {r.accuracy:>8.2%}{cells}{mark}")
+    lines.append(f"selected by {selection_note(evaluation)}; test acc: target test split, "
+                 f"{evaluation.test_count} images, reported only")
     if distances:
         lines.append("A-dist: proxy A-distance between source and target test features (0: indistinguishable, 2: separable)")
     if zero_shot:
@@ -115,6 +166,14 @@ def format_table(evaluation: Evaluation) -> str:
         single = f"{t['single_task']:.2%} ({t['single_task_model']})" if t["single_task"] is not None else "n/a"
         lines.append(f"task {t['task']:<8} {t['model']}: multi-task {t['multi_task']:.2%}, single-task {single}")
     return "\n".join(lines)
+
+
+def selection_note(evaluation: Evaluation) -> str:
+    """Which criterion chose the model, and on what data."""
+    what = selection.CRITERIA[evaluation.selected_by]
+    if evaluation.selected_by == "target-val":
+        return f"{what} ({evaluation.val_count} images)"
+    return what
 
 
 def confusion_png(result: Result, classes: list[str]) -> bytes:
@@ -166,13 +225,18 @@ def write_report(path: str | Path, evaluation: Evaluation, title: str, facts: di
     model's confusion matrix and, when given, the t-SNE picture (tlpipe.analysis.tsne_png)."""
     esc = html.escape
     distances = _has_distances(evaluation)
-    head = ("<th>A-distance</th>" if distances else "") + "".join(f"<th>{esc(c)}</th>" for c in evaluation.classes)
+    criterion = SCORE_COLUMNS.get(evaluation.selected_by)
+    head = (f"<th>{criterion}</th>" if criterion else "") + ("<th>A-distance</th>" if distances else "")
+    head += "".join(f"<th>{esc(c)}</th>" for c in evaluation.classes)
     rows = []
     for r in evaluation.results:
-        cells = (f"<td>{'' if r.a_distance is None else format(r.a_distance, '.2f')}</td>" if distances else "")
+        val = "n/a" if r.val_accuracy is None else f"{r.val_accuracy:.2%}"
+        cells = f"<td>{r.selection_score:.3f}</td>" if criterion else ""
+        cells += (f"<td>{'' if r.a_distance is None else format(r.a_distance, '.2f')}</td>" if distances else "")
         cells += "".join(f"<td>{r.per_class[c]:.0%}</td>" for c in evaluation.classes)
         style = ' class="best"' if r.name == evaluation.best else ""
-        rows.append(f"<tr{style}><td>{esc(r.name)}</td><td>{r.role}</td><td><b>{r.accuracy:.2%}</b></td>{cells}</tr>")
+        rows.append(f"<tr{style}><td>{esc(r.name)}</td><td>{r.role}</td><td>{val}</td><td><b>{r.accuracy:.2%}</b></td>"
+                    f"{cells}</tr>")
     distance_note = (" A-distance: the proxy A-distance between source and target test images in the model's "
                      "features, 2(1 - 2 err) of a linear domain classifier (0: indistinguishable, 2: separable)."
                      if distances else "")
@@ -190,9 +254,10 @@ td:first-child, th:first-child {{ text-align: left; }}
 tr.best {{ background: #e6f4ea; }}
 </style></head><body>
 <h1>{esc(title)}</h1>
-<h2>Accuracy on the target test split ({evaluation.test_count} images)</h2>
-<table><tr><th>model</th><th>role</th><th>accuracy</th>{head}</tr>{''.join(rows)}</table>
-<p>Best: <b>{esc(evaluation.best)}</b>. Per-class columns are the accuracy on each class.{distance_note}</p>
+<h2>Accuracy: target validation and test splits</h2>
+<table><tr><th>model</th><th>role</th><th>validation</th><th>test ({evaluation.test_count} images)</th>{head}</tr>{''.join(rows)}</table>
+<p>Selected: <b>{esc(evaluation.best)}</b>, by {esc(selection_note(evaluation))}. The test split only reports: no
+model or epoch was chosen by it. Per-class columns are the test accuracy on each class.{distance_note}</p>
 {_extra_sections(evaluation)}
 <h2>Confusion matrix of {esc(best.name)}</h2>
 <img alt="confusion matrix" src="data:image/png;base64,{base64.b64encode(confusion_png(best, evaluation.classes)).decode()}">

@@ -12,14 +12,14 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from tlpipe import augment, settings, storage, tracking
+from tlpipe import augment, selection, settings, storage, tracking
 from tlpipe.data import check_spec
 from tlpipe.data.spec import BUILTIN
 from tlpipe.errors import ERROR_FILE_ENV, TlpipeError
 from tlpipe.evaluate import Evaluation
 from tlpipe.methods.finetune import parse_strategy
 from tlpipe.models.backbones import BACKBONES, build_backbone
-from tlpipe.registry import Registration
+from tlpipe.registry import Gate, Registration
 from tlpipe.steps import ADAPT_METHODS, COMPUTE_MARK
 
 def _json_list(value: str) -> list:
@@ -136,6 +136,13 @@ def preflight(arguments: dict, defaults: dict) -> None:
         raise TlpipeError(f"unknown adaptation method '{values['adapt_method']}'; use {', '.join(ADAPT_METHODS)}.")
     if "source_augment" in values:
         augment.get(values["source_augment"])
+    if "target_val_per_class" in values:
+        if values["target_val_per_class"] < 0:
+            raise TlpipeError(f"target_val_per_class must be 0 or more, got {values['target_val_per_class']}.")
+    if "select_by" in values:
+        selection.resolve(values["select_by"], values.get("target_val_per_class", 0))
+    if "gate_alpha" in values:
+        Gate(values["gate_alpha"], values.get("gate_margin", 0.0))
     for key in ("source", "target"):
         if key in values:
             check_spec(values[key])

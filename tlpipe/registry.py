@@ -1,18 +1,22 @@
-"""The MLflow model registry: log the winner, register a version, and gate the `champion` alias.
+"""The MLflow model registry: log the selected model, register a version, and gate the `champion` alias.
 
-Every new version gets the alias `challenger`. `champion` moves to it only when it is strictly more
-accurate than the current champion on the same target test images, measured here, now; a worse or
-failed run never moves it. Registering is idempotent per pipeline run (a retried step finds its
-version), and the gate runs under a lock so that two runs finishing together leave the better
-model as champion.
+Every new version gets the alias `challenger`. `champion` moves to it only on evidence: both models
+classify the same target test images here, now, and the one-sided exact McNemar test on the images
+where they disagree must give p < gate_alpha (and the gain must be at least gate_margin points). A
+worse, equal, merely luckier or failed run never moves it. Registering is idempotent per pipeline run
+(a retried step finds its version), and the gate runs under a lease-based lock so that two runs
+finishing together leave the better model as champion.
 """
 
 import contextlib
 import json
+import os
 import random
 import shutil
 import tempfile
+import threading
 import time
+import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -25,7 +29,8 @@ from mlflow.types.schema import Schema, TensorSpec
 import tlpipe
 from tlpipe.data import ImageSet
 from tlpipe.errors import TlpipeError
-from tlpipe.evaluate import score
+from tlpipe.evaluate import PairedComparison, paired_comparison
+from tlpipe.models import load_model
 from tlpipe.tracking import PIPELINE_RUN_TAG
 
 SIGNATURE = ModelSignature(
@@ -35,18 +40,50 @@ SIGNATURE = ModelSignature(
 # What a serving environment needs to load the model; the tlpipe package itself travels as code.
 REQUIREMENTS = ["torch==2.14.1", "torchvision==0.29.1", "safetensors", "numpy", "mlflow"]
 PREVIOUS_CHAMPION_TAG = "tlpipe.previous_champion"
-STALE_LOCK_SECONDS = 600
+LEASE_ENV = "TLPIPE_GATE_LEASE_SECONDS"  # how long the gate lock outlives its holder's last renewal
+DEFAULT_LEASE_SECONDS = 60.0
+
+
+@dataclass
+class Gate:
+    """When a challenger replaces the champion: p < alpha and a gain of at least `margin` points."""
+
+    alpha: float = 0.05
+    margin: float = 0.0
+
+    def __post_init__(self):
+        if not 0 < self.alpha <= 1:
+            raise TlpipeError(f"gate_alpha must be above 0 and at most 1, got {self.alpha}.")
+        if not 0 <= self.margin <= 100:
+            raise TlpipeError(f"gate_margin is a gain in accuracy points, from 0 to 100; got {self.margin}.")
+
+    def passes(self, evidence: PairedComparison) -> bool:
+        gain = 100 * (evidence.challenger_accuracy - evidence.champion_accuracy)
+        return evidence.p_value < self.alpha and gain >= self.margin
+
+    def verdict(self, evidence: PairedComparison, champion: str) -> str:
+        gain = 100 * (evidence.challenger_accuracy - evidence.champion_accuracy)
+        if self.passes(evidence):
+            return f"promoted: better than champion v{champion} (p={evidence.p_value:.3g} < {self.alpha:g})"
+        why = (f"p={evidence.p_value:.3g} >= {self.alpha:g}" if evidence.p_value >= self.alpha
+               else f"gain {gain:+.2f} points < margin {self.margin:g}")
+        return f"kept champion v{champion}: not shown better ({why})"
 
 
 @dataclass
 class Registration:
     model_name: str
     version: str
-    accuracy: float
+    accuracy: float  # on the target test split
     promoted: bool
     champion_version: str
     previous_champion: str | None
-    previous_champion_accuracy: float | None
+    previous_champion_accuracy: float | None  # on the same test images
+    verdict: str = ""
+    p_value: float | None = None
+    challenger_only: int | None = None  # test images only the challenger gets right
+    champion_only: int | None = None  # test images only the champion gets right
+    test_images: int = 0
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(asdict(self), indent=2))
@@ -54,6 +91,24 @@ class Registration:
     @classmethod
     def load(cls, path: str | Path) -> "Registration":
         return cls(**json.loads(Path(path).read_text()))
+
+    def tags(self) -> dict[str, str]:
+        """The gate's evidence as version tags, one fact each."""
+        facts = {"verdict": self.verdict, "promoted": str(self.promoted), "p_value": self.p_value,
+                 "challenger_accuracy": self.accuracy, "champion_accuracy": self.previous_champion_accuracy,
+                 "challenger_only": self.challenger_only, "champion_only": self.champion_only,
+                 "champion_version": self.previous_champion, "test_images": self.test_images}
+        return {f"tlpipe.gate.{k}": f"{v:.6g}" if isinstance(v, float) else str(v) for k, v in facts.items()
+                if v is not None}
+
+    @classmethod
+    def load_tags(cls, model_name: str, version: str, tags: dict[str, str]) -> "Registration":
+        """The registration a version's gate tags record (a retried register step returns it)."""
+        get = lambda key, kind: kind(tags[f"tlpipe.gate.{key}"]) if f"tlpipe.gate.{key}" in tags else None  # noqa: E731
+        return cls(model_name, version, get("challenger_accuracy", float), get("promoted", str) == "True", version,
+                   get("champion_version", str), get("champion_accuracy", float), get("verdict", str),
+                   get("p_value", float), get("challenger_only", int), get("champion_only", int),
+                   get("test_images", int) or 0)
 
 
 def champion_version(client, name: str):
@@ -63,41 +118,105 @@ def champion_version(client, name: str):
         return None
 
 
+def lease_seconds() -> float:
+    return float(os.environ.get(LEASE_ENV, DEFAULT_LEASE_SECONDS))
+
+
+class Lease:
+    """The gate lock: a registered model that exists while a step holds it, tagged with its owner and
+    the time its lease runs out. Creating a registered model is atomic in MLflow's store (SQLite or a
+    tracking server alike), so exactly one step gets it. The holder renews the lease while it works; a
+    waiting step breaks the lock only once the lease has lapsed (its holder died), and a holder deletes
+    the lock only while it still owns it."""
+
+    def __init__(self, client, model_name: str, seconds: float | None = None):
+        self.client, self.name = client, f"{model_name}.gate-lock"
+        self.seconds = seconds or lease_seconds()
+        self.owner = uuid.uuid4().hex
+
+    def acquire(self, timeout: float) -> None:
+        deadline = time.time() + timeout
+        while True:
+            try:
+                self.client.create_registered_model(
+                    self.name, tags={"owner": self.owner, "lease_until": str(time.time() + self.seconds)},
+                    description="held by a tlpipe register step while it moves aliases")
+                return
+            except MlflowException as error:
+                # The store answers a taken name by reading the holder's lock; if the holder released it
+                # in between, that read says "does not exist": the lock is free, so try again.
+                if error.error_code == "RESOURCE_DOES_NOT_EXIST":
+                    continue
+                if error.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
+                    raise
+            held = self._read()
+            if held is not None and time.time() > self._until(held):
+                self._break(held)
+                continue
+            if time.time() > deadline:
+                raise TlpipeError(f"timed out waiting for the registry lock {self.name}; another register step holds it.")
+            time.sleep(0.2 + random.random() * 0.3)
+
+    def _read(self):
+        try:
+            return self.client.get_registered_model(self.name)
+        except MlflowException:
+            return None  # released meanwhile
+
+    def _until(self, held) -> float:
+        # A lock without a lease tag was left by an older tlpipe: its lease is ten minutes from creation.
+        return float(held.tags.get("lease_until", held.creation_timestamp / 1000 + 600))
+
+    def _break(self, lapsed) -> None:
+        """Deletes a lock whose lease lapsed, unless it was renewed or taken by another step meanwhile."""
+        now = self._read()
+        if now is not None and now.tags == lapsed.tags:
+            with contextlib.suppress(MlflowException):
+                self.client.delete_registered_model(self.name)
+
+    def owned(self) -> bool:
+        held = self._read()
+        return held is not None and held.tags.get("owner") == self.owner
+
+    def renew(self) -> bool:
+        if not self.owned():
+            return False
+        self.client.set_registered_model_tag(self.name, "lease_until", str(time.time() + self.seconds))
+        return True
+
+    def check(self) -> None:
+        """Raises unless this step still holds the lock: call before moving an alias."""
+        if not self.owned():
+            raise TlpipeError(f"this register step lost the registry lock {self.name} (its lease of {self.seconds:g} s "
+                              "lapsed); nothing was moved: run register again.")
+
+    def release(self) -> None:
+        if self.owned():
+            with contextlib.suppress(MlflowException):
+                self.client.delete_registered_model(self.name)
+
+
 @contextlib.contextmanager
 def gate_lock(client, model_name: str, timeout: float = 600):
-    """A mutex over the champion alias, held as a registered model that exists while it is held.
+    """Holds the gate lock (a Lease), renewing it every third of its lease from a background thread."""
+    lease = Lease(client, model_name)
+    lease.acquire(timeout)
+    stop = threading.Event()
 
-    Creating a registered model is atomic in MLflow's store (SQLite or a tracking server alike), so
-    this works wherever the registry does. A lock older than STALE_LOCK_SECONDS was left by a step
-    that died holding it, and is broken.
-    """
-    lock = f"{model_name}.gate-lock"
-    deadline = time.time() + timeout
-    while True:
-        try:
-            client.create_registered_model(lock, description="held by a tlpipe register step while it moves aliases")
-            break
-        except MlflowException as error:
-            # The store answers a taken name by reading the holder's lock; if the holder released it
-            # in between, that read says "does not exist": the lock is free, so try again.
-            if error.error_code == "RESOURCE_DOES_NOT_EXIST":
-                continue
-            if error.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
-                raise
-        try:
-            held_since = client.get_registered_model(lock).creation_timestamp / 1000
-            if time.time() - held_since > STALE_LOCK_SECONDS:
-                client.delete_registered_model(lock)
-                continue
-        except MlflowException:
-            continue  # released meanwhile
-        if time.time() > deadline:
-            raise TlpipeError(f"timed out waiting for the registry lock {lock}; another register step holds it.")
-        time.sleep(0.2 + random.random() * 0.3)
+    def keep_renewing():
+        while not stop.wait(lease.seconds / 3):
+            with contextlib.suppress(MlflowException):
+                if not lease.renew():
+                    return
+
+    renewer = threading.Thread(target=keep_renewing, name="gate-lease", daemon=True)
+    renewer.start()
     try:
-        yield
+        yield lease
     finally:
-        client.delete_registered_model(lock)
+        stop.set()
+        renewer.join()
+        lease.release()
 
 
 def _version_of_run(client, model_name: str, pipeline_run: str):
@@ -139,42 +258,49 @@ def export_champion(model_name: str, out: str | Path) -> str | None:
     return str(version.version)
 
 
-def champion_accuracy(model_name: str, version, test: ImageSet) -> float:
-    """The champion's accuracy on `test`, loaded from the registry the way its users load it."""
-    loaded = mlflow.pyfunc.load_model(f"models:/{model_name}/{version.version}")
-    return score(loaded.unwrap_python_model().model, test).accuracy
+def champion_model(model_name: str, version):
+    """The champion's network, loaded from the registry the way its users load it."""
+    return mlflow.pyfunc.load_model(f"models:/{model_name}/{version.version}").unwrap_python_model().model
 
 
-def register(
-    client, model_dir: str | Path, model_name: str, accuracy: float, test: ImageSet, tags: dict[str, str]
-) -> Registration:
+def register(client, model_dir: str | Path, model_name: str, test: ImageSet, tags: dict[str, str],
+             gate: Gate = Gate()) -> Registration:
     """Registers `model_dir` (once per tags[PIPELINE_RUN_TAG]) and gates the champion alias."""
+    challenger = load_model(model_dir)[0]
     existing = _version_of_run(client, model_name, tags[PIPELINE_RUN_TAG])
     version = str(existing.version) if existing else log_and_register(model_dir, model_name, tags)
     client.set_registered_model_alias(model_name, "challenger", version)
 
-    with gate_lock(client, model_name):
+    with gate_lock(client, model_name) as lease:
         current = champion_version(client, model_name)
         if current is not None and str(current.version) == version:  # a retried step that had promoted
-            previous = client.get_model_version(model_name, version).tags.get(PREVIOUS_CHAMPION_TAG)
-            return Registration(model_name, version, accuracy, True, version, previous, None)
-        current_accuracy = champion_accuracy(model_name, current, test) if current else None
-        promoted = current is None or accuracy > current_accuracy
-        if promoted:
+            return Registration.load_tags(model_name, version, client.get_model_version(model_name, version).tags)
+        if current is None:
+            accuracy = paired_comparison(challenger, challenger, test).challenger_accuracy
+            result = Registration(model_name, version, accuracy, True, version, None, None,
+                                  "promoted: the first champion", test_images=len(test))
+        else:
+            champion = champion_model(model_name, current)
+            if champion.spec.classes != challenger.spec.classes:
+                raise TlpipeError(
+                    f"the champion of '{model_name}' (version {current.version}) predicts classes "
+                    f"{champion.spec.classes} and this model {challenger.spec.classes}, so they cannot be compared on "
+                    f"the same test images; version {version} stays registered as challenger and the champion is "
+                    "unchanged: register models of these classes under another model_name (-p model_name=...).")
+            evidence = paired_comparison(challenger, champion, test)
+            promoted = gate.passes(evidence)
+            result = Registration(
+                model_name, version, evidence.challenger_accuracy, promoted, version if promoted else str(current.version),
+                str(current.version), evidence.champion_accuracy, gate.verdict(evidence, str(current.version)),
+                evidence.p_value, evidence.challenger_only, evidence.champion_only, len(test))
+        lease.check()
+        for key, value in result.tags().items():
+            client.set_model_version_tag(model_name, version, key, value)
+        if result.promoted:
             if current is not None:
                 client.set_model_version_tag(model_name, version, PREVIOUS_CHAMPION_TAG, str(current.version))
             client.set_registered_model_alias(model_name, "champion", version)
-        verdict = "promoted to champion" if promoted else f"kept champion v{current.version} ({current_accuracy:.4f})"
-        client.set_model_version_tag(model_name, version, "tlpipe.gate", verdict)
-    return Registration(
-        model_name=model_name,
-        version=version,
-        accuracy=accuracy,
-        promoted=promoted,
-        champion_version=version if promoted else str(current.version),
-        previous_champion=str(current.version) if current else None,
-        previous_champion_accuracy=current_accuracy,
-    )
+    return result
 
 
 def rollback(client, model_name: str) -> tuple[str, str]:
@@ -211,6 +337,7 @@ def versions(client, model_name: str) -> list[dict]:
             "method": tags.get("tlpipe.method", ""),
             "pipeline_run": tags.get(PIPELINE_RUN_TAG, ""),
             "created": time.strftime("%Y-%m-%d %H:%M", time.localtime(v.creation_timestamp / 1000)),
-            "gate": tags.get("tlpipe.gate", ""),
+            "p": tags.get("tlpipe.gate.p_value", ""),
+            "gate": tags.get("tlpipe.gate.verdict", ""),
         })
     return rows

@@ -13,11 +13,13 @@ import time
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import torch
 
-from tlpipe import analysis, augment, distributed, settings, storage, tracking
+from tlpipe import analysis, augment, distributed, selection, settings, storage, tracking
 from tlpipe.checkpoint import Checkpoint
 from tlpipe.data import ImageSet, load_dataset, load_domain, save_dataset, split_source, split_target
+from tlpipe.data.splits import shared_with_source
 from tlpipe.data.attributes import DIGITS, signatures
 from tlpipe.errors import TlpipeError
 from tlpipe.evaluate import (Evaluation, compare, confusion_png, format_table, per_class_csv, score, task_accuracy,
@@ -27,8 +29,6 @@ from tlpipe.models import Classifier, ModelSpec, load_model, read_weights, save_
 from tlpipe.train import TrainConfig, device
 
 ADAPT_METHODS = adaptation.METHODS
-SOURCE_TEST_FRACTION = 0.2
-TARGET_TEST_FRACTION = 0.3
 
 
 # What a step prints when it ends: the local runner's timing table reads it from the log.
@@ -50,6 +50,10 @@ def timed(func):
     return wrapper
 
 
+SPLITS = ["source_train", "source_val", "source_test", "target_labelled", "target_val", "target_unlabelled",
+          "target_test"]
+
+
 @timed
 def ingest(
     source: str,
@@ -63,15 +67,18 @@ def ingest(
     publish_to: str = "",
     unseen_classes: str = "",
     attributes: str = "",
+    target_val_per_class: int = 10,
 ) -> dict[str, dict]:
-    """Loads both domains, checks they agree, and writes the five split datasets to `out[name]`.
+    """Loads both domains, checks they agree, and writes the seven split datasets (SPLITS) to `out[name]`.
 
-    `unseen_classes` (comma-separated) appear only in the test splits: zero-shot training never sees
-    them. The class attribute table (`attributes`, or the built-in one for digits) travels in every
-    split's metadata.
+    Splits follow each image's stable identity (tlpipe.data.splits): no source training image, glyph or
+    exact duplicate is in the target's validation or test split. `unseen_classes` (comma-separated)
+    appear only in the test splits: zero-shot training never sees them. The class attribute table
+    (`attributes`, or the built-in one for digits) travels in every split's metadata.
     """
     params = {"source": source, "target": target, "target_labels_per_class": target_labels_per_class,
-              "seed": seed, "image_size": image_size, "unseen_classes": unseen_classes, "attributes": attributes}
+              "target_val_per_class": target_val_per_class, "seed": seed, "image_size": image_size,
+              "unseen_classes": unseen_classes, "attributes": attributes}
     if image_size < 8:
         raise TlpipeError(f"image_size must be at least 8 pixels, got {image_size}.")
     source_data = load_domain(source, image_size, seed)
@@ -87,12 +94,20 @@ def ingest(
     table = {}
     if attributes or unseen or sorted(source_data.classes) == sorted(DIGITS):
         table = signatures(source_data.classes, attributes)
-    source_train, source_test = split_source(source_data, SOURCE_TEST_FRACTION, seed, unseen)
-    labelled, unlabelled, target_test = split_target(target_data, target_labels_per_class, TARGET_TEST_FRACTION, seed,
-                                                     unseen)
-    splits = {"source_train": (source, source_train), "source_test": (source, source_test),
-              "target_labelled": (target, labelled), "target_unlabelled": (target, unlabelled),
-              "target_test": (target, target_test)}
+    source_train, source_val, source_test = split_source(source_data, seed, unseen)
+    parts = split_target(target_data, target_labels_per_class, target_val_per_class, seed, unseen)
+    if parts.val_short:
+        print(f"target_val_per_class={target_val_per_class}: classes {', '.join(parts.val_short)} have fewer held-out "
+              "images, so half of those validate and half test", flush=True)
+    shared = shared_with_source(source_data, np.concatenate([parts.val.ids, parts.test.ids]), source_train)
+    if shared:
+        print(f"{shared} of the {len(parts.val) + len(parts.test)} target validation and test images are exact "
+              "duplicates of source images (for built-in domains: drawn from the same glyph); all are held out of "
+              "source_train", flush=True)
+    splits = {"source_train": (source, source_train), "source_val": (source, source_val),
+              "source_test": (source, source_test), "target_labelled": (target, parts.labelled),
+              "target_val": (target, parts.val), "target_unlabelled": (target, parts.unlabelled),
+              "target_test": (target, parts.test)}
     facts = {name: save_dataset(out[name], data, spec=spec, split=name, seed=seed, unseen=sorted(unseen), attributes=table)
              for name, (spec, data) in splits.items()}
     if publish_to:
@@ -100,6 +115,7 @@ def ingest(
             facts[name]["published"] = publish(out[name], publish_to, pipeline_run, f"datasets/{name}")
     with tracking.step_run("ingest", experiment, pipeline_run, params):
         mlflow.log_metrics({f"{name}_count": meta["count"] for name, meta in facts.items()})
+        mlflow.log_metric("target_held_out_shared_with_source", shared)
         mlflow.set_tags({f"tlpipe.hash.{name}": meta["content_hash"] for name, meta in facts.items()})
     return facts
 
@@ -222,18 +238,28 @@ def evaluate(
     pipeline_run: str,
     best_of: str = "all",
     source_test: str = "",
+    target_val: str = "",
+    source_val: str = "",
+    target_unlabelled: str = "",
+    select_by: str = "auto",
 ) -> Evaluation:
-    """Scores baselines and candidates on the target test split; copies the best model out
-    (the best of all, or with best_of="candidates" the best candidate)."""
+    """Scores baselines and candidates on the target validation and test splits, selects one by
+    `select_by` (tlpipe.selection; of all, or with best_of="candidates" of the candidates) and copies it
+    out. The test split only reports."""
+    selection.check(select_by)
     test, meta = load_dataset(target_test)
     if not test.is_labelled or len(test) == 0:
         raise TlpipeError(f"target test split {target_test} is empty or unlabelled.")
+    val = load_dataset(target_val)[0] if target_val else None
+    criterion = selection.resolve(select_by, len(val) if val is not None else 0)
     models = {name: (load_model(path)[0], "baseline") for name, path in baselines.items()}
     models |= {name: (load_model(path)[0], "candidate") for name, path in candidates.items()}
     paths = baselines | candidates
     source = load_dataset(source_test)[0] if source_test else None
-    with tracking.step_run("evaluate", experiment, pipeline_run, {"test_hash": meta["content_hash"]}):
-        evaluation = compare(models, test, best_of, meta.get("unseen", []))
+    unlabelled = load_dataset(target_unlabelled)[0] if target_unlabelled and criterion in ("im", "snd") else None
+    source_validation = load_dataset(source_val)[0] if source_val and criterion == "source-val" else None
+    with tracking.step_run("evaluate", experiment, pipeline_run, {"test_hash": meta["content_hash"], "select_by": criterion}):
+        evaluation = compare(models, test, best_of, meta.get("unseen", []), val, criterion, source_validation, unlabelled)
         evaluation.tasks = _task_rows(models, evaluation, source)
         tsne = None
         if source is not None and len(source):
@@ -248,9 +274,15 @@ def evaluate(
             mlflow.log_image(_png_image(tsne), "report/tsne.png")
         evaluation.save(evaluation_out)
         write_report(report_out, evaluation, "tlpipe transfer report",
-                     {"pipeline run": pipeline_run, "target": meta.get("spec", ""), "test split": meta["content_hash"]},
+                     {"pipeline run": pipeline_run, "target": meta.get("spec", ""), "test split": meta["content_hash"],
+                      "selected by": selection.CRITERIA[criterion]},
                      tsne)
-        mlflow.log_metrics({f"{r.name}_accuracy": r.accuracy for r in evaluation.results})
+        mlflow.log_metrics({f"{r.name}_test_accuracy": r.accuracy for r in evaluation.results})
+        mlflow.log_metrics({f"{r.name}_val_accuracy": r.val_accuracy for r in evaluation.results
+                            if r.val_accuracy is not None})
+        mlflow.log_metrics({f"{r.name}_{criterion}": r.selection_score for r in evaluation.results
+                            if criterion != "target-val"})
+        mlflow.set_tags({"tlpipe.selected": evaluation.best, "tlpipe.selected_by": criterion})
         mlflow.log_text(per_class_csv(evaluation), "report/per_class_accuracy.csv")
         for r in evaluation.results:
             mlflow.log_image(_png_image(confusion_png(r, evaluation.classes)), f"report/confusion/{r.name}.png")
@@ -295,11 +327,15 @@ def _task_rows(models: dict, evaluation: Evaluation, source: ImageSet | None) ->
 def describe_evaluation(result: Evaluation, evaluation, metrics, confusion, best_model) -> None:
     """Fills an evaluate component's KFP outputs: metrics, the best model's confusion matrix, metadata."""
     for row in result.results:
-        metrics.log_metric(f"{row.name}_accuracy", row.accuracy)
+        metrics.log_metric(f"{row.name}_test_accuracy", row.accuracy)
+        if row.val_accuracy is not None:
+            metrics.log_metric(f"{row.name}_val_accuracy", row.val_accuracy)
     best = result.result(result.best)
     confusion.log_confusion_matrix(result.classes, best.confusion)
-    evaluation.metadata.update({"best": result.best, "accuracy": best.accuracy})
-    best_model.metadata.update({"candidate": result.best, "accuracy": best.accuracy})
+    facts = {"selected": result.best, "selected_by": result.selected_by, "test_accuracy": best.accuracy,
+             "val_accuracy": best.val_accuracy}
+    evaluation.metadata.update(facts)
+    best_model.metadata.update(facts)
 
 
 @timed
@@ -345,10 +381,14 @@ def register(
     pipeline_run: str,
     out: str,
     publish_to: str = "",
+    gate_alpha: float = 0.05,
+    gate_margin: float = 0.0,
 ):
-    """Registers the best model (alias challenger) and moves champion only if it is better."""
-    from tlpipe.registry import register as register_version
+    """Registers the selected model (alias challenger) and moves champion only if the paired test on the
+    target test split shows it better (tlpipe.registry)."""
+    from tlpipe.registry import Gate, register as register_version
 
+    gate = Gate(gate_alpha, gate_margin)
     evaluation = Evaluation.load(evaluation_path)
     test, meta = load_dataset(target_test)
     if meta["content_hash"] != evaluation.test_hash:
@@ -362,6 +402,8 @@ def register(
         "tlpipe.candidate": best.name,
         "tlpipe.method": model_meta.get("method", ""),
         "tlpipe.accuracy": f"{best.accuracy:.6f}",
+        "tlpipe.val_accuracy": "" if best.val_accuracy is None else f"{best.val_accuracy:.6f}",
+        "tlpipe.selected_by": evaluation.selected_by,
         "tlpipe.test_hash": evaluation.test_hash,
         "tlpipe.trained_on": model_meta.get("trained_on", ""),
         "tlpipe.code_version": tracking.code_version(),
@@ -370,11 +412,15 @@ def register(
     }
     if publish_to:
         tags["tlpipe.published"] = publish(best_model, publish_to, pipeline_run, "model")
-    with tracking.step_run("register", experiment, pipeline_run, {"model_name": model_name}):
+    with tracking.step_run("register", experiment, pipeline_run,
+                           {"model_name": model_name, "gate_alpha": gate_alpha, "gate_margin": gate_margin}):
         client = tracking.configure()
-        registration = register_version(client, best_model, model_name, best.accuracy, test, tags)
-        mlflow.log_metrics({"accuracy": best.accuracy})
-        mlflow.set_tags({"tlpipe.registered_version": registration.version, "tlpipe.promoted": str(registration.promoted)})
+        registration = register_version(client, best_model, model_name, test, tags, gate)
+        mlflow.log_metrics({"accuracy": registration.accuracy})
+        if registration.p_value is not None:
+            mlflow.log_metric("gate_p_value", registration.p_value)
+        mlflow.set_tags({"tlpipe.registered_version": registration.version, "tlpipe.promoted": str(registration.promoted),
+                         "tlpipe.gate.verdict": registration.verdict})
     registration.save(out)
     tracking.end_pipeline_run(experiment, pipeline_run, "FINISHED")
     return registration

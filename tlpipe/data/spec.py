@@ -59,7 +59,7 @@ def load_domain(spec: str, image_size: int, seed: int) -> ImageSet:
         return torchvision_datasets.read_torchvision(name, root, image_size)
     data = BUILTIN[kind](seed)
     if data.images.shape[1] != image_size:
-        data = ImageSet(_resize(data.images, image_size), data.labels, data.classes)
+        data = ImageSet(_resize(data.images, image_size), data.labels, data.classes, data.ids)
     return data
 
 

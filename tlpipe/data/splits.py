@@ -1,52 +1,118 @@
-"""Seeded, stratified, disjoint splits of the source and target domains."""
+"""Splits decided by each image's stable identity and the seed, never by the data's order or size.
+
+Every image has an identity (`ImageSet.ids`: the hash of its pixels, or of its glyph for the built-in
+digit domains) and from it and the seed a position u in [0, 1). One layout of u holds in every domain:
+
+    u < 0.2          source test        target held-out: validation (the first v per class by u), test
+    0.2 <= u < 0.3   source validation
+    u >= 0.3         source train       target training: labelled (the first k per class by u), unlabelled
+
+So an image, its glyph, or an exact duplicate of it is held out in both domains or in neither: nothing in
+source_train is ever in the target's validation or test split. An image never crosses the 0.3 line as
+the data grows or shrinks, and the test splits of the source never change but by the images added or
+removed. The exact per-class counts (k labelled, v validation) come from the order by u: adding an image
+can move another from validation to target test or from labelled to unlabelled, never between training
+and held-out data.
+"""
+
+import hashlib
+from dataclasses import dataclass
 
 import numpy as np
 
 from tlpipe.data.dataset import ImageSet
 from tlpipe.errors import TlpipeError
 
+SOURCE_TEST = 0.2  # u below this: source test
+HELD_OUT = 0.3  # u below this: held out in every domain (source validation and test; target validation and test)
 
-def _test_count(n: int, fraction: float) -> int:
-    return max(1, int(round(n * fraction)))
+
+def positions(ids: np.ndarray, seed: int) -> np.ndarray:
+    """Each identity's position in [0, 1) for this seed: the same in every domain and on every machine."""
+    key = int(seed).to_bytes(8, "little", signed=True)
+    return np.array([int.from_bytes(hashlib.blake2b(int(i).to_bytes(8, "little"), digest_size=8, key=key).digest(),
+                                    "little") / 2**64 for i in ids], dtype=np.float64)
 
 
-def _shuffled_per_class(data: ImageSet, seed: int):
-    rng = np.random.default_rng(seed)
+def _by_class(data: ImageSet, seed: int):
+    """For each class, its images' indices sorted by position, and their positions."""
+    u = positions(data.ids, seed)
     for label, name in enumerate(data.classes):
-        yield name, rng.permutation(np.flatnonzero(data.labels == label))
+        index = np.flatnonzero(data.labels == label)
+        index = index[np.argsort(u[index], kind="stable")]
+        yield name, index, u[index]
 
 
-def split_source(data: ImageSet, test_fraction: float, seed: int, unseen: frozenset = frozenset()) -> tuple[ImageSet, ImageSet]:
-    """Source train/test, stratified by class; classes in `unseen` are left out of train (zero-shot)."""
-    train, test = [], []
-    for name, index in _shuffled_per_class(data, seed):
-        n_test = _test_count(len(index), test_fraction)
-        if len(index) - n_test < 1:
-            raise TlpipeError(f"source class '{name}' has {len(index)} image(s); it needs at least 2 (train and test).")
-        test.append(index[:n_test])
-        train.append(index[n_test:] if name not in unseen else index[:0])
-    return data.subset(np.sort(np.concatenate(train))), data.subset(np.sort(np.concatenate(test)))
+def _take(data: ImageSet, parts: list[np.ndarray]) -> ImageSet:
+    return data.subset(np.sort(np.concatenate(parts)).astype(np.int64) if parts else np.zeros(0, np.int64))
 
 
-def split_target(data: ImageSet, labels_per_class: int, test_fraction: float, seed: int, unseen: frozenset = frozenset()):
-    """Target labelled (k per class), unlabelled (labels removed) and test, stratified by class.
-    Classes in `unseen` appear only in the test split (zero-shot)."""
-    if labels_per_class < 0:
-        raise TlpipeError(f"target_labels_per_class must be 0 or more, got {labels_per_class}.")
-    labelled, unlabelled, test = [], [], []
-    for name, index in _shuffled_per_class(data, seed + 1):
-        n_test = _test_count(len(index), test_fraction)
-        if len(index) - n_test < labels_per_class:
-            raise TlpipeError(
-                f"target class '{name}' has {len(index)} image(s): target_labels_per_class={labels_per_class} "
-                f"plus {n_test} held out for testing needs {labels_per_class + n_test}; lower target_labels_per_class."
-            )
-        test.append(index[:n_test])
+def split_source(data: ImageSet, seed: int, unseen: frozenset = frozenset()) -> tuple[ImageSet, ImageSet, ImageSet]:
+    """Source train, validation and test. Classes in `unseen` appear only in the test split (zero-shot)."""
+    train, val, test = [], [], []
+    for name, index, u in _by_class(data, seed):
+        test.append(index[u < SOURCE_TEST])
         if name in unseen:
             continue
-        labelled.append(index[n_test : n_test + labels_per_class])
-        unlabelled.append(index[n_test + labels_per_class :])
-    parts = [np.sort(np.concatenate(p)).astype(np.int64) for p in (labelled, unlabelled, test)]
-    if len(parts[1]) == 0:
-        raise TlpipeError("the unlabelled target split is empty: every target image went to the labelled or test split.")
-    return data.subset(parts[0]), data.subset(parts[1]).without_labels(), data.subset(parts[2])
+        val.append(index[(u >= SOURCE_TEST) & (u < HELD_OUT)])
+        train.append(index[u >= HELD_OUT])
+        if not len(train[-1]):
+            raise TlpipeError(f"source class '{name}' has {len(index)} image(s) and none fell in the training "
+                              f"{1 - HELD_OUT:.0%} (chosen by each image's content and the seed); add images to it.")
+    return _take(data, train), _take(data, val), _take(data, test)
+
+
+@dataclass
+class TargetSplits:
+    labelled: ImageSet
+    val: ImageSet
+    unlabelled: ImageSet  # labels removed
+    test: ImageSet
+    val_short: list[str]  # classes that got fewer than the asked validation images
+
+
+def split_target(data: ImageSet, labels_per_class: int, val_per_class: int, seed: int,
+                 unseen: frozenset = frozenset()) -> TargetSplits:
+    """Target labelled (k per class), validation (v per class, at most half of a class's held-out images),
+    unlabelled and test. Classes in `unseen` appear only in the test split (zero-shot)."""
+    if labels_per_class < 0:
+        raise TlpipeError(f"target_labels_per_class must be 0 or more, got {labels_per_class}.")
+    if val_per_class < 0:
+        raise TlpipeError(f"target_val_per_class must be 0 or more, got {val_per_class}.")
+    labelled, val, unlabelled, test, short = [], [], [], [], []
+    for name, index, u in _by_class(data, seed):
+        held, pool = index[u < HELD_OUT], index[u >= HELD_OUT]
+        if not len(held):
+            raise TlpipeError(f"target class '{name}' has {len(index)} image(s) and none fell in the held-out "
+                              f"{HELD_OUT:.0%} (chosen by each image's content and the seed), so it cannot be tested; "
+                              "add images to it.")
+        if name in unseen:
+            test.append(held)
+            continue
+        v = min(val_per_class, len(held) // 2)  # at least half of the held-out images stay for testing
+        if v < val_per_class:
+            short.append(name)
+        val.append(held[:v])
+        test.append(held[v:])
+        if len(pool) < labels_per_class:
+            raise TlpipeError(
+                f"target class '{name}' has {len(pool)} image(s) outside the held-out {HELD_OUT:.0%}, fewer than "
+                f"target_labels_per_class={labels_per_class}; lower target_labels_per_class or add images."
+            )
+        labelled.append(pool[:labels_per_class])
+        unlabelled.append(pool[labels_per_class:])
+    splits = TargetSplits(_take(data, labelled), _take(data, val), _take(data, unlabelled).without_labels(),
+                          _take(data, test), short)
+    if len(splits.unlabelled) == 0:
+        raise TlpipeError("the unlabelled target split is empty: every target training image went to the labelled "
+                          "split; lower target_labels_per_class.")
+    return splits
+
+
+def shared_with_source(source: ImageSet, held_out_ids: np.ndarray, source_train: ImageSet) -> int:
+    """How many held-out target images have an exact duplicate (for built-in domains: their glyph) in
+    the source. The layout puts those in the source's held-out splits; this checks that it did."""
+    leaked = np.isin(held_out_ids, source_train.ids)
+    if leaked.any():
+        raise RuntimeError(f"{int(leaked.sum())} held-out target images share an identity with source_train")
+    return int(np.isin(held_out_ids, source.ids).sum())

@@ -164,3 +164,14 @@ def predict(model: Classifier, images, batch_size: int = 512, among: list[int] |
         ids = scores.argmax(1) if among_ids is None else among_ids[scores[:, among_ids].argmax(1)]
         out.append(ids.cpu())
     return torch.cat(out) if out else torch.empty(0, dtype=torch.int64)
+
+
+@torch.inference_mode()
+def probabilities(model: Classifier, images, batch_size: int = 512) -> torch.Tensor:
+    """Class probabilities (softmax of the main head) for uint8 images, N x H x W x 3, on the CPU."""
+    model.eval()
+    device = next(model.parameters()).device
+    images = torch.as_tensor(images)
+    out = [torch.softmax(model(images[i : i + batch_size].to(device)).float(), 1).cpu()
+           for i in range(0, len(images), batch_size)]
+    return torch.cat(out) if out else torch.empty(0, len(model.spec.classes))
