@@ -1,5 +1,5 @@
 from kfp import dsl
-from kfp.dsl import Artifact, Dataset, Input, Model, Output
+from kfp.dsl import HTML, Artifact, Dataset, Input, Model, Output
 
 from components import IMAGE
 
@@ -8,6 +8,7 @@ from components import IMAGE
 def register(
     best_model: Input[Model],
     evaluation: Input[Artifact],
+    evaluation_report: Input[HTML],
     target_test: Input[Dataset],
     model_name: str,
     experiment: str,
@@ -16,9 +17,10 @@ def register(
     gate_alpha: float,
     gate_margin: float,
     registration: Output[Artifact],
+    report: Output[HTML],
 ):
     """Registers the selected model in MLflow as `challenger`; promotes it to `champion` only when a paired
-    test on the target test split shows it better."""
+    test on the target test split shows it better. `report` is the evaluation report with the gate's verdict."""
     from dataclasses import asdict
 
     from tlpipe import steps
@@ -26,6 +28,6 @@ def register(
 
     result = exit_on_user_error(steps.register)(
         best_model.path, evaluation.path, target_test.path, model_name, experiment, pipeline_run, registration.path,
-        publish_to, gate_alpha, gate_margin,
+        publish_to, gate_alpha, gate_margin, evaluation_report.path, report.path,
     )
     registration.metadata.update(asdict(result))

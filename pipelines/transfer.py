@@ -102,12 +102,13 @@ def build(cluster: Cluster | None = None):
         registered = on.light(
             register, cache=False,
             best_model=scores.outputs["best_model"], evaluation=scores.outputs["evaluation"],
+            evaluation_report=scores.outputs["report"],
             target_test=data.outputs["target_test"], model_name=model_name, experiment=experiment, pipeline_run=run,
             publish_to=publish_to, gate_alpha=gate_alpha, gate_margin=gate_margin,
         )
         Outputs = NamedTuple("Outputs", evaluation=Artifact, report=HTML, registration=Artifact)
         return Outputs(
-            evaluation=scores.outputs["evaluation"], report=scores.outputs["report"],
+            evaluation=scores.outputs["evaluation"], report=registered.outputs["report"],
             registration=registered.outputs["registration"],
         )
 

@@ -61,10 +61,11 @@ def chain(tmp_path_factory):
                          evaluation=a["evaluation"], report=a["report"], metrics=a["metrics"],
                          confusion=a["confusion"], best_model=a["best_model"])
     a["registration"] = artifact(dsl.Artifact, root / "registration.json")
-    register.python_func(best_model=a["best_model"], evaluation=a["evaluation"], target_test=a["target_test"],
-                         model_name="tests-model", experiment="tests", pipeline_run="run-1",
+    a["final_report"] = artifact(dsl.HTML, root / "final-report.html")
+    register.python_func(best_model=a["best_model"], evaluation=a["evaluation"], evaluation_report=a["report"],
+                         target_test=a["target_test"], model_name="tests-model", experiment="tests", pipeline_run="run-1",
                          publish_to=str(root / "published"), gate_alpha=0.05, gate_margin=0.0,
-                         registration=a["registration"])
+                         registration=a["registration"], report=a["final_report"])
     yield a
     mp.undo()
 
@@ -147,6 +148,9 @@ def test_register_makes_the_first_version_champion_and_tags_lineage(chain):
 
     meta = chain["registration"].metadata
     assert meta["version"] == "1" and meta["promoted"] is True
+    report = Path(chain["final_report"].path).read_text()
+    assert "<h2>Registry gate</h2>" in report and "promoted: the first champion" in report
+    assert report.replace("<h2>Registry gate</h2>", "").count("<h2>") == Path(chain["report"].path).read_text().count("<h2>")
     client = MlflowClient()
     version = client.get_model_version_by_alias("tests-model", "champion")
     assert str(version.version) == "1"

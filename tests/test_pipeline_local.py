@@ -88,6 +88,8 @@ def test_second_identical_run_registers_version_2_but_keeps_the_champion(first_r
     # Same seed, same predictions: no image tells them apart, so there is no evidence to promote on.
     assert "only v2 right on 0, only v1 on 0; one-sided exact McNemar p = 1" in second.stdout
     assert "champion: version 1 (kept champion v1: not shown better (p=1 >= 0.05))" in second.stdout
+    report = Path(second.stdout.split("report: ")[1].split()[0]).read_text()
+    assert "one-sided exact McNemar p</td><td>1</td>" in report and "kept champion v1" in report
     assert versions(registry) == [1, 2]
     assert str(registry.get_model_version_by_alias("tlpipe", "champion").version) == "1"
     assert str(registry.get_model_version_by_alias("tlpipe", "challenger").version) == "2"

@@ -208,6 +208,7 @@ def test_rollback_moves_champion_back_and_listing_shows_lineage(models, tlpipe_h
     assert listing.returncode == 0, listing.stderr
     lines = listing.stdout.splitlines()
     assert lines[1].split()[:2] == ["2", "challenger,champion"] and "run-2" in lines[1]
+    assert "evidence" in lines[0] and "vs v1 " in lines[1] and "promoted: better than champion v1" in lines[1]
     assert lines[2].split()[0] == "1" and "run-1" in lines[2]
 
     moved = subprocess.run([*cli, "rollback", "--model-name", "gated"], env=env, capture_output=True, text=True)

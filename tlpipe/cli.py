@@ -73,7 +73,7 @@ def cmd_registry(args) -> None:
     from tlpipe import registry
 
     rows = registry.versions(_registry_client(args), args.model_name)
-    columns = ["version", "aliases", "accuracy", "candidate", "method", "created", "pipeline_run", "p", "gate"]
+    columns = ["version", "aliases", "accuracy", "candidate", "method", "created", "pipeline_run", "evidence", "p", "gate"]
     widths = {c: max(len(c), *(len(r[c]) for r in rows)) for c in columns}
     print("  ".join(c.ljust(widths[c]) for c in columns))
     for row in rows:

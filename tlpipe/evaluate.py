@@ -266,3 +266,23 @@ model or epoch was chosen by it. Per-class columns are the test accuracy on each
 </body></html>
 """
     Path(path).write_text(page)
+
+
+def add_gate_section(report_in: str | Path, report_out: str | Path, registration) -> None:
+    """Copies the evaluation report with the registry gate's evidence and verdict added
+    (`registration`: a tlpipe.registry.Registration)."""
+    esc = html.escape
+    r = registration
+    rows = [("registered", f"{r.model_name} version {r.version} (alias challenger)"),
+            ("test accuracy", f"{r.accuracy:.2%} on {r.test_images} target test images")]
+    if r.p_value is not None:
+        rows += [(f"champion v{r.previous_champion}", f"{r.previous_champion_accuracy:.2%} on the same images"),
+                 ("only the new version right", str(r.challenger_only)),
+                 (f"only v{r.previous_champion} right", str(r.champion_only)),
+                 ("one-sided exact McNemar p", f"{r.p_value:.3g}")]
+    rows.append(("verdict", r.verdict))
+    table = "".join(f"<tr><td>{esc(k)}</td><td>{esc(v)}</td></tr>" for k, v in rows)
+    section = (f'<h2>Registry gate</h2><table>{table}</table><p>The champion moves only when the paired test on the '
+               "images where the two models disagree shows the new version better.</p>\n")
+    page = Path(report_in).read_text()
+    Path(report_out).write_text(page.replace("<h2>Run</h2>", section + "<h2>Run</h2>", 1))

@@ -337,7 +337,16 @@ def versions(client, model_name: str) -> list[dict]:
             "method": tags.get("tlpipe.method", ""),
             "pipeline_run": tags.get(PIPELINE_RUN_TAG, ""),
             "created": time.strftime("%Y-%m-%d %H:%M", time.localtime(v.creation_timestamp / 1000)),
+            "evidence": _evidence(tags),
             "p": tags.get("tlpipe.gate.p_value", ""),
             "gate": tags.get("tlpipe.gate.verdict", ""),
         })
     return rows
+
+
+def _evidence(tags: dict[str, str]) -> str:
+    """The gate's comparison in a few characters: champion, its accuracy, images only each got right."""
+    if "tlpipe.gate.champion_version" not in tags:
+        return "-"
+    return (f"vs v{tags['tlpipe.gate.champion_version']} {float(tags['tlpipe.gate.champion_accuracy']):.4f}, "
+            f"+{tags['tlpipe.gate.challenger_only']}/-{tags['tlpipe.gate.champion_only']}")

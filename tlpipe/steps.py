@@ -22,8 +22,8 @@ from tlpipe.data import ImageSet, load_dataset, load_domain, save_dataset, split
 from tlpipe.data.splits import shared_with_source
 from tlpipe.data.attributes import DIGITS, signatures
 from tlpipe.errors import TlpipeError
-from tlpipe.evaluate import (Evaluation, compare, confusion_png, format_table, per_class_csv, score, task_accuracy,
-                             write_report)
+from tlpipe.evaluate import (Evaluation, add_gate_section, compare, confusion_png, format_table, per_class_csv, score,
+                             task_accuracy, write_report)
 from tlpipe.methods import adapt as adaptation, finetune as finetuning, supervised
 from tlpipe.models import Classifier, ModelSpec, load_model, read_weights, save_model
 from tlpipe.train import TrainConfig, device
@@ -383,9 +383,12 @@ def register(
     publish_to: str = "",
     gate_alpha: float = 0.05,
     gate_margin: float = 0.0,
+    report_in: str = "",
+    report_out: str = "",
 ):
     """Registers the selected model (alias challenger) and moves champion only if the paired test on the
-    target test split shows it better (tlpipe.registry)."""
+    target test split shows it better (tlpipe.registry); writes the evaluation report `report_in` with
+    the gate's evidence to `report_out`."""
     from tlpipe.registry import Gate, register as register_version
 
     gate = Gate(gate_alpha, gate_margin)
@@ -421,6 +424,9 @@ def register(
             mlflow.log_metric("gate_p_value", registration.p_value)
         mlflow.set_tags({"tlpipe.registered_version": registration.version, "tlpipe.promoted": str(registration.promoted),
                          "tlpipe.gate.verdict": registration.verdict})
+        if report_in:
+            add_gate_section(report_in, report_out, registration)
+            mlflow.log_text(Path(report_out).read_text(), "report/report.html")
     registration.save(out)
     tracking.end_pipeline_run(experiment, pipeline_run, "FINISHED")
     return registration
