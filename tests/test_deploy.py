@@ -158,6 +158,9 @@ def test_production_values_use_existing_secrets_ingress_network_policy_and_sched
     assert args.s3_secret == "team-vision-s3" and args.mlflow_secret == "tlpipe-mlflow"
     assert args.node_selector == ["cloud.google.com/gke-accelerator=nvidia-tesla-a100"]
     assert "model_name=vision-classifier" in args.param and "image_size=224" in args.param
+    # Training on the trainer image; ingest, evaluate and register on the chart's own CPU image.
+    assert args.image == "registry.example.com/ml/tlpipe-trainer:0.1.0"
+    assert args.light_image == pod["containers"][0]["image"] == "registry.example.com/ml/tlpipe-cpu:0.1.0"
 
 
 @pytest.mark.parametrize("values, key", [

@@ -9,7 +9,7 @@ import yaml
 
 from tests.fake_kfp import FakeKfp
 from tlpipe.cli import main
-from tlpipe.cluster import Cluster, Resources, Toleration, compile_pipeline, pipelines
+from tlpipe.cluster import CPU_IMAGE, Cluster, Resources, Toleration, compile_pipeline, pipelines
 
 REPO = Path(__file__).resolve().parents[1]
 TRAINING = {"pretrain", "finetune", "adapt", "champion"}
@@ -41,7 +41,8 @@ def test_compiled_pipelines_are_up_to_date(tmp_path):
 @pytest.mark.parametrize("name", ["transfer", "retrain"])
 def test_compiled_ir_places_steps(tmp_path, name):
     cluster = Cluster(
-        image="registry.example.com/tlpipe/trainer:1.2.3", gpus=2, gpu_resource="nvidia.com/gpu",
+        image="registry.example.com/tlpipe/trainer:1.2.3", light_image="registry.example.com/tlpipe/cpu:1.2.3",
+        gpus=2, gpu_resource="nvidia.com/gpu",
         node_selector={"cloud.google.com/gke-accelerator": "nvidia-l4"}, tolerations=(Toleration("gpu", "NoSchedule", "l4"),),
         train=Resources("6", "12", "24Gi", "48Gi"), light=Resources("500m", "", "1Gi", "2Gi"),
         shm_size="4Gi", retries=5, s3_secret="team-s3", mlflow_secret="team-mlflow",
@@ -53,7 +54,8 @@ def test_compiled_ir_places_steps(tmp_path, name):
         executor = executor_of(spec, task)
         container = spec["deploymentSpec"]["executors"][executor]["container"]
         k8s = platform[executor]
-        assert container["image"] == "registry.example.com/tlpipe/trainer:1.2.3"
+        # Light steps never pull the CUDA image.
+        assert container["image"] == f"registry.example.com/tlpipe/{'trainer' if kind(task) == 'train' else 'cpu'}:1.2.3"
         resources = container["resources"]
         secrets = {(s["secretName"], e["secretKey"], e["envVar"], s["optional"]) for s in k8s["secretAsEnv"] for e in s["keyToEnv"]}
         assert ("team-s3", "AWS_SECRET_ACCESS_KEY", "AWS_SECRET_ACCESS_KEY", False) in secrets
@@ -153,6 +155,9 @@ def test_compile_cli_writes_and_checks_options(tmp_path, capsys):
     assert main(["compile", "all", "-o", str(tmp_path), "--gpus", "4", "--node-selector", "pool=a100",
                  "--toleration", "nvidia.com/gpu:NoSchedule", "--image", "example.org/t:9"]) == 0
     spec, platform = load_ir(tmp_path / "transfer.yaml")
+    images = {task: spec["deploymentSpec"]["executors"][executor_of(spec, task)]["container"]["image"]
+              for task in ("adapt", "evaluate", "ingest")}
+    assert images == {"adapt": "example.org/t:9", "evaluate": CPU_IMAGE, "ingest": CPU_IMAGE}
     executor = executor_of(spec, "adapt")
     assert spec["deploymentSpec"]["executors"][executor]["container"]["resources"]["accelerator"]["count"] == "4"
     assert platform[executor]["nodeSelector"]["labels"] == {"pool": "a100"}
@@ -216,6 +221,36 @@ def test_submit_errors_are_one_sentence(kfp_server, capsys, tmp_path):
     assert main(["submit", str(tmp_path / "nope.yaml"), "--host", kfp_server.url, "--token", "tok-1"]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert not kfp_server.runs
+
+
+def test_submit_and_schedule_check_before_anything_reaches_the_cluster(kfp_server, capsys, monkeypatch, tmp_path):
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    connect = ["--host", kfp_server.url, "--token", "tok-1"]
+    assert main(["submit", "transfer", *connect, "-p", "strategy=freeze:two"]) == 2
+    assert "unknown fine-tuning strategy 'freeze:two'" in capsys.readouterr().err
+    assert main(["schedule", "retrain", "--cron", "0 0 3 * * *", *connect, "-p", "select_by=test"]) == 2
+    assert "unknown select_by 'test'" in capsys.readouterr().err
+    assert not kfp_server.runs and not kfp_server.recurring_runs
+
+    # What the pods read is not checked from here without the means to, and the output says so.
+    assert main(["submit", "transfer", *connect, "-p", "source=imagefolder:/data/source",
+                 "-p", "target=imagefolder:s3://photos/target"]) == 0
+    out = capsys.readouterr().out
+    assert "not checked here: source /data/source (a path the pods read)" in out
+    assert "not checked here: target s3://photos/target (no S3 credentials here)" in out
+    assert len(kfp_server.runs) == 1
+
+    # With credentials, S3 is checked before submitting: here the endpoint is down.
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "key")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:9")
+    assert main(["submit", "transfer", *connect, "-p", "publish_to=s3://published/runs"]) == 2
+    assert "cannot reach the S3 endpoint http://127.0.0.1:9" in capsys.readouterr().err
+    assert len(kfp_server.runs) == 1
 
 
 def test_schedule_create_list_delete(kfp_server, capsys, monkeypatch):

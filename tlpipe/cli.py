@@ -121,7 +121,7 @@ def _cluster(args):
     selector = _params(args.node_selector) if args.node_selector else default.node_selector
     tolerations = tuple(Toleration.parse(t) for t in args.toleration) if args.toleration else default.tolerations
     return Cluster(
-        image=args.image, gpus=args.gpus, gpu_resource=args.gpu_resource, node_selector=selector,
+        image=args.image, light_image=args.light_image, gpus=args.gpus, gpu_resource=args.gpu_resource, node_selector=selector,
         tolerations=tolerations,
         train=Resources(*_request_limit(args.train_cpu), *_request_limit(args.train_memory)),
         light=Resources(*_request_limit(args.light_cpu), *_request_limit(args.light_memory)),
@@ -144,9 +144,20 @@ def _connect(args):
     return remote.connect(args.host, args.token, args.namespace)
 
 
+def _check_before_submit(args) -> None:
+    """The checks `tlpipe run` makes, before anything reaches the cluster: a mistake found on the
+    cluster costs a GPU pod and Kubeflow's retries."""
+    from tlpipe import remote
+    from tlpipe.local import preflight
+
+    for note in preflight(*remote.arguments_and_defaults(args.pipeline, _params(args.param)), on_cluster=True):
+        print(f"not checked here: {note}")
+
+
 def cmd_submit(args) -> None:
     from tlpipe import remote
 
+    _check_before_submit(args)
     run_id, url = remote.submit(_connect(args), args.pipeline, _cluster(args), _params(args.param), args.experiment,
                                 args.run_name, args.namespace)
     print(f"submitted run {run_id}: {url}")
@@ -170,6 +181,7 @@ def cmd_schedule(args) -> None:
     if not args.cron:
         raise TlpipeError("schedule needs --cron, six fields with seconds first, e.g. \"0 0 3 * * *\".")
     remote.validate_cron(args.cron)
+    _check_before_submit(args)
     recurring_id, url = remote.schedule(
         _connect(args), args.pipeline, _cluster(args), _params(args.param), args.experiment, args.cron,
         name=args.name, max_concurrency=args.max_concurrency, catchup=args.catchup, replace=args.replace,
@@ -179,12 +191,15 @@ def cmd_schedule(args) -> None:
 
 
 def _add_cluster_options(parser) -> None:
-    from tlpipe.cluster import DEFAULT_IMAGE, Cluster
+    from tlpipe.cluster import CPU_IMAGE, DEFAULT_IMAGE, Cluster
 
     d = Cluster()
     group = parser.add_argument_group("cluster placement (compile options)")
     group.add_argument("--image", default=os.environ.get("TLPIPE_IMAGE", DEFAULT_IMAGE),
-                       help="component image, a versioned tag (default: $TLPIPE_IMAGE or %(default)s)")
+                       help="image of the training steps, a versioned tag (default: $TLPIPE_IMAGE or %(default)s)")
+    group.add_argument("--light-image", default=os.environ.get("TLPIPE_LIGHT_IMAGE", CPU_IMAGE),
+                       help="image of ingest, evaluate and register, without CUDA (default: $TLPIPE_LIGHT_IMAGE or "
+                            "%(default)s)")
     group.add_argument("--gpus", type=int, default=d.gpus, help="GPUs per training step; 0 for CPU nodes (default 1)")
     group.add_argument("--gpu-resource", default=d.gpu_resource, help="accelerator resource/type (default %(default)s)")
     group.add_argument("--node-selector", action="append", metavar="KEY=VALUE",

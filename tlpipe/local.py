@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tlpipe import augment, selection, settings, storage, tracking
 from tlpipe.data import check_spec
-from tlpipe.data.spec import BUILTIN
+from tlpipe.data.spec import BUILTIN, spec_location
 from tlpipe.errors import ERROR_FILE_ENV, TlpipeError
 from tlpipe.evaluate import Evaluation
 from tlpipe.methods.finetune import parse_strategy
@@ -119,9 +119,51 @@ def pipeline_arguments(pipeline, given: dict[str, str]) -> dict:
     return arguments
 
 
-def preflight(arguments: dict, defaults: dict) -> None:
-    """Checks that are cheap now and expensive to find out after training started."""
+def preflight(arguments: dict, defaults: dict, on_cluster: bool = False) -> list[str]:
+    """Checks that are cheap now and expensive to find out after training started.
+
+    `on_cluster` (tlpipe submit and schedule): the data and services are the cluster's. Parameters are
+    checked all the same; S3 locations are checked when this machine has S3 credentials; paths and the
+    tracking server, which the pods see and this machine may not, are not. Returns what was not checked.
+    """
     values = {**defaults, **arguments}
+    check_parameters(values)
+    skipped = []
+    s3 = not on_cluster or storage.has_credentials()
+
+    def reachable(name: str, location: str) -> bool:
+        """Whether `location` can be checked from here; notes it in `skipped` if not."""
+        if not on_cluster:
+            return True
+        if storage.is_s3(location):
+            if not s3:
+                skipped.append(f"{name} {location} (no S3 credentials here)")
+            return s3
+        skipped.append(f"{name} {location} (a path the pods read)")
+        return False
+
+    for key in ("source", "target"):
+        if key in values:
+            location = spec_location(values[key])
+            check_spec(values[key], read=not location or reachable(key, location))
+    weights = values.get("pretrained_weights")
+    if weights and reachable("pretrained_weights", weights):
+        if storage.is_s3(weights):
+            storage.check_bucket(weights)
+        elif not Path(weights).is_file():
+            raise TlpipeError(f"pretrained weights file {weights} does not exist.")
+    for key in ("publish_to", "checkpoint_root"):
+        if storage.is_s3(values.get(key, "")) and reachable(key, values[key]):
+            storage.check_bucket(values[key])
+    if on_cluster:
+        skipped.append("the MLflow tracking server (the pods reach it through the cluster's Secret)")
+    else:
+        tracking.check_reachable()
+    return skipped
+
+
+def check_parameters(values: dict) -> None:
+    """The checks of parameter values alone, wherever the pipeline will run."""
     if "strategy" in values:
         name, _ = parse_strategy(values["strategy"])
         builtin = values.get("source") in BUILTIN
@@ -143,18 +185,6 @@ def preflight(arguments: dict, defaults: dict) -> None:
         selection.resolve(values["select_by"], values.get("target_val_per_class", 0))
     if "gate_alpha" in values:
         Gate(values["gate_alpha"], values.get("gate_margin", 0.0))
-    for key in ("source", "target"):
-        if key in values:
-            check_spec(values[key])
-    weights = values.get("pretrained_weights")
-    if weights and storage.is_s3(weights):
-        storage.check_bucket(weights)
-    elif weights and not Path(weights).is_file():
-        raise TlpipeError(f"pretrained weights file {weights} does not exist.")
-    for key in ("publish_to", "checkpoint_root"):
-        if storage.is_s3(values.get(key, "")):
-            storage.check_bucket(values[key])
-    tracking.check_reachable()
 
 
 def _check_blocks(blocks: list, backbone: str, image_size: int) -> None:

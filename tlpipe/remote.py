@@ -169,6 +169,23 @@ def _package(pipeline: str, cluster: Cluster, tmp: str, given: dict[str, str]) -
     return path, pipeline_arguments(load_component_from_file(path), given)
 
 
+def arguments_and_defaults(pipeline: str, given: dict[str, str]) -> tuple[dict, dict]:
+    """PIPELINE's (a name or a compiled .yaml file) typed arguments from NAME=VALUE strings, and its defaults."""
+    from kfp.components import load_component_from_file
+
+    from tlpipe.cluster import pipeline as build_pipeline
+    from tlpipe.local import pipeline_arguments
+
+    if pipeline.endswith((".yaml", ".yml")):
+        if not Path(pipeline).is_file():
+            raise TlpipeError(f"compiled pipeline {pipeline} does not exist; write it with `tlpipe compile`.")
+        component = load_component_from_file(pipeline)
+    else:
+        component = build_pipeline(pipeline)
+    defaults = {k: spec.default for k, spec in component.component_spec.inputs.items()}
+    return pipeline_arguments(component, given), defaults
+
+
 def submit(connection: Connection, pipeline: str, cluster: Cluster, given: dict[str, str], experiment: str,
            run_name: str | None = None, namespace: str | None = None) -> tuple[str, str]:
     """Creates a run; its id and URL."""

@@ -76,6 +76,13 @@ def explain(error: Exception, bucket: str) -> TlpipeError:
     return TlpipeError(f"S3 request to {where} failed ({type(error).__name__}).")
 
 
+def has_credentials() -> bool:
+    """Whether boto3 finds S3 credentials here (variables, profile or instance role)."""
+    import boto3
+
+    return boto3.Session().get_credentials() is not None
+
+
 def check_bucket(uri: str) -> None:
     """Fails fast with one sentence if the bucket of `uri` is unreachable, forbidden or missing."""
     bucket, _ = split_s3(uri)

@@ -30,9 +30,20 @@ def _parse(spec: str) -> tuple[str, str]:
     raise TlpipeError(f"unknown dataset spec '{spec}'; use {FORMS}.")
 
 
-def check_spec(spec: str) -> None:
-    """Cheap checks that can run before a pipeline starts (the full validation runs at ingest)."""
+def spec_location(spec: str) -> str:
+    """The folder or S3 prefix a spec reads ("" for built-in domains)."""
     kind, location = _parse(spec)
+    return location.split(":", 1)[1] if kind == "torchvision" else location
+
+
+def check_spec(spec: str, read: bool = True) -> None:
+    """Cheap checks that can run before a pipeline starts (the full validation runs at ingest); with
+    read=False only the spec's form, not its data."""
+    kind, location = _parse(spec)
+    if not read:
+        if kind == "torchvision":
+            torchvision_datasets.dataset_class(location.split(":", 1)[0])
+        return
     if kind == "imagefolder" and storage.is_s3(location):
         storage.check_bucket(location)
         if not storage.list_keys(location):
