@@ -29,7 +29,7 @@ from mlflow.types.schema import Schema, TensorSpec
 import tlpipe
 from tlpipe.data import ImageSet
 from tlpipe.errors import TlpipeError
-from tlpipe.evaluate import PairedComparison, paired_comparison
+from tlpipe.evaluate import PairedComparison, paired_comparison, score
 from tlpipe.models import load_model
 from tlpipe.tracking import PIPELINE_RUN_TAG
 
@@ -276,8 +276,7 @@ def register(client, model_dir: str | Path, model_name: str, test: ImageSet, tag
         if current is not None and str(current.version) == version:  # a retried step that had promoted
             return Registration.load_tags(model_name, version, client.get_model_version(model_name, version).tags)
         if current is None:
-            accuracy = paired_comparison(challenger, challenger, test).challenger_accuracy
-            result = Registration(model_name, version, accuracy, True, version, None, None,
+            result = Registration(model_name, version, score(challenger, test).accuracy, True, version, None, None,
                                   "promoted: the first champion", test_images=len(test))
         else:
             champion = champion_model(model_name, current)
