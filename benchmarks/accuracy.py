@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/accuracy.py [--pairs digits:digits-m syn-digits:digits digits-m:digits]
                                             [--seeds 0 1 2] [--jobs 2] [--source-augment colour]
-                                            [--out benchmarks/results/accuracy.md]
+                                            [--out benchmarks/results/accuracy.md] [--units units.jsonl]
 
 Uses the library calls, splits and defaults of the transfer pipeline (without KFP and MLflow), and the
 target-oracle upper bound: the same network trained on all target training images (labelled and
@@ -17,12 +17,13 @@ negative means negative transfer.
 
 import argparse
 import dataclasses
+import json
 import os
 import platform
 import statistics
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
 
 import numpy as np
@@ -104,6 +105,15 @@ def pair_table(pair: str, seeds: list[int], per_seed: list[dict[str, float]]) ->
     return "\n".join(lines), closed
 
 
+def _finished(path: str | None, units: list) -> dict:
+    """The units of `units` that the --units file holds, with their results."""
+    if not path or not os.path.exists(path):
+        return {}
+    rows = [json.loads(line) for line in open(path) if line.strip()]
+    found = {(r["pair"], r["seed"]): {m: tuple(v) for m, v in r["results"].items()} for r in rows}
+    return {u: found[u] for u in units if u in found}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", nargs="+", default=PAIRS, metavar="SOURCE:TARGET")
@@ -118,18 +128,28 @@ def main() -> None:
                         help="augmentation of the source images in pretraining and adaptation (and of the oracle's)")
     parser.add_argument("--jobs", type=int, default=os.cpu_count(), help="units (pair, seed) run side by side")
     parser.add_argument("--out", help="also write the tables, command, machine and date to this markdown file")
+    parser.add_argument("--units", help="a JSON-lines file of finished units (pair, seed): each is added as it "
+                                        "finishes, and a unit found there is not run again, so an interrupted "
+                                        "benchmark goes on where it stopped")
     args = parser.parse_args()
 
     started = time.time()
     units = [(pair, seed) for pair in args.pairs for seed in args.seeds]
+    by_unit = _finished(args.units, units)
+    todo = [u for u in units if u not in by_unit]
     with ProcessPoolExecutor(max_workers=args.jobs, mp_context=get_context("spawn")) as pool:
-        results = list(pool.map(run_unit, [args] * len(units), *zip(*units)))
-    by_unit = dict(zip(units, results))
+        running = {pool.submit(run_unit, args, pair, seed): (pair, seed) for pair, seed in todo}
+        for done in as_completed(running):
+            by_unit[running[done]] = done.result()
+            if args.units:
+                with open(args.units, "a") as f:
+                    pair, seed = running[done]
+                    f.write(json.dumps({"pair": pair, "seed": seed, "results": by_unit[running[done]]}) + "\n")
     tables, summary = [], {}
     for pair in args.pairs:
         table, summary[pair] = pair_table(pair, args.seeds, [by_unit[(pair, s)] for s in args.seeds])
         tables.append(table)
-    methods = list(results[0])
+    methods = list(by_unit[units[0]])
     lines = ["### Share of the source-only -> oracle gap closed", "",
              "| method | " + " | ".join(p.replace(":", " -> ") for p in args.pairs) + " |",
              "|---" * (len(args.pairs) + 1) + "|"]
