@@ -223,7 +223,11 @@ def test_submit_errors_are_one_sentence(kfp_server, capsys, tmp_path):
     assert not kfp_server.runs
 
 
-def test_submit_and_schedule_check_before_anything_reaches_the_cluster(kfp_server, capsys, monkeypatch, tmp_path):
+def test_submit_and_schedule_check_before_anything_reaches_the_cluster(kfp_server, capsys, monkeypatch, tmp_path,
+                                                                      request):
+    from tlpipe import storage
+
+    request.addfinalizer(storage.client.cache_clear)  # the S3 client below is made for a dead endpoint
     for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))

@@ -48,7 +48,9 @@ def client():
         read_timeout=60,
     )
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
-    return boto3.client("s3", region_name=region, config=config)
+    # A session of its own: boto3's default session keeps the first credentials it resolved for the whole
+    # process, so a cleared cache would still sign with them.
+    return boto3.session.Session().client("s3", region_name=region, config=config)
 
 
 def _transfer_config():
