@@ -123,11 +123,10 @@ def test_evaluate_selects_on_validation_and_register_gates_with_the_pipeline_par
 def test_the_kubeflow_backend_compiler_accepts_every_committed_pipeline():
     """The Kubeflow Pipelines 2.17 API server's own IR -> Argo Workflow compiler and Argo's validation,
     where the workspace provides them (shared/tools/kfp-backend); a user's clone skips."""
-    import shutil
     import subprocess
 
     check = REPO.parent / "shared" / "tools" / "kfp-backend" / "kfp-backend-check"
-    if not check.is_file() or not shutil.which("bash"):
+    if not check.is_file():
         pytest.skip(f"{check} is not here (it ships with the tlpipe workspace, not the repository)")
     files = sorted(str(p) for p in (REPO / "pipelines" / "compiled").glob("*.yaml"))
     result = subprocess.run([str(check), *files], capture_output=True, text=True, timeout=300)

@@ -109,6 +109,11 @@ class PairedComparison:
     champion_only: int  # the reverse
     p_value: float  # one-sided exact McNemar test that the challenger is better
 
+    @property
+    def gain(self) -> float:
+        """The challenger's test accuracy minus the champion's, in points."""
+        return 100 * (self.challenger_accuracy - self.champion_accuracy)
+
 
 def mcnemar_p(challenger_only: int, champion_only: int) -> float:
     """One-sided exact McNemar test: under "equally good" each discordant image is a fair coin, so p is

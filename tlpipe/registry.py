@@ -58,15 +58,13 @@ class Gate:
             raise TlpipeError(f"gate_margin is a gain in accuracy points, from 0 to 100; got {self.margin}.")
 
     def passes(self, evidence: PairedComparison) -> bool:
-        gain = 100 * (evidence.challenger_accuracy - evidence.champion_accuracy)
-        return evidence.p_value < self.alpha and gain >= self.margin
+        return evidence.p_value < self.alpha and evidence.gain >= self.margin
 
     def verdict(self, evidence: PairedComparison, champion: str) -> str:
-        gain = 100 * (evidence.challenger_accuracy - evidence.champion_accuracy)
         if self.passes(evidence):
             return f"promoted: better than champion v{champion} (p={evidence.p_value:.3g} < {self.alpha:g})"
         why = (f"p={evidence.p_value:.3g} >= {self.alpha:g}" if evidence.p_value >= self.alpha
-               else f"gain {gain:+.2f} points < margin {self.margin:g}")
+               else f"gain {evidence.gain:+.2f} points < margin {self.margin:g}")
         return f"kept champion v{champion}: not shown better ({why})"
 
 

@@ -156,17 +156,8 @@ def validate_cron(expression: str) -> str:
 
 def _package(pipeline: str, cluster: Cluster, tmp: str, given: dict[str, str]) -> tuple[str, dict]:
     """The compiled package for PIPELINE (a name or a .yaml file) and the typed arguments."""
-    from kfp.components import load_component_from_file
-
-    from tlpipe.local import pipeline_arguments
-
-    if pipeline.endswith((".yaml", ".yml")):
-        if not Path(pipeline).is_file():
-            raise TlpipeError(f"compiled pipeline {pipeline} does not exist; write it with `tlpipe compile`.")
-        path = pipeline
-    else:
-        path = str(compile_pipeline(pipeline, tmp, cluster))
-    return path, pipeline_arguments(load_component_from_file(path), given)
+    path = pipeline if pipeline.endswith((".yaml", ".yml")) else str(compile_pipeline(pipeline, tmp, cluster))
+    return path, arguments_and_defaults(path, given)[0]
 
 
 def arguments_and_defaults(pipeline: str, given: dict[str, str]) -> tuple[dict, dict]:

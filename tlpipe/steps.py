@@ -246,7 +246,6 @@ def evaluate(
     """Scores baselines and candidates on the target validation and test splits, selects one by
     `select_by` (tlpipe.selection; of all, or with best_of="candidates" of the candidates) and copies it
     out. The test split only reports."""
-    selection.check(select_by)
     test, meta = load_dataset(target_test)
     if not test.is_labelled or len(test) == 0:
         raise TlpipeError(f"target test split {target_test} is empty or unlabelled.")
