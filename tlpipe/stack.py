@@ -127,7 +127,10 @@ def up() -> dict[str, str]:
         weed = Path(sys.executable).parent / "weed"
         flags = [f"-{name.replace('.grpc', '.port.grpc') if '.grpc' in name else name + '.port'}={ports[name]}"
                  for name in SEAWEED_PORTS if name != "s3"]
+        # Volumes as many as fit the free disk (-volume.max=0) at 1 GB each: at weed's default 30 GB a disk
+        # with less than 60 GB free has no volume to grow a bucket into, and every PUT fails.
         _start("s3", [str(weed), "server", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-volume.max=0",
+                      "-master.volumeSizeLimitMB=1024",
                       "-s3", f"-s3.port={ports['s3']}", f"-s3.config={s3_config}", "-s3.port.iceberg=0",
                       "-s3.port.lance=0", *flags], {})
     _wait("s3", env["AWS_ENDPOINT_URL_S3"], 60)
