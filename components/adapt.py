@@ -21,13 +21,13 @@ def adapt(
     nproc: int,
     source_augment: str,
     experiment: str,
-    pipeline_run: str,
     model: Output[Model],
 ):
     """Adapts the source model to the unlabelled target domain (DANN, CDAN+E, DAN, Deep CORAL), or with
     dann+finetune adapts and then fine-tunes on the labelled target images for finetune_epochs. source_augment
     applies to the source images (tlpipe.augment: none, colour)."""
     from tlpipe import steps
+    from tlpipe.tracking import current_pipeline_run
     from tlpipe.errors import exit_on_user_error
     from tlpipe.train import TrainConfig
 
@@ -35,7 +35,7 @@ def adapt(
                          checkpoint_every=checkpoint_every, nproc=nproc,
                          augment=source_augment)
     facts = exit_on_user_error(steps.adapt)(
-        source_model.path, source_train.path, target_unlabelled.path, model.path, method, config, experiment, pipeline_run,
+        source_model.path, source_train.path, target_unlabelled.path, model.path, method, config, experiment, current_pipeline_run(),
         target_labelled.path, finetune_epochs,
     )
     model.metadata.update(facts)

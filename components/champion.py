@@ -19,11 +19,11 @@ def champion(
     nproc: int,
     source_augment: str,
     experiment: str,
-    pipeline_run: str,
     model: Output[Model],
 ):
     """Retraining's starting model: the registry's champion, or a source model trained now when there is none."""
     from tlpipe import steps
+    from tlpipe.tracking import current_pipeline_run
     from tlpipe.errors import exit_on_user_error
     from tlpipe.train import TrainConfig
 
@@ -31,6 +31,6 @@ def champion(
                          checkpoint_every=checkpoint_every, nproc=nproc,
                          augment=source_augment)
     facts = exit_on_user_error(steps.start_model)(
-        source_train.path, model.path, model_name, backbone, pretrained_weights, config, experiment, pipeline_run
+        source_train.path, model.path, model_name, backbone, pretrained_weights, config, experiment, current_pipeline_run()
     )
     model.metadata.update(facts)

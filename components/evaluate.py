@@ -17,7 +17,6 @@ def evaluate(
     adapted: Input[Model],
     select_by: str,
     experiment: str,
-    pipeline_run: str,
     evaluation: Output[Artifact],
     report: Output[HTML],
     metrics: Output[Metrics],
@@ -27,6 +26,7 @@ def evaluate(
     """Scores baselines and candidates on the target validation and test splits, selects one by
     `select_by` (never by the test split), and reports."""
     from tlpipe import steps
+    from tlpipe.tracking import current_pipeline_run
     from tlpipe.errors import exit_on_user_error
 
     result = exit_on_user_error(steps.evaluate)(
@@ -37,7 +37,7 @@ def evaluate(
         report_out=report.path,
         best_model_out=best_model.path,
         experiment=experiment,
-        pipeline_run=pipeline_run,
+        pipeline_run=current_pipeline_run(),
         source_test=source_test.path,
         target_val=target_val.path,
         source_val=source_val.path,
@@ -59,7 +59,6 @@ def evaluate_retrain(
     adapted: Input[Model],
     select_by: str,
     experiment: str,
-    pipeline_run: str,
     evaluation: Output[Artifact],
     report: Output[HTML],
     metrics: Output[Metrics],
@@ -69,6 +68,7 @@ def evaluate_retrain(
     """Scores the retrained candidates against the model they started from; selects a candidate by
     `select_by`."""
     from tlpipe import steps
+    from tlpipe.tracking import current_pipeline_run
     from tlpipe.errors import exit_on_user_error
 
     result = exit_on_user_error(steps.evaluate)(
@@ -79,7 +79,7 @@ def evaluate_retrain(
         report_out=report.path,
         best_model_out=best_model.path,
         experiment=experiment,
-        pipeline_run=pipeline_run,
+        pipeline_run=current_pipeline_run(),
         best_of="candidates",
         source_test=source_test.path,
         target_val=target_val.path,

@@ -18,20 +18,20 @@ def finetune(
     checkpoint_every: int,
     nproc: int,
     experiment: str,
-    pipeline_run: str,
     step_name: str,
     model: Output[Model],
 ):
     """Fine-tunes the source model on the few labelled target images (strategy `scratch`: no transfer;
     multitask and zero-shot also use the source training images)."""
     from tlpipe import steps
+    from tlpipe.tracking import current_pipeline_run
     from tlpipe.errors import exit_on_user_error
     from tlpipe.train import TrainConfig
 
     config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, checkpoint_dir=checkpoint_root,
                          checkpoint_every=checkpoint_every, nproc=nproc)
     facts = exit_on_user_error(steps.finetune)(
-        source_model.path, target_labelled.path, model.path, strategy, config, experiment, pipeline_run, step_name,
+        source_model.path, target_labelled.path, model.path, strategy, config, experiment, current_pipeline_run(), step_name,
         source_train.path,
     )
     model.metadata.update(facts)

@@ -5,7 +5,19 @@ from components import IMAGE
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
+def data_version(source: str, target: str, attributes: str) -> str:
+    """What ingest would read now: built-in domains by tlpipe's version, folders (local or S3) by their
+    listing. Never cached itself; ingest is cached on its answer, so a rerun on unchanged data reuses the
+    splits and every training step after them, and a changed folder misses the cache."""
+    from tlpipe.data.spec import data_versions
+    from tlpipe.errors import exit_on_user_error
+
+    return exit_on_user_error(data_versions)(source, target, attributes)
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
 def ingest(
+    data_version: str,
     source: str,
     target: str,
     target_labels_per_class: int,
@@ -13,7 +25,6 @@ def ingest(
     seed: int,
     image_size: int,
     experiment: str,
-    pipeline_run: str,
     publish_to: str,
     unseen_classes: str,
     attributes: str,
@@ -26,8 +37,10 @@ def ingest(
     target_test: Output[Dataset],
 ):
     """Resolves and validates both domains and writes the seven disjoint splits, decided by each image's
-    stable identity and the seed (unseen classes only in the test splits)."""
+    stable identity and the seed (unseen classes only in the test splits). `data_version` (the
+    data_version step's answer) is what makes caching ingest safe: the cache key changes with the data."""
     from tlpipe import steps
+    from tlpipe.tracking import current_pipeline_run
     from tlpipe.errors import exit_on_user_error
 
     outputs = {
@@ -42,8 +55,8 @@ def ingest(
     facts = exit_on_user_error(steps.ingest)(
         source, target, target_labels_per_class, seed, image_size,
         out={name: artifact.path for name, artifact in outputs.items()},
-        experiment=experiment, pipeline_run=pipeline_run, publish_to=publish_to, unseen_classes=unseen_classes,
-        attributes=attributes, target_val_per_class=target_val_per_class,
+        experiment=experiment, pipeline_run=current_pipeline_run(), publish_to=publish_to, unseen_classes=unseen_classes,
+        attributes=attributes, target_val_per_class=target_val_per_class, data_version=data_version,
     )
     for name, artifact in outputs.items():
         artifact.metadata.update(facts[name])

@@ -18,12 +18,12 @@ def pretrain(
     nproc: int,
     source_augment: str,
     experiment: str,
-    pipeline_run: str,
     model: Output[Model],
 ):
     """Trains backbone + head on the labelled source domain (optionally from pretrained weights), with
     source_augment (tlpipe.augment: none, colour) applied to its images."""
     from tlpipe import steps
+    from tlpipe.tracking import current_pipeline_run
     from tlpipe.errors import exit_on_user_error
     from tlpipe.train import TrainConfig
 
@@ -31,6 +31,6 @@ def pretrain(
                          checkpoint_every=checkpoint_every, nproc=nproc,
                          augment=source_augment)
     facts = exit_on_user_error(steps.pretrain)(
-        source_train.path, model.path, backbone, pretrained_weights, config, experiment, pipeline_run
+        source_train.path, model.path, backbone, pretrained_weights, config, experiment, current_pipeline_run()
     )
     model.metadata.update(facts)

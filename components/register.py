@@ -12,7 +12,6 @@ def register(
     target_test: Input[Dataset],
     model_name: str,
     experiment: str,
-    pipeline_run: str,
     publish_to: str,
     gate_alpha: float,
     gate_margin: float,
@@ -24,10 +23,11 @@ def register(
     from dataclasses import asdict
 
     from tlpipe import steps
+    from tlpipe.tracking import current_pipeline_run
     from tlpipe.errors import exit_on_user_error
 
     result = exit_on_user_error(steps.register)(
-        best_model.path, evaluation.path, target_test.path, model_name, experiment, pipeline_run, registration.path,
+        best_model.path, evaluation.path, target_test.path, model_name, experiment, current_pipeline_run(), registration.path,
         publish_to, gate_alpha, gate_margin, evaluation_report.path, report.path,
     )
     registration.metadata.update(asdict(result))

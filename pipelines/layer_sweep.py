@@ -3,14 +3,11 @@
 one table and plot of target accuracy against k.
 """
 
-from typing import NamedTuple
-
 from kfp import dsl
-from kfp.dsl import HTML, Artifact
 
-from components.ingest import ingest
 from components.layers import layer_sweep_report, layer_transfer
 from components.pretrain import pretrain
+from pipelines import closing_run, ingest_data
 from tlpipe.cluster import Cluster, Placement
 
 
@@ -35,35 +32,33 @@ def build(cluster: Cluster | None = None):
         batch_size: int = 64,
         lr: float = 0.01,
         experiment: str = "tlpipe",
-        checkpoint_root: str = "",
+        checkpoint_root: str = on.checkpoint_root,
         checkpoint_every: int = 1,
         nproc: int = 0,
-    ) -> NamedTuple("Outputs", sweep=Artifact, report=HTML):
-        run = dsl.PIPELINE_JOB_ID_PLACEHOLDER
-        train = dict(batch_size=batch_size, lr=lr, seed=seed, checkpoint_root=checkpoint_root,
-                     checkpoint_every=checkpoint_every, nproc=nproc, experiment=experiment, pipeline_run=run)
-        data = on.light(
-            ingest, cache=False,
-            source=source, target=target, target_labels_per_class=target_labels_per_class,
-            target_val_per_class=target_val_per_class, seed=seed,
-            image_size=image_size, experiment=experiment, pipeline_run=run, publish_to="", unseen_classes="",
-            attributes="",
-        )
-        source_model = on.train(
-            pretrain, source_train=data.outputs["source_train"], backbone=backbone,
-            pretrained_weights=pretrained_weights, epochs=source_epochs, source_augment=source_augment, **train,
-        )
-        with dsl.ParallelFor(items=blocks) as k:
-            point = on.train(
-                layer_transfer, source_model=source_model.outputs["model"],
-                target_labelled=data.outputs["target_labelled"], target_test=data.outputs["target_test"],
-                blocks=k, epochs=finetune_epochs, **train,
+    ):
+        with closing_run(on, experiment):
+            train = dict(batch_size=batch_size, lr=lr, seed=seed, checkpoint_root=checkpoint_root,
+                         checkpoint_every=checkpoint_every, nproc=nproc, experiment=experiment)
+            data = ingest_data(
+                on,
+                source=source, target=target, target_labels_per_class=target_labels_per_class,
+                target_val_per_class=target_val_per_class, seed=seed,
+                image_size=image_size, experiment=experiment, publish_to="", unseen_classes="",
+                attributes="",
             )
-        summary = on.light(
-            layer_sweep_report, points=dsl.Collected(point.outputs["point"]), experiment=experiment, pipeline_run=run,
-        )
-        Outputs = NamedTuple("Outputs", sweep=Artifact, report=HTML)
-        return Outputs(sweep=summary.outputs["sweep"], report=summary.outputs["report"])
+            source_model = on.train(
+                pretrain, source_train=data.outputs["source_train"], backbone=backbone,
+                pretrained_weights=pretrained_weights, epochs=source_epochs, source_augment=source_augment, **train,
+            )
+            with dsl.ParallelFor(items=blocks) as k:
+                point = on.train(
+                    layer_transfer, source_model=source_model.outputs["model"],
+                    target_labelled=data.outputs["target_labelled"], target_test=data.outputs["target_test"],
+                    blocks=k, epochs=finetune_epochs, **train,
+                )
+            on.light(
+                layer_sweep_report, points=dsl.Collected(point.outputs["point"]), experiment=experiment,
+            )
 
     return layer_sweep
 

@@ -6,17 +6,14 @@ fresh target test split, and registers the better candidate; register's gate pro
 it beats the champion there.
 """
 
-from typing import NamedTuple
-
 from kfp import dsl
-from kfp.dsl import HTML, Artifact
 
 from components.adapt import adapt
 from components.champion import champion
 from components.evaluate import evaluate_retrain
 from components.finetune import finetune
-from components.ingest import ingest
 from components.register import register
+from pipelines import closing_run, ingest_data
 from tlpipe.cluster import Cluster, Placement
 
 
@@ -48,62 +45,56 @@ def build(cluster: Cluster | None = None):
         model_name: str = "tlpipe",
         experiment: str = "tlpipe",
         publish_to: str = "",
-        checkpoint_root: str = "",
+        checkpoint_root: str = on.checkpoint_root,
         checkpoint_every: int = 1,
         nproc: int = 0,
         unseen_classes: str = "",
         attributes: str = "",
-    ) -> NamedTuple("Outputs", evaluation=Artifact, report=HTML, registration=Artifact):
-        run = dsl.PIPELINE_JOB_ID_PLACEHOLDER
-        train = dict(batch_size=batch_size, lr=lr, seed=seed, checkpoint_root=checkpoint_root,
-                     checkpoint_every=checkpoint_every, nproc=nproc, experiment=experiment, pipeline_run=run)
-        data = on.light(
-            ingest, cache=False,
-            source=source, target=target, target_labels_per_class=target_labels_per_class,
-            target_val_per_class=target_val_per_class, seed=seed,
-            image_size=image_size, experiment=experiment, pipeline_run=run, publish_to=publish_to,
-            unseen_classes=unseen_classes, attributes=attributes,
-        )
-        # The champion changes behind the same name: never cached.
-        start = on.train(
-            champion,
-            source_train=data.outputs["source_train"], model_name=model_name, backbone=backbone,
-            pretrained_weights=pretrained_weights, epochs=source_epochs, source_augment=source_augment, **train,
-        ).set_caching_options(False)
-        finetuned = on.train(
-            finetune,
-            source_model=start.outputs["model"], source_train=data.outputs["source_train"],
-            target_labelled=data.outputs["target_labelled"], strategy=strategy,
-            epochs=finetune_epochs, step_name="finetune", **train,
-        ).set_display_name("finetune")
-        adapted = on.train(
-            adapt,
-            source_model=start.outputs["model"], source_train=data.outputs["source_train"],
-            target_unlabelled=data.outputs["target_unlabelled"], target_labelled=data.outputs["target_labelled"],
-            method=adapt_method, epochs=adapt_epochs, finetune_epochs=finetune_epochs, source_augment=source_augment,
-            **train,
-        )
-        scores = on.light(
-            evaluate_retrain,
-            target_test=data.outputs["target_test"], target_val=data.outputs["target_val"],
-            source_val=data.outputs["source_val"], target_unlabelled=data.outputs["target_unlabelled"],
-            source_test=data.outputs["source_test"], select_by=select_by,
-            start_model=start.outputs["model"],
-            finetuned=finetuned.outputs["model"], adapted=adapted.outputs["model"], experiment=experiment,
-            pipeline_run=run,
-        )
-        registered = on.light(
-            register, cache=False,
-            best_model=scores.outputs["best_model"], evaluation=scores.outputs["evaluation"],
-            evaluation_report=scores.outputs["report"],
-            target_test=data.outputs["target_test"], model_name=model_name, experiment=experiment, pipeline_run=run,
-            publish_to=publish_to, gate_alpha=gate_alpha, gate_margin=gate_margin,
-        )
-        Outputs = NamedTuple("Outputs", evaluation=Artifact, report=HTML, registration=Artifact)
-        return Outputs(
-            evaluation=scores.outputs["evaluation"], report=registered.outputs["report"],
-            registration=registered.outputs["registration"],
-        )
+    ):
+        with closing_run(on, experiment):
+            train = dict(batch_size=batch_size, lr=lr, seed=seed, checkpoint_root=checkpoint_root,
+                         checkpoint_every=checkpoint_every, nproc=nproc, experiment=experiment)
+            data = ingest_data(
+                on,
+                source=source, target=target, target_labels_per_class=target_labels_per_class,
+                target_val_per_class=target_val_per_class, seed=seed,
+                image_size=image_size, experiment=experiment, publish_to=publish_to,
+                unseen_classes=unseen_classes, attributes=attributes,
+            )
+            # The champion changes behind the same name: never cached.
+            start = on.train(
+                champion,
+                source_train=data.outputs["source_train"], model_name=model_name, backbone=backbone,
+                pretrained_weights=pretrained_weights, epochs=source_epochs, source_augment=source_augment, **train,
+            ).set_caching_options(False)
+            finetuned = on.train(
+                finetune,
+                source_model=start.outputs["model"], source_train=data.outputs["source_train"],
+                target_labelled=data.outputs["target_labelled"], strategy=strategy,
+                epochs=finetune_epochs, step_name="finetune", **train,
+            ).set_display_name("finetune")
+            adapted = on.train(
+                adapt,
+                source_model=start.outputs["model"], source_train=data.outputs["source_train"],
+                target_unlabelled=data.outputs["target_unlabelled"], target_labelled=data.outputs["target_labelled"],
+                method=adapt_method, epochs=adapt_epochs, finetune_epochs=finetune_epochs, source_augment=source_augment,
+                **train,
+            )
+            scores = on.light(
+                evaluate_retrain,
+                target_test=data.outputs["target_test"], target_val=data.outputs["target_val"],
+                source_val=data.outputs["source_val"], target_unlabelled=data.outputs["target_unlabelled"],
+                source_test=data.outputs["source_test"], select_by=select_by,
+                start_model=start.outputs["model"],
+                finetuned=finetuned.outputs["model"], adapted=adapted.outputs["model"], experiment=experiment,
+            )
+            on.light(
+                register, cache=False,
+                best_model=scores.outputs["best_model"], evaluation=scores.outputs["evaluation"],
+                evaluation_report=scores.outputs["report"],
+                target_test=data.outputs["target_test"], model_name=model_name, experiment=experiment,
+                publish_to=publish_to, gate_alpha=gate_alpha, gate_margin=gate_margin,
+            )
 
     return retrain
 

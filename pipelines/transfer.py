@@ -3,17 +3,14 @@
 Defaults run the built-in benchmark, digits -> digits-m, on a laptop CPU in a few minutes.
 """
 
-from typing import NamedTuple
-
 from kfp import dsl
-from kfp.dsl import HTML, Artifact
 
 from components.adapt import adapt
 from components.evaluate import evaluate
 from components.finetune import finetune
-from components.ingest import ingest
 from components.pretrain import pretrain
 from components.register import register
+from pipelines import closing_run, ingest_data
 from tlpipe.cluster import Cluster, Placement
 
 
@@ -45,72 +42,66 @@ def build(cluster: Cluster | None = None):
         model_name: str = "tlpipe",
         experiment: str = "tlpipe",
         publish_to: str = "",
-        checkpoint_root: str = "",
+        checkpoint_root: str = on.checkpoint_root,
         checkpoint_every: int = 1,
         nproc: int = 0,
         unseen_classes: str = "",
         attributes: str = "",
-    ) -> NamedTuple("Outputs", evaluation=Artifact, report=HTML, registration=Artifact):
-        run = dsl.PIPELINE_JOB_ID_PLACEHOLDER
-        data = on.light(
-            ingest, cache=False,
-            source=source, target=target, target_labels_per_class=target_labels_per_class,
-            target_val_per_class=target_val_per_class, seed=seed,
-            image_size=image_size, experiment=experiment, pipeline_run=run, publish_to=publish_to,
-            unseen_classes=unseen_classes, attributes=attributes,
-        )
-        source_model = on.train(
-            pretrain,
-            source_train=data.outputs["source_train"], backbone=backbone, pretrained_weights=pretrained_weights,
-            epochs=source_epochs, batch_size=batch_size, lr=lr, seed=seed, checkpoint_root=checkpoint_root,
-            checkpoint_every=checkpoint_every, nproc=nproc, source_augment=source_augment, experiment=experiment,
-            pipeline_run=run,
-        )
-        finetuned = on.train(
-            finetune,
-            source_model=source_model.outputs["model"], source_train=data.outputs["source_train"],
-            target_labelled=data.outputs["target_labelled"], strategy=strategy,
-            epochs=finetune_epochs, batch_size=batch_size, lr=lr, seed=seed, checkpoint_root=checkpoint_root,
-            checkpoint_every=checkpoint_every, nproc=nproc, experiment=experiment, pipeline_run=run,
-            step_name="finetune",
-        ).set_display_name("finetune")
-        target_only = on.train(
-            finetune,
-            source_model=source_model.outputs["model"], source_train=data.outputs["source_train"],
-            target_labelled=data.outputs["target_labelled"], strategy="scratch",
-            epochs=finetune_epochs, batch_size=batch_size, lr=lr, seed=seed, checkpoint_root=checkpoint_root,
-            checkpoint_every=checkpoint_every, nproc=nproc, experiment=experiment, pipeline_run=run,
-            step_name="target-only",
-        ).set_display_name("target-only")
-        adapted = on.train(
-            adapt,
-            source_model=source_model.outputs["model"], source_train=data.outputs["source_train"],
-            target_unlabelled=data.outputs["target_unlabelled"], target_labelled=data.outputs["target_labelled"],
-            method=adapt_method, epochs=adapt_epochs, finetune_epochs=finetune_epochs, batch_size=batch_size, lr=lr, seed=seed, checkpoint_root=checkpoint_root,
-            checkpoint_every=checkpoint_every, nproc=nproc, source_augment=source_augment, experiment=experiment,
-            pipeline_run=run,
-        )
-        scores = on.light(
-            evaluate,
-            target_test=data.outputs["target_test"], target_val=data.outputs["target_val"],
-            source_val=data.outputs["source_val"], target_unlabelled=data.outputs["target_unlabelled"],
-            source_test=data.outputs["source_test"], select_by=select_by,
-            source_only=source_model.outputs["model"],
-            target_only=target_only.outputs["model"], finetuned=finetuned.outputs["model"],
-            adapted=adapted.outputs["model"], experiment=experiment, pipeline_run=run,
-        )
-        registered = on.light(
-            register, cache=False,
-            best_model=scores.outputs["best_model"], evaluation=scores.outputs["evaluation"],
-            evaluation_report=scores.outputs["report"],
-            target_test=data.outputs["target_test"], model_name=model_name, experiment=experiment, pipeline_run=run,
-            publish_to=publish_to, gate_alpha=gate_alpha, gate_margin=gate_margin,
-        )
-        Outputs = NamedTuple("Outputs", evaluation=Artifact, report=HTML, registration=Artifact)
-        return Outputs(
-            evaluation=scores.outputs["evaluation"], report=registered.outputs["report"],
-            registration=registered.outputs["registration"],
-        )
+    ):
+        with closing_run(on, experiment):
+            data = ingest_data(
+                on,
+                source=source, target=target, target_labels_per_class=target_labels_per_class,
+                target_val_per_class=target_val_per_class, seed=seed,
+                image_size=image_size, experiment=experiment, publish_to=publish_to,
+                unseen_classes=unseen_classes, attributes=attributes,
+            )
+            source_model = on.train(
+                pretrain,
+                source_train=data.outputs["source_train"], backbone=backbone, pretrained_weights=pretrained_weights,
+                epochs=source_epochs, batch_size=batch_size, lr=lr, seed=seed, checkpoint_root=checkpoint_root,
+                checkpoint_every=checkpoint_every, nproc=nproc, source_augment=source_augment, experiment=experiment,
+            )
+            finetuned = on.train(
+                finetune,
+                source_model=source_model.outputs["model"], source_train=data.outputs["source_train"],
+                target_labelled=data.outputs["target_labelled"], strategy=strategy,
+                epochs=finetune_epochs, batch_size=batch_size, lr=lr, seed=seed, checkpoint_root=checkpoint_root,
+                checkpoint_every=checkpoint_every, nproc=nproc, experiment=experiment,
+                step_name="finetune",
+            ).set_display_name("finetune")
+            target_only = on.train(
+                finetune,
+                source_model=source_model.outputs["model"], source_train=data.outputs["source_train"],
+                target_labelled=data.outputs["target_labelled"], strategy="scratch",
+                epochs=finetune_epochs, batch_size=batch_size, lr=lr, seed=seed, checkpoint_root=checkpoint_root,
+                checkpoint_every=checkpoint_every, nproc=nproc, experiment=experiment,
+                step_name="target-only",
+            ).set_display_name("target-only")
+            adapted = on.train(
+                adapt,
+                source_model=source_model.outputs["model"], source_train=data.outputs["source_train"],
+                target_unlabelled=data.outputs["target_unlabelled"], target_labelled=data.outputs["target_labelled"],
+                method=adapt_method, epochs=adapt_epochs, finetune_epochs=finetune_epochs, batch_size=batch_size, lr=lr,
+                seed=seed, checkpoint_root=checkpoint_root,
+                checkpoint_every=checkpoint_every, nproc=nproc, source_augment=source_augment, experiment=experiment,
+            )
+            scores = on.light(
+                evaluate,
+                target_test=data.outputs["target_test"], target_val=data.outputs["target_val"],
+                source_val=data.outputs["source_val"], target_unlabelled=data.outputs["target_unlabelled"],
+                source_test=data.outputs["source_test"], select_by=select_by,
+                source_only=source_model.outputs["model"],
+                target_only=target_only.outputs["model"], finetuned=finetuned.outputs["model"],
+                adapted=adapted.outputs["model"], experiment=experiment,
+            )
+            on.light(
+                register, cache=False,
+                best_model=scores.outputs["best_model"], evaluation=scores.outputs["evaluation"],
+                evaluation_report=scores.outputs["report"],
+                target_test=data.outputs["target_test"], model_name=model_name, experiment=experiment,
+                publish_to=publish_to, gate_alpha=gate_alpha, gate_margin=gate_margin,
+            )
 
     return transfer
 

@@ -7,6 +7,7 @@ import pytest
 from kfp import dsl
 
 from components.adapt import adapt
+from components.close_run import close_run
 from components.evaluate import evaluate
 from components.finetune import finetune
 from components.ingest import ingest
@@ -17,8 +18,7 @@ from tlpipe.data import load_dataset
 from tlpipe.models import load_model
 
 from tlpipe.steps import SPLITS
-TRAIN = dict(epochs=1, batch_size=64, lr=0.01, seed=0, checkpoint_root="", checkpoint_every=1, nproc=1, experiment="tests",
-             pipeline_run="run-1")
+TRAIN = dict(epochs=1, batch_size=64, lr=0.01, seed=0, checkpoint_root="", checkpoint_every=1, nproc=1, experiment="tests")
 
 
 def artifact(kind, path: Path):
@@ -32,10 +32,11 @@ def chain(tmp_path_factory):
     mp = pytest.MonkeyPatch()
     mp.setenv("TLPIPE_HOME", str(root / "home"))
     mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+    mp.setenv("TLPIPE_PIPELINE_RUN", "run-1")  # what tlpipe run or the pod's label sets
     a = {name: artifact(dsl.Dataset, root / name) for name in SPLITS}
     ingest.python_func(source="digits", target="digits-m", target_labels_per_class=5, target_val_per_class=10, seed=0,
-                       image_size=32,
-                       experiment="tests", pipeline_run="run-1", publish_to=str(root / "published"), unseen_classes="",
+                       image_size=32, data_version="",
+                       experiment="tests", publish_to=str(root / "published"), unseen_classes="",
                        attributes="", **a)
     for name in ("source_model", "finetuned", "target_only", "adapted", "best_model"):
         a[name] = artifact(dsl.Model, root / name)
@@ -57,15 +58,17 @@ def chain(tmp_path_factory):
     evaluate.python_func(target_test=a["target_test"], target_val=a["target_val"], source_val=a["source_val"],
                          target_unlabelled=a["target_unlabelled"], select_by="auto", source_test=a["source_test"],
                          source_only=a["source_model"], target_only=a["target_only"],
-                         finetuned=a["finetuned"], adapted=a["adapted"], experiment="tests", pipeline_run="run-1",
+                         finetuned=a["finetuned"], adapted=a["adapted"], experiment="tests",
                          evaluation=a["evaluation"], report=a["report"], metrics=a["metrics"],
                          confusion=a["confusion"], best_model=a["best_model"])
     a["registration"] = artifact(dsl.Artifact, root / "registration.json")
     a["final_report"] = artifact(dsl.HTML, root / "final-report.html")
     register.python_func(best_model=a["best_model"], evaluation=a["evaluation"], evaluation_report=a["report"],
-                         target_test=a["target_test"], model_name="tests-model", experiment="tests", pipeline_run="run-1",
+                         target_test=a["target_test"], model_name="tests-model", experiment="tests",
                          publish_to=str(root / "published"), gate_alpha=0.05, gate_margin=0.0,
                          registration=a["registration"], report=a["final_report"])
+    close_run.python_func(experiment="tests", status=dsl.PipelineTaskFinalStatus("SUCCEEDED", "run-1", "exit-handler-1",
+                                                                                  None, None))
     yield a
     mp.undo()
 
@@ -120,8 +123,9 @@ def test_evaluate_logs_analysis_artifacts_to_mlflow(chain):
     assert {"source-only_a_distance", "adapted_a_distance"} <= set(run.data.metrics)
 
 
-def test_layer_sweep_components_train_both_modes_and_plot(chain, tmp_path):
-    train = {**TRAIN, "experiment": "tests-sweep", "pipeline_run": "run-sweep"}
+def test_layer_sweep_components_train_both_modes_and_plot(chain, tmp_path, monkeypatch):
+    monkeypatch.setenv("TLPIPE_PIPELINE_RUN", "run-sweep")
+    train = {**TRAIN, "experiment": "tests-sweep"}
     points = []
     for k in (0, 2):
         point = artifact(dsl.Artifact, tmp_path / f"point-{k}")
@@ -130,7 +134,7 @@ def test_layer_sweep_components_train_both_modes_and_plot(chain, tmp_path):
         assert set(point.metadata) == {"blocks", "frozen", "fine-tuned"}
         points.append(point)
     sweep, report = artifact(dsl.Artifact, tmp_path / "sweep"), artifact(dsl.HTML, tmp_path / "report.html")
-    layer_sweep_report.python_func(points=points, experiment="tests-sweep", pipeline_run="run-sweep", sweep=sweep,
+    layer_sweep_report.python_func(points=points, experiment="tests-sweep", sweep=sweep,
                                    report=report)
     rows = json.loads(Path(sweep.path).read_text())
     assert [(r["blocks"], r["mode"]) for r in rows] == [(0, "fine-tuned"), (0, "frozen"), (2, "fine-tuned"), (2, "frozen")]
@@ -185,12 +189,13 @@ def test_one_parent_run_with_a_nested_run_per_step(chain):
     assert steps["finetune"].data.params["finetune_augment"] == "none"
 
 
-def test_user_errors_exit_with_one_sentence(tmp_path, capsys, tlpipe_home):
+def test_user_errors_exit_with_one_sentence(tmp_path, capsys, tlpipe_home, monkeypatch):
+    monkeypatch.setenv("TLPIPE_PIPELINE_RUN", "run-x")
     outputs = {name: artifact(dsl.Dataset, tmp_path / name) for name in SPLITS}
     with pytest.raises(SystemExit) as exit_info:
         ingest.python_func(source="digits", target="digits-m", target_labels_per_class=500, target_val_per_class=10,
-                           seed=0, image_size=32,
-                           experiment="tests", pipeline_run="run-x", publish_to="", unseen_classes="", attributes="",
+                           seed=0, image_size=32, data_version="",
+                           experiment="tests", publish_to="", unseen_classes="", attributes="",
                            **outputs)
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -162,6 +162,30 @@ def test_exact_duplicates_across_folders_stay_out_of_source_train(tmp_path, tlpi
     assert f"{copies.sum()} of the {len(held_out)} target validation and test images are exact duplicates" in capsys.readouterr().out
 
 
+def test_data_version_changes_exactly_when_a_folder_does(tmp_path):
+    from tlpipe.data.spec import data_version, data_versions
+
+    folder = write_image_folder(tmp_path / "photos", per_class=3)
+    spec = f"imagefolder:{folder}"
+    first = data_version(spec)
+    assert data_version(spec) == first  # listing alone: reading it again changes nothing
+    image = folder / "a" / "0.png"
+    image.write_bytes(image.read_bytes() + b"\0")  # rewritten
+    rewritten = data_version(spec)
+    (folder / "b" / "9.png").write_bytes((folder / "b" / "0.png").read_bytes())  # added
+    added = data_version(spec)
+    (folder / "c" / "1.png").unlink()  # removed
+    assert len({first, rewritten, added, data_version(spec)}) == 4
+    assert data_version("digits") == data_version("digits") != data_version("digits-m")
+    versions = json.loads(data_versions("digits", spec))
+    assert set(versions) == {"source", "target"} and versions["target"] == data_version(spec)
+    table = tmp_path / "attributes.csv"
+    table.write_text("class,round\na,1\n")
+    assert json.loads(data_versions("digits", spec, str(table)))["attributes"].startswith(f"{table}@")
+    with pytest.raises(TlpipeError, match="does not exist"):
+        data_version(f"imagefolder:{tmp_path / 'nothing'}")
+
+
 def test_k_shot_larger_than_a_class_names_the_class():
     with pytest.raises(TlpipeError, match=r"target class '0' has \d+ image\(s\) outside the held-out 30%.*target_labels_per_class=30"):
         split_target(indexed_set(), 30, 0, seed=0)

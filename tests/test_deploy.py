@@ -18,6 +18,8 @@ REPO = Path(__file__).resolve().parents[1]
 CHART = REPO / "charts" / "tlpipe"
 KUBERNETES = "1.30.0"
 PRODUCTION = yaml.safe_load((CHART / "values-production.yaml").read_text())
+# A trial install: the one value the chart cannot default is the pipelines' MLflow password.
+TRIAL = {"mlflow": {"auth": {"password": "trial-pa55word"}}}
 
 
 def hadolint() -> str:
@@ -55,6 +57,8 @@ def test_dockerignore_sends_only_what_the_images_copy():
 
 
 def render(values: dict | None = None, namespace: str = "team-vision") -> list[dict]:
+    """The chart's manifests; with no values, a trial install's (TRIAL)."""
+    values = TRIAL if values is None else values
     chart = helm.Chart.load(str(CHART))
     rendered = chart.render(values, name="tlpipe", namespace=namespace, is_install=True)
     return [doc for name, text in rendered.items() if name.endswith(".yaml")
@@ -65,13 +69,13 @@ def by_kind(docs: list[dict], kind: str) -> list[dict]:
     return [d for d in docs if d["kind"] == kind]
 
 
-@pytest.mark.parametrize("values", [None, PRODUCTION], ids=["default", "production"])
+@pytest.mark.parametrize("values", [TRIAL, PRODUCTION], ids=["default", "production"])
 def test_chart_lints_and_every_manifest_is_valid_kubernetes(values):
     report = helm.lint(str(CHART), values, strict=True, kube_version=f"v{KUBERNETES}")
     problems = [m for m in report["messages"] if m["severity"] >= 2] + report["errors"]
     assert not problems, problems
     docs = render(values)
-    assert {d["kind"] for d in docs} >= {"Deployment", "Service", "Secret", "Job", "ServiceAccount", "Role", "RoleBinding"}
+    assert {d["kind"] for d in docs} >= {"Deployment", "Service", "ConfigMap", "Job", "ServiceAccount", "Role", "RoleBinding"}
     for doc in docs:
         kubernetes_validate.validate(doc, KUBERNETES, strict=True)
     for pod in [d["spec"]["template"]["spec"] for d in docs if d["kind"] in ("Deployment", "Job")]:
@@ -108,7 +112,32 @@ def test_default_values_track_in_the_pod_and_write_the_pipeline_secrets():
     assert not by_kind(docs, "Ingress") and not by_kind(docs, "NetworkPolicy")
 
 
-@pytest.mark.parametrize("values", [None, PRODUCTION], ids=["default", "production"])
+def test_the_mlflow_server_authenticates_and_its_admin_is_the_pipelines_identity():
+    docs = render()
+    container = mlflow_container(docs)
+    assert "--app-name=basic-auth" in container["args"]
+    env = {e["name"]: e.get("valueFrom", {}).get("secretKeyRef") or e.get("value") for e in container["env"]}
+    assert env["MLFLOW_AUTH_ADMIN_USERNAME"] == {"name": "tlpipe-mlflow", "key": "MLFLOW_TRACKING_USERNAME"}
+    assert env["MLFLOW_AUTH_ADMIN_PASSWORD"] == {"name": "tlpipe-mlflow", "key": "MLFLOW_TRACKING_PASSWORD"}
+    assert env["MLFLOW_FLASK_SERVER_SECRET_KEY"] == {"name": "tlpipe-mlflow", "key": "MLFLOW_FLASK_SERVER_SECRET_KEY"}
+    [config] = [c for c in by_kind(docs, "ConfigMap") if c["metadata"]["name"] == "tlpipe-mlflow-auth"]
+    assert "default_permission = READ" in config["data"]["basic_auth.ini"]
+    assert env["MLFLOW_AUTH_CONFIG_PATH"] == "/config/basic_auth.ini"
+    pipelines = next(s["stringData"] for s in by_kind(docs, "Secret") if s["metadata"]["name"] == "tlpipe-mlflow")
+    assert (pipelines["MLFLOW_TRACKING_USERNAME"], pipelines["MLFLOW_TRACKING_PASSWORD"]) == ("tlpipe", "trial-pa55word")
+    assert "trial-pa55word" not in pipelines["MLFLOW_FLASK_SERVER_SECRET_KEY"]
+    assert "trial-pa55word" not in yaml.safe_dump([d for d in docs if d["kind"] != "Secret"])
+    # No password, no install; no Ingress in front of a server without authentication.
+    with pytest.raises(helm.HelmError, match="mlflow.auth.password is required"):
+        render({})
+    with pytest.raises(helm.HelmError, match="mlflow.ingress.enabled needs mlflow.auth.enabled"):
+        render({"mlflow": {"auth": {"enabled": False}, "ingress": {"enabled": True}}})
+    for values in (TRIAL, PRODUCTION):
+        merged = helm.Chart.load(str(CHART)).merge_values(values)
+        assert merged["mlflow"]["auth"]["enabled"] or not merged["mlflow"]["ingress"]["enabled"]
+
+
+@pytest.mark.parametrize("values", [TRIAL, PRODUCTION], ids=["default", "production"])
 def test_mlflow_container_command_is_one_the_pinned_mlflow_accepts(values):
     """The Deployment's arguments parse with the mlflow command line of the pinned version."""
     from mlflow.cli import server
@@ -123,7 +152,7 @@ def test_mlflow_container_command_is_one_the_pinned_mlflow_accepts(values):
 
 def test_backend_uri_goes_into_a_secret_not_the_deployment():
     uri = "postgresql://mlflow:pa55word@db.example.com:5432/mlflow"
-    docs = render({"mlflow": {"backendStore": {"uri": uri}}})
+    docs = render({"mlflow": {"backendStore": {"uri": uri}, "auth": {"password": "trial-pa55word"}}})
     [backend] = [s for s in by_kind(docs, "Secret") if s["metadata"]["name"] == "tlpipe-mlflow-backend"]
     assert backend["stringData"]["MLFLOW_BACKEND_STORE_URI"] == uri
     env = {e["name"]: e for e in mlflow_container(docs)["env"]}
@@ -133,8 +162,8 @@ def test_backend_uri_goes_into_a_secret_not_the_deployment():
 
 def test_production_values_use_existing_secrets_ingress_network_policy_and_schedule_the_retraining():
     docs = render(PRODUCTION)
-    secrets = {s["metadata"]["name"] for s in by_kind(docs, "Secret")}
-    assert secrets == {"tlpipe-mlflow"}  # S3 keys and the PostgreSQL URI come from existing Secrets
+    # S3 keys, the PostgreSQL URI and the pipelines' MLflow credentials come from existing Secrets.
+    assert not by_kind(docs, "Secret")
     env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in mlflow_container(docs)["env"] if "valueFrom" in e}
     assert env["MLFLOW_BACKEND_STORE_URI"] == {"name": "mlflow-postgres", "key": "uri"}
     assert env["AWS_SECRET_ACCESS_KEY"]["name"] == "team-vision-s3"
@@ -155,12 +184,16 @@ def test_production_values_use_existing_secrets_ingress_network_policy_and_sched
     args = build_parser().parse_args(command[1:])
     assert args.pipeline == "retrain" and args.replace and args.namespace == "team-vision"
     assert validate_cron(args.cron) == "0 30 2 * * 1-5"
-    assert args.s3_secret == "team-vision-s3" and args.mlflow_secret == "tlpipe-mlflow"
+    assert args.s3_secret == "team-vision-s3" and args.mlflow_secret == "team-vision-mlflow"
+    env = {e["name"]: e.get("valueFrom", {}).get("secretKeyRef") for e in mlflow_container(docs)["env"]}
+    assert env["MLFLOW_AUTH_ADMIN_PASSWORD"] == {"name": "team-vision-mlflow", "key": "MLFLOW_TRACKING_PASSWORD"}
     assert args.node_selector == ["cloud.google.com/gke-accelerator=nvidia-tesla-a100"]
     assert "model_name=vision-classifier" in args.param and "image_size=224" in args.param
     # Training on the trainer image; ingest, evaluate and register on the chart's own CPU image.
     assert args.image == "registry.example.com/ml/tlpipe-trainer:0.1.0"
     assert args.light_image == pod["containers"][0]["image"] == "registry.example.com/ml/tlpipe-cpu:0.1.0"
+    # Checkpoints under the release's bucket: a retried step on a new pod resumes from there.
+    assert args.checkpoint_root == "s3://team-vision-tlpipe/checkpoints"
 
 
 @pytest.mark.parametrize("values, key", [
@@ -168,6 +201,7 @@ def test_production_values_use_existing_secrets_ingress_network_policy_and_sched
     ({"s3": {"endpoint": "s3.example.com", "bucket": "b-1"}}, "endpoint"),
     ({"mlflow": {"backendStore": {"uri": "postgres-without-scheme"}}}, "uri"),
     ({"retraining": {"tolerations": ["gpu"]}}, "tolerations"),
+    ({"retraining": {"checkpointRoot": "/data/checkpoints"}}, "checkpointRoot"),
     ({"mlfow": {}}, "mlfow"),
 ])
 def test_values_schema_rejects_bad_values(values, key):

@@ -12,8 +12,8 @@ from tlpipe.cli import main
 from tlpipe.cluster import CPU_IMAGE, Cluster, Resources, Toleration, compile_pipeline, pipelines
 
 REPO = Path(__file__).resolve().parents[1]
-TRAINING = {"pretrain", "finetune", "adapt", "champion"}
-LIGHT = {"ingest", "evaluate", "evaluate-retrain", "register"}
+TRAINING = {"pretrain", "finetune", "adapt", "champion", "layer-transfer"}
+LIGHT = {"data-version", "ingest", "evaluate", "evaluate-retrain", "register", "close-run", "layer-sweep-report"}
 
 
 def load_ir(path: Path) -> tuple[dict, dict]:
@@ -21,8 +21,27 @@ def load_ir(path: Path) -> tuple[dict, dict]:
     return spec, platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
 
 
+def tasks_of(spec: dict, steps_only: bool = True) -> dict:
+    """The pipeline's tasks, at the top level and inside its exit handler and loops; with steps_only,
+    only those that run a container (not the exit handler's or a loop's DAG)."""
+    tasks, dags = {}, [spec["root"]["dag"]]
+    while dags:
+        for name, body in dags.pop()["tasks"].items():
+            dag = spec["components"][body["componentRef"]["name"]].get("dag")
+            if dag:
+                dags.append(dag)
+            if not (dag and steps_only):
+                tasks[name] = body
+    return tasks
+
+
+def pipeline_parameter(name: str) -> dict:
+    """How a task inside the exit handler receives the pipeline parameter `name`."""
+    return {"componentInputParameter": f"pipelinechannel--{name}"}
+
+
 def executor_of(spec: dict, task: str) -> str:
-    return spec["root"]["dag"]["tasks"][task]["componentRef"]["name"].replace("comp-", "exec-")
+    return tasks_of(spec)[task]["componentRef"]["name"].replace("comp-", "exec-")
 
 
 def kind(task: str) -> str:
@@ -48,7 +67,7 @@ def test_compiled_ir_places_steps(tmp_path, name):
         shm_size="4Gi", retries=5, s3_secret="team-s3", mlflow_secret="team-mlflow",
     )
     spec, platform = load_ir(compile_pipeline(name, tmp_path, cluster))
-    tasks = spec["root"]["dag"]["tasks"]
+    tasks = tasks_of(spec)
     assert {kind(t) for t in tasks} == {"train", "light"}
     for task, body in tasks.items():
         executor = executor_of(spec, task)
@@ -75,23 +94,53 @@ def test_compiled_ir_places_steps(tmp_path, name):
             assert "accelerator" not in resources and "nodeSelector" not in k8s and "tolerations" not in k8s
             assert resources["resourceCpuRequest"] == "500m" and "resourceCpuLimit" not in resources
             assert "emptyDirMounts" not in k8s and "retryPolicy" not in body
-    # Caching: off where the input can change behind the same name; on for training and evaluation.
+        # Steps learn their pipeline run from the pod's label, not from an input.
+        assert k8s["fieldPathAsEnv"] == [{"name": "TLPIPE_PIPELINE_RUN", "fieldPath": "metadata.labels['pipeline/runid']"}]
+
+
+@pytest.mark.parametrize("name", ["transfer", "retrain", "layer-sweep"])
+def test_caching_can_hit_and_stays_off_where_data_changes_behind_a_name(tmp_path, name):
+    first, second = (compile_pipeline(name, tmp_path / d, Cluster()) for d in ("a", "b"))
+    spec = load_ir(first)[0]
+    tasks = tasks_of(spec)
+    # What only varies from run to run (the run's id, name or time) is in no task's inputs: the cache key
+    # of a training step is its parameters, its image and the names of its input artifacts.
+    assert "{{$.pipeline_job" not in first.read_text()
+    assert {t: body["inputs"] for t, body in tasks.items()} == {t: body["inputs"] for t, body in tasks_of(load_ir(second)[0]).items()}
     uncached = {t for t, body in tasks.items() if not body.get("cachingOptions", {}).get("enableCache")}
-    assert uncached == ({"ingest", "register", "champion"} if name == "retrain" else {"ingest", "register"})
+    # data_version lists the data now, register and champion read the registry now, close-run ends this run.
+    expected = {"data-version", "close-run"} | ({"register"} if name != "layer-sweep" else set())
+    assert uncached == expected | ({"champion"} if name == "retrain" else set())
+    assert {kind(t) for t in set(tasks) - uncached} >= {"train"}
+    # ingest, cached, is keyed by what data_version found: a changed folder misses the cache.
+    assert tasks["ingest"]["inputs"]["parameters"]["data_version"] == {
+        "taskOutputParameter": {"producerTask": "data-version", "outputParameterKey": "Output"}}
+
+
+@pytest.mark.parametrize("name", ["transfer", "retrain", "layer-sweep"])
+def test_every_step_runs_inside_an_exit_handler_that_closes_the_mlflow_run(tmp_path, name):
+    spec, _ = load_ir(compile_pipeline(name, tmp_path, Cluster()))
+    root = spec["root"]["dag"]["tasks"]
+    assert set(root) == {"exit-handler-1", "close-run"}
+    close = root["close-run"]
+    assert close["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
+    assert close["dependentTasks"] == ["exit-handler-1"]
+    assert close["inputs"]["parameters"]["status"] == {"taskFinalStatus": {"producerTask": "exit-handler-1"}}
 
 
 def test_layer_sweep_fans_out_over_blocks_on_gpus_and_collects_the_points(tmp_path):
     spec, platform = load_ir(compile_pipeline("layer-sweep", tmp_path, Cluster(gpus=1)))
-    loop = spec["root"]["dag"]["tasks"]["for-loop-1"]
+    (loop_name,) = [t for t in tasks_of(spec, steps_only=False) if t.startswith("for-loop-")]
+    loop = tasks_of(spec, steps_only=False)[loop_name]
     assert loop["parameterIterator"]["items"] == {"inputParameter": "pipelinechannel--blocks"}
     assert spec["root"]["inputDefinitions"]["parameters"]["blocks"]["parameterType"] == "LIST"
-    inner = spec["components"]["comp-for-loop-1"]["dag"]["tasks"]
+    inner = spec["components"][f"comp-{loop_name}"]["dag"]["tasks"]
     assert list(inner) == ["layer-transfer"]
     executor = inner["layer-transfer"]["componentRef"]["name"].replace("comp-", "exec-")
     assert spec["deploymentSpec"]["executors"][executor]["container"]["resources"]["accelerator"]["resourceCount"] == "1"
     assert "emptyDirMounts" in platform[executor]
-    report = spec["root"]["dag"]["tasks"]["layer-sweep-report"]
-    assert report["inputs"]["artifacts"]["points"]["taskOutputArtifact"]["producerTask"] == "for-loop-1"
+    report = tasks_of(spec)["layer-sweep-report"]
+    assert report["inputs"]["artifacts"]["points"]["taskOutputArtifact"]["producerTask"] == loop_name
     assert "accelerator" not in spec["deploymentSpec"]["executors"][executor_of(spec, "layer-sweep-report")]["container"]["resources"]
 
 
@@ -99,9 +148,9 @@ def test_layer_sweep_fans_out_over_blocks_on_gpus_and_collects_the_points(tmp_pa
                                                    ("layer-sweep", {"pretrain"})])
 def test_source_augment_reaches_exactly_the_steps_that_train_on_source_images(tmp_path, name, source_trained):
     spec, _ = load_ir(compile_pipeline(name, tmp_path, Cluster()))
-    tasks = spec["root"]["dag"]["tasks"]
+    tasks = tasks_of(spec)
     wired = {task for task, body in tasks.items()
-             if body.get("inputs", {}).get("parameters", {}).get("source_augment") == {"componentInputParameter": "source_augment"}}
+             if body.get("inputs", {}).get("parameters", {}).get("source_augment") == pipeline_parameter("source_augment")}
     assert wired == source_trained
     assert spec["root"]["inputDefinitions"]["parameters"]["source_augment"]["defaultValue"] == "none"
 
@@ -109,13 +158,13 @@ def test_source_augment_reaches_exactly_the_steps_that_train_on_source_images(tm
 @pytest.mark.parametrize("name, evaluator", [("transfer", "evaluate"), ("retrain", "evaluate-retrain")])
 def test_evaluate_selects_on_validation_and_register_gates_with_the_pipeline_parameters(tmp_path, name, evaluator):
     spec, _ = load_ir(compile_pipeline(name, tmp_path, Cluster()))
-    tasks = spec["root"]["dag"]["tasks"]
+    tasks = tasks_of(spec)
     artifacts = tasks[evaluator]["inputs"]["artifacts"]
     for split in ("target_val", "source_val", "target_unlabelled", "target_test"):
         assert artifacts[split]["taskOutputArtifact"] == {"producerTask": "ingest", "outputArtifactKey": split}
-    assert tasks[evaluator]["inputs"]["parameters"]["select_by"] == {"componentInputParameter": "select_by"}
+    assert tasks[evaluator]["inputs"]["parameters"]["select_by"] == pipeline_parameter("select_by")
     for gate in ("gate_alpha", "gate_margin"):
-        assert tasks["register"]["inputs"]["parameters"][gate] == {"componentInputParameter": gate}
+        assert tasks["register"]["inputs"]["parameters"][gate] == pipeline_parameter(gate)
     defaults = {k: v.get("defaultValue") for k, v in spec["root"]["inputDefinitions"]["parameters"].items()}
     assert (defaults["select_by"], defaults["gate_alpha"], defaults["target_val_per_class"]) == ("auto", 0.05, 10)
 
@@ -152,8 +201,10 @@ def test_cpu_cluster_requests_no_gpu(tmp_path):
 
 def test_compile_cli_writes_and_checks_options(tmp_path, capsys):
     assert main(["compile", "all", "-o", str(tmp_path), "--gpus", "4", "--node-selector", "pool=a100",
-                 "--toleration", "nvidia.com/gpu:NoSchedule", "--image", "example.org/t:9"]) == 0
+                 "--toleration", "nvidia.com/gpu:NoSchedule", "--image", "example.org/t:9",
+                 "--checkpoint-root", "s3://team/ckpt"]) == 0
     spec, platform = load_ir(tmp_path / "transfer.yaml")
+    assert spec["root"]["inputDefinitions"]["parameters"]["checkpoint_root"]["defaultValue"] == "s3://team/ckpt"
     images = {task: spec["deploymentSpec"]["executors"][executor_of(spec, task)]["container"]["image"]
               for task in ("adapt", "evaluate", "ingest")}
     assert images == {"adapt": "example.org/t:9", "evaluate": CPU_IMAGE, "ingest": CPU_IMAGE}
@@ -163,8 +214,10 @@ def test_compile_cli_writes_and_checks_options(tmp_path, capsys):
     assert (tmp_path / "retrain.yaml").exists()
     assert main(["compile", "all", "-o", str(tmp_path), "--toleration", "gpu"]) == 2
     assert main(["compile", "all", "-o", str(tmp_path), "--train-memory", "lots"]) == 2
+    assert main(["compile", "all", "-o", str(tmp_path), "--checkpoint-root", "/checkpoints"]) == 2
     err = capsys.readouterr().err
     assert "toleration 'gpu' is not KEY[=VALUE]:EFFECT" in err and "memory request 'lots'" in err
+    assert "checkpoint_root on a cluster must be an s3:// location, got '/checkpoints'" in err
 
 
 @pytest.fixture()
@@ -237,6 +290,9 @@ def test_submit_and_schedule_check_before_anything_reaches_the_cluster(kfp_serve
     assert "unknown fine-tuning strategy 'freeze:two'" in capsys.readouterr().err
     assert main(["schedule", "retrain", "--cron", "0 0 3 * * *", *connect, "-p", "select_by=test"]) == 2
     assert "unknown select_by 'test'" in capsys.readouterr().err
+    # A checkpoint on the pod's own disk would be lost to the retry that needs it.
+    assert main(["submit", "transfer", *connect, "-p", "checkpoint_root=/tmp/checkpoints"]) == 2
+    assert "checkpoint_root on a cluster must be an s3:// location, got '/tmp/checkpoints'" in capsys.readouterr().err
     assert not kfp_server.runs and not kfp_server.recurring_runs
 
     # What the pods read is not checked from here without the means to, and the output says so.
@@ -245,6 +301,7 @@ def test_submit_and_schedule_check_before_anything_reaches_the_cluster(kfp_serve
     out = capsys.readouterr().out
     assert "not checked here: source /data/source (a path the pods read)" in out
     assert "not checked here: target s3://photos/target (no S3 credentials here)" in out
+    assert "not checked here: checkpoint_root s3://tlpipe/checkpoints (no S3 credentials here)" in out
     assert len(kfp_server.runs) == 1
 
     # With credentials, S3 is checked before submitting: here the endpoint is down.

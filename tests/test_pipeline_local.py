@@ -51,6 +51,15 @@ def versions(client):
     return sorted(int(v.version) for v in client.search_model_versions("name='tlpipe'"))
 
 
+def last_pipeline_run(client) -> tuple:
+    """The newest pipeline run's MLflow parent run and its step runs."""
+    experiment = client.get_experiment_by_name("tlpipe").experiment_id
+    parent = client.search_runs([experiment], "tags.`tlpipe.role` = 'pipeline'", order_by=["start_time DESC"])[0]
+    run = parent.data.tags["tlpipe.pipeline_run"]
+    steps = client.search_runs([experiment], f"tags.`tlpipe.pipeline_run` = '{run}' and tags.`tlpipe.role` = 'step'")
+    return parent, steps
+
+
 def test_run_prints_table_registration_and_report(first_run, home):
     out = first_run.stdout
     for row in ("source-only", "target-only", "finetuned", "adapted"):
@@ -58,6 +67,7 @@ def test_run_prints_table_registration_and_report(first_run, home):
     assert "registered model: tlpipe version 1 (alias challenger)" in out
     assert "champion: version 1 (promoted: the first champion)" in out
     assert "A-dist" in out  # proxy A-distance per model
+    assert "close-run" in out  # the exit handler ran
     header = next(line for line in out.splitlines() if line.startswith("model "))
     assert header.split()[:5] == ["model", "role", "val", "acc", "test"]
     assert "selected by target validation accuracy (100 images); test acc: target test split" in out
@@ -67,10 +77,17 @@ def test_run_prints_table_registration_and_report(first_run, home):
     assert (home / "mlflow.db").is_file() and (home / "mlartifacts").is_dir() and (home / "pipeline-root").is_dir()
 
 
+def test_a_finished_run_closes_its_mlflow_runs(first_run, registry):
+    parent, steps = last_pipeline_run(registry)
+    assert parent.info.status == "FINISHED"
+    assert {r.data.tags["tlpipe.step"]: r.info.status for r in steps} == dict.fromkeys(
+        ["ingest", "pretrain", "finetune", "target-only", "adapt", "evaluate", "register"], "FINISHED")
+
+
 def test_champion_reproduces_the_reported_accuracy(first_run, home, registry):
     model = mlflow.pyfunc.load_model("models:/tlpipe@champion")
-    [test_dir] = list((home / "pipeline-root").glob("*/ingest/target_test"))
-    [evaluation_file] = list((home / "pipeline-root").glob("*/evaluate/evaluation"))
+    [test_dir] = list((home / "pipeline-root").glob("*/*/ingest/target_test"))
+    [evaluation_file] = list((home / "pipeline-root").glob("*/*/evaluate/evaluation"))
     evaluation = json.loads(evaluation_file.read_text())
     reported = next(r["accuracy"] for r in evaluation["results"] if r["name"] == evaluation["best"])
     test, _ = load_dataset(test_dir)
@@ -152,9 +169,9 @@ def test_retrain_starts_from_the_champion_and_promotes_only_through_the_gate(fir
     result = tlpipe_run(home, *TINY, pipeline="retrain")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert f"\nchampion-v{champion.version} " in result.stdout
-    [start] = list((home / "pipeline-root").glob("tlpipe-retrain-*/champion/model"))
+    [start] = list((home / "pipeline-root").glob("*/tlpipe-retrain-*/champion/model"))
     assert json.loads((start / "model.json").read_text())["registered_version"] == str(champion.version)
-    [evaluation_file] = list((home / "pipeline-root").glob("tlpipe-retrain-*/evaluate-retrain/evaluation"))
+    [evaluation_file] = list((home / "pipeline-root").glob("*/tlpipe-retrain-*/evaluate-retrain/evaluation"))
     evaluation = json.loads(evaluation_file.read_text())
     assert evaluation["best"] in ("finetuned", "adapted")  # the champion is the baseline, never re-registered
     accuracy = {r["name"]: r["accuracy"] for r in evaluation["results"]}
@@ -191,6 +208,11 @@ def test_a_model_of_other_classes_is_not_gated_against_the_champion(first_run, h
     new = str(max(versions(registry)))
     assert str(registry.get_model_version_by_alias("tlpipe", "challenger").version) == new != champion
     assert str(registry.get_model_version_by_alias("tlpipe", "champion").version) == champion
+    # The exit handler closed the run register failed in: FAILED, with no step left RUNNING.
+    parent, steps = last_pipeline_run(registry)
+    assert parent.info.status == "FAILED"
+    assert {r.data.tags["tlpipe.step"]: r.info.status for r in steps}["register"] == "FAILED"
+    assert all(r.info.status != "RUNNING" for r in steps)
 
 
 @pytest.mark.parametrize("strategy, shown", [

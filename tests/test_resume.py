@@ -1,24 +1,27 @@
 """A training step killed with SIGKILL and started again resumes from its checkpoint and ends with
-exactly the weights of a run that was never interrupted (CPU, same seed)."""
+exactly the weights of a run that was never interrupted (CPU, same seed): on local disk, and on S3
+(the local stack) from a new process with a new, empty HOME and working directory, as a retried
+step on a new pod does."""
 
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
 import torch
 
-from tlpipe import steps
+from tlpipe import steps, storage
 from tlpipe.models import load_model
 
 STEP = """
 import sys
 from tlpipe import steps
 from tlpipe.train import TrainConfig
-step, data, out, run, epochs = sys.argv[1:6]
-config = TrainConfig(epochs=int(epochs), batch_size=64, lr=0.01, seed=3)
+step, data, out, run, epochs, checkpoint_root = sys.argv[1:7]
+config = TrainConfig(epochs=int(epochs), batch_size=64, lr=0.01, seed=3, checkpoint_dir=checkpoint_root)
 if step == "pretrain":
     steps.pretrain(f"{data}/source_train", out, "small-cnn", "", config, "resume", run)
 else:
@@ -44,39 +47,81 @@ def data(tmp_path_factory):
     mp.undo()
 
 
-def start(step, data, out, run, epochs, home):
+def start(step, data, out, run, epochs, home, checkpoint_root="", cwd=None):
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"} | {"TLPIPE_HOME": str(home)}
-    return subprocess.Popen([sys.executable, "-c", STEP, step, str(data), str(out), run, str(epochs)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen([sys.executable, "-c", STEP, step, str(data), str(out), run, str(epochs), checkpoint_root],
+                            env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-@pytest.mark.parametrize("step, epochs", [("pretrain", 8), ("adapt", 5)])
-def test_a_killed_step_resumes_to_the_same_weights(data, step, epochs):
+class LocalCheckpoint:
+    poll = 0.05
+
+    def __init__(self, home, run, step):
+        self.path = home / "checkpoints" / run / step / "checkpoint.pt"
+
+    def exists(self) -> bool:
+        return self.path.exists()
+
+    def epoch(self) -> int:
+        return torch.load(self.path, weights_only=True)["epoch"]
+
+
+class S3Checkpoint:
+    poll = 0.5  # listing much faster than this makes SeaweedFS fail the step's PUT (InternalError)
+
+    def __init__(self, root, run, step):
+        self.folder = f"{root}/{run}/{step}"
+
+    def exists(self) -> bool:
+        return "checkpoint.pt" in storage.list_keys(self.folder)
+
+    def epoch(self) -> int:
+        with tempfile.TemporaryDirectory() as tmp:
+            return torch.load(storage.download(f"{self.folder}/checkpoint.pt", f"{tmp}/c.pt"), weights_only=True)["epoch"]
+
+
+@pytest.mark.parametrize("step, epochs, where", [
+    ("pretrain", 8, "local"), ("adapt", 5, "local"), pytest.param("pretrain", 8, "s3", marks=pytest.mark.stack)])
+def test_a_killed_step_resumes_to_the_same_weights(data, step, epochs, where, request, tmp_path):
     root, home = data
-    whole = start(step, root, root / f"{step}-whole", "run-whole", epochs, home)
+    whole = start(step, root, root / f"{step}-{where}-whole", f"run-whole-{where}", epochs, home)
     assert whole.wait(300) == 0, whole.stdout.read()
 
-    checkpoint = home / "checkpoints" / "run-killed" / step / "checkpoint.pt"
-    killed = start(step, root, root / f"{step}-killed", "run-killed", epochs, home)
+    if where == "s3":
+        request.getfixturevalue("stack")
+        checkpoint_root = "s3://tlpipe/tests/resume"
+        checkpoint = S3Checkpoint(checkpoint_root, "run-killed", step)
+        homes = [tmp_path / "pod-1", tmp_path / "pod-2"]  # each attempt: a new pod, nothing on its disk
+    else:
+        checkpoint_root, checkpoint = "", LocalCheckpoint(home, "run-killed", step)
+        homes = [home, home]
+    for h in homes:
+        h.mkdir(parents=True, exist_ok=True)
+    out = root / f"{step}-{where}-killed"
+    killed = start(step, root, out, "run-killed", epochs, homes[0], checkpoint_root, cwd=homes[0])
     deadline = time.time() + 120
     while not checkpoint.exists():
-        assert killed.poll() is None and time.time() < deadline, "the step ended before its first checkpoint"
-        time.sleep(0.05)
+        if killed.poll() is not None or time.time() > deadline:
+            killed.kill()
+            pytest.fail(f"the step ended or took too long before its first checkpoint: {killed.communicate()[0][-3000:]}")
+        time.sleep(checkpoint.poll)
     killed.send_signal(signal.SIGKILL)
     killed.wait(30)
     assert killed.returncode == -signal.SIGKILL
-    assert not (root / f"{step}-killed" / "model.safetensors").exists()
-    saved_epoch = torch.load(checkpoint, weights_only=True)["epoch"]
+    assert not (out / "model.safetensors").exists()
+    saved_epoch = checkpoint.epoch()
     assert 1 <= saved_epoch < epochs
+    if where == "s3":
+        assert not any(homes[1].iterdir())
 
-    again = start(step, root, root / f"{step}-killed", "run-killed", epochs, home)
+    again = start(step, root, out, "run-killed", epochs, homes[1], checkpoint_root, cwd=homes[1])
     output = again.communicate(timeout=300)[0]
     assert again.returncode == 0, output
     assert f"resuming from the checkpoint after epoch {saved_epoch}/{epochs}" in output
     assert not checkpoint.exists()  # removed once the model was written
 
-    resumed, _ = load_model(root / f"{step}-killed")
-    reference, _ = load_model(root / f"{step}-whole")
+    resumed, _ = load_model(out)
+    reference, _ = load_model(root / f"{step}-{where}-whole")
     for (name, a), b in zip(resumed.state_dict().items(), reference.state_dict().values()):
         assert torch.equal(a, b), name
 

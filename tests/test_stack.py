@@ -1,16 +1,10 @@
 """S3 storage and MLflow tracking against real servers: the local stack (SeaweedFS S3 + MLflow server),
 started by `tlpipe stack up` on free loopback ports and stopped at the end. Nothing here is mocked."""
 
-import os
-import socket
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
-from conftest import write_image_folder
+from conftest import free_port, tlpipe, write_image_folder
 
 from tlpipe import storage
 from tlpipe.data import load_domain
@@ -19,37 +13,6 @@ from tlpipe.models import read_weights
 
 pytestmark = pytest.mark.stack
 TINY = ["source_epochs=2", "finetune_epochs=2", "adapt_epochs=2", "target_labels_per_class=5"]
-
-
-def tlpipe(home: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_"))}
-    return subprocess.run([sys.executable, "-m", "tlpipe.cli", *args], env={**base, "TLPIPE_HOME": str(home), **(env or {})},
-                          capture_output=True, text=True, timeout=900)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    home = tmp_path_factory.mktemp("stack") / "home"
-    saved = dict(os.environ)
-    try:
-        started = tlpipe(home, "stack", "up")
-        assert started.returncode == 0, started.stderr[-3000:]
-        lines = tlpipe(home, "stack", "env").stdout.splitlines()
-        env = dict(line.removeprefix("export ").split("=", 1) for line in lines)
-        os.environ.update(env)
-        storage.client.cache_clear()
-        yield home, env
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-        storage.client.cache_clear()
-        tlpipe(home, "stack", "down")
 
 
 def test_storage_round_trips_small_and_multipart_files(stack, tmp_path):
@@ -76,6 +39,18 @@ def test_image_folder_reads_from_s3_like_a_local_folder(stack, tmp_path):
     from_disk = load_domain(f"imagefolder:{local}", 16, seed=0)
     assert from_s3.classes == from_disk.classes == ["a", "b", "c"]
     assert np.array_equal(from_s3.images, from_disk.images) and np.array_equal(from_s3.labels, from_disk.labels)
+
+
+def test_the_data_version_of_an_s3_folder_changes_when_an_object_is_rewritten(stack, tmp_path):
+    from tlpipe.data.spec import data_version
+
+    local = write_image_folder(tmp_path / "folder", per_class=2)
+    storage.upload(local, "s3://tlpipe/tests/versioned")
+    first = data_version("imagefolder:s3://tlpipe/tests/versioned")
+    assert data_version("imagefolder:s3://tlpipe/tests/versioned") == first
+    other = write_image_folder(tmp_path / "other", per_class=2, seed=5)
+    storage.upload(other / "a" / "0.png", "s3://tlpipe/tests/versioned/a/0.png")  # same name, new pixels
+    assert data_version("imagefolder:s3://tlpipe/tests/versioned") != first
 
 
 def test_a_corrupt_image_in_s3_is_named_by_its_uri(stack, tmp_path):
@@ -158,6 +133,48 @@ def test_service_failures_are_found_before_training_with_one_sentence(stack, tmp
         error, output = _failure(tmp_path / "home", case_env, params)
         assert expected in error, error
         assert secret not in output and "not-the-secret" not in output
+
+
+def test_only_the_pipelines_credentials_write_to_the_authenticated_server(stack, tmp_path):
+    """The stack's MLflow runs MLflow's basic-auth app, as the chart's does. The pipelines' credentials
+    registered and gated above; no credentials, wrong ones, or a user who may only read get one sentence
+    and move nothing."""
+    import base64
+    import json
+    import urllib.request
+
+    import mlflow
+
+    home, env = stack
+    client = mlflow.MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"], registry_uri=env["MLFLOW_TRACKING_URI"])
+    before = sorted(v.version for v in client.search_model_versions("name='tlpipe'"))
+    champion = client.get_model_version_by_alias("tlpipe", "champion").version
+    # The admin (the pipelines' identity) adds a reader through MLflow's auth API.
+    request = urllib.request.Request(
+        env["MLFLOW_TRACKING_URI"] + "/api/2.0/mlflow/users/create", method="POST",
+        data=json.dumps({"username": "reader", "password": "reader-pa55word-1"}).encode(),
+        headers={"Content-Type": "application/json", "Authorization": "Basic " + base64.b64encode(
+            f"{env['MLFLOW_TRACKING_USERNAME']}:{env['MLFLOW_TRACKING_PASSWORD']}".encode()).decode()})
+    urllib.request.urlopen(request, timeout=10)
+
+    anonymous = {k: v for k, v in env.items() if not k.startswith("MLFLOW_TRACKING_USER") and k != "MLFLOW_TRACKING_PASSWORD"}
+    cases = [
+        (anonymous, "requires authentication; set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"),
+        ({**env, "MLFLOW_TRACKING_PASSWORD": "not-the-password"}, "refused the credentials of tlpipe"),
+        ({**env, "MLFLOW_TRACKING_USERNAME": "reader", "MLFLOW_TRACKING_PASSWORD": "reader-pa55word-1"},
+         "the MLflow tracking server refused a request of reader"),
+    ]
+    for case_env, expected in cases:
+        error, output = _failure(tmp_path / "home", case_env)
+        assert expected in error, error
+        assert "not-the-password" not in output and env["MLFLOW_TRACKING_PASSWORD"] not in output
+    assert sorted(v.version for v in client.search_model_versions("name='tlpipe'")) == before
+    assert client.get_model_version_by_alias("tlpipe", "champion").version == champion
+    # Nor can the reader move the champion by hand.
+    reader = {**env, "MLFLOW_TRACKING_USERNAME": "reader", "MLFLOW_TRACKING_PASSWORD": "reader-pa55word-1"}
+    moved = tlpipe(tmp_path / "home", "rollback", env=reader)
+    assert moved.returncode == 2 and "Traceback" not in moved.stderr
+    assert client.get_model_version_by_alias("tlpipe", "champion").version == champion
 
 
 def test_stopping_and_starting_the_stack_keeps_its_data(stack):

@@ -5,7 +5,7 @@ import os
 import sys
 import time
 
-from tlpipe.errors import TlpipeError
+from tlpipe.errors import TlpipeError, refusal
 
 
 def _params(pairs: list[str]) -> dict[str, str]:
@@ -126,6 +126,7 @@ def _cluster(args):
         train=Resources(*_request_limit(args.train_cpu), *_request_limit(args.train_memory)),
         light=Resources(*_request_limit(args.light_cpu), *_request_limit(args.light_memory)),
         shm_size=args.shm_size, retries=args.retries, s3_secret=args.s3_secret, mlflow_secret=args.mlflow_secret,
+        checkpoint_root=args.checkpoint_root,
     )
 
 
@@ -150,7 +151,8 @@ def _check_before_submit(args) -> None:
     from tlpipe import remote
     from tlpipe.local import preflight
 
-    for note in preflight(*remote.arguments_and_defaults(args.pipeline, _params(args.param)), on_cluster=True):
+    given = _params(args.param)
+    for note in preflight(*remote.arguments_and_defaults(args.pipeline, given, _cluster(args)), on_cluster=True):
         print(f"not checked here: {note}")
 
 
@@ -216,6 +218,9 @@ def _add_cluster_options(parser) -> None:
     group.add_argument("--retries", type=int, default=d.retries, help="retries of a failed training step, backoff from 60 s")
     group.add_argument("--s3-secret", default=d.s3_secret, help="Secret with AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL_S3")
     group.add_argument("--mlflow-secret", default=d.mlflow_secret, help="Secret with MLFLOW_TRACKING_URI (and optional auth)")
+    group.add_argument("--checkpoint-root", default=d.checkpoint_root, metavar="S3_URI",
+                       help="default checkpoint_root of the pipelines: where a retried training step finds the checkpoint "
+                            "of the pod it replaces (default %(default)s)")
 
 
 def _add_server_options(parser) -> None:
@@ -273,8 +278,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except TlpipeError as error:
-        print(f"tlpipe: error: {error}", file=sys.stderr)
+    except Exception as error:
+        refused = refusal(error)
+        if not isinstance(error, TlpipeError) and refused is None:
+            raise
+        print(f"tlpipe: error: {refused or error}", file=sys.stderr)
         return 2
     return 0
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from tlpipe import __version__
 from tlpipe.errors import TlpipeError
+from tlpipe.settings import RUN_ENV
 
 DEFAULT_IMAGE = f"ghcr.io/tlpipe/tlpipe-trainer:{__version__}"
 CPU_IMAGE = f"ghcr.io/tlpipe/tlpipe-cpu:{__version__}"
@@ -23,6 +24,8 @@ CPU_IMAGE = f"ghcr.io/tlpipe/tlpipe-cpu:{__version__}"
 IMAGE_UID = 1000
 S3_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL_S3")
 MLFLOW_KEYS = ("MLFLOW_TRACKING_URI",)
+# Kubeflow Pipelines labels every pod of a run with the run's id.
+RUN_LABEL = "pipeline/runid"
 MLFLOW_AUTH_KEYS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
 _QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti)?$")
 
@@ -74,12 +77,22 @@ class Cluster:
     retry_backoff: str = "60s"  # doubled after each retry, at most an hour
     s3_secret: str = "tlpipe-s3"
     mlflow_secret: str = "tlpipe-mlflow"
+    # The default of the pipelines' checkpoint_root: a retry runs in a new pod, which finds its
+    # predecessor's checkpoint only off the container's disk (the chart's bucket by default).
+    checkpoint_root: str = "s3://tlpipe/checkpoints"
 
     def __post_init__(self):
         if self.gpus < 0 or self.retries < 0:
             raise TlpipeError("gpus and retries must be 0 or more.")
+        check_cluster_checkpoint_root(self.checkpoint_root)
         if not _QUANTITY.match(self.shm_size):
             raise TlpipeError(f"shm size '{self.shm_size}' is not a Kubernetes quantity such as 8Gi.")
+
+
+def check_cluster_checkpoint_root(location: str) -> None:
+    if not location.startswith("s3://") or len(location) <= len("s3://"):
+        raise TlpipeError(f"checkpoint_root on a cluster must be an s3:// location, got '{location}': a retried step "
+                          "runs in a new pod and finds no checkpoint on the old one's disk.")
 
 
 class Placement:
@@ -88,6 +101,8 @@ class Placement:
     def __init__(self, cluster: Cluster | None):
         self.cluster = cluster
         self._components = {}
+        # Locally "" (checkpoints under $TLPIPE_HOME, tlpipe.steps.checkpointed); on a cluster, S3.
+        self.checkpoint_root = cluster.checkpoint_root if cluster else ""
 
     def _component(self, component, image: str):
         """The component, built for `image` (the decorators' image is only the default)."""
@@ -145,6 +160,8 @@ class Placement:
         kubernetes.use_secret_as_env(task, c.mlflow_secret, {k: k for k in MLFLOW_KEYS})
         kubernetes.use_secret_as_env(task, c.mlflow_secret, {k: k for k in MLFLOW_AUTH_KEYS}, optional=True)
         kubernetes.set_security_context(task, run_as_user=IMAGE_UID, run_as_group=IMAGE_UID, run_as_non_root=True)
+        # The run's id from the pod's label, not a component input, which would key every cache entry to one run.
+        kubernetes.use_field_path_as_env(task, RUN_ENV, f"metadata.labels['{RUN_LABEL}']")
         return task
 
 

@@ -17,13 +17,31 @@ class TlpipeError(Exception):
 ERROR_FILE_ENV = "TLPIPE_ERROR_FILE"
 
 
+def refusal(error: Exception) -> TlpipeError | None:
+    """The one sentence for an MLflow server refusing a request (no or wrong credentials, or a user who
+    may only read), or None for any other error. Told apart by MLflow's error code, without importing it."""
+    code = getattr(error, "error_code", "")
+    if code not in ("PERMISSION_DENIED", "UNAUTHENTICATED"):
+        return None
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME") or "a client without MLFLOW_TRACKING_USERNAME"
+    reason = str(getattr(error, "message", error)).strip().splitlines()[0]
+    return TlpipeError(f"the MLflow tracking server refused a request of {user} ({reason}); writing runs and moving "
+                       "the registry's aliases takes the pipelines' credentials (MLFLOW_TRACKING_USERNAME/_PASSWORD).")
+
+
 def exit_on_user_error(func):
-    """Turns a TlpipeError raised by a step into one line on stderr and exit status 2."""
+    """Turns a TlpipeError raised by a step (or an MLflow refusal) into one line on stderr and exit status 2."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         try:
-            return func(*args, **kwargs)
+            try:
+                return func(*args, **kwargs)
+            except Exception as error:
+                refused = refusal(error)
+                if refused is None:
+                    raise
+                raise refused from None
         except TlpipeError as error:
             message = str(error)
             error_file = os.environ.get(ERROR_FILE_ENV)

@@ -8,11 +8,13 @@ import shutil
 import sys
 import tempfile
 import time
+import uuid
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 from tlpipe import augment, selection, settings, storage, tracking
+from tlpipe.cluster import check_cluster_checkpoint_root
 from tlpipe.data import check_spec
 from tlpipe.data.spec import BUILTIN, spec_location
 from tlpipe.errors import ERROR_FILE_ENV, TlpipeError
@@ -31,6 +33,13 @@ def _json_list(value: str) -> list:
 
 _CASTS = {"Integer": int, "Float": float, "String": str, "Boolean": lambda v: v.lower() in ("1", "true", "yes"),
           "List": _json_list}
+
+
+# Where each pipeline's results are in its run folder (kfp.local writes <task>/<output>): Kubeflow allows no
+# pipeline outputs from inside the exit handler (pipelines.closing_run), so they are looked up here.
+RESULTS = {"report": ("register/report", "layer-sweep-report/report"),
+           "evaluation": ("evaluate/evaluation", "evaluate-retrain/evaluation"),
+           "registration": ("register/registration",), "sweep": ("layer-sweep-report/sweep",)}
 
 
 @dataclass
@@ -128,6 +137,8 @@ def preflight(arguments: dict, defaults: dict, on_cluster: bool = False) -> list
     """
     values = {**defaults, **arguments}
     check_parameters(values)
+    if on_cluster and "checkpoint_root" in values:
+        check_cluster_checkpoint_root(values["checkpoint_root"])
     skipped = []
     s3 = not on_cluster or storage.has_credentials()
 
@@ -210,8 +221,11 @@ def run(name: str, given: dict[str, str], verbose: bool = False) -> RunResult:
     # Cluster-only settings (image, display names, caching) are expected to be ignored here.
     warnings.filterwarnings("ignore", message=".*non-Python base image.*")
     warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*")
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(settings.pipeline_root()))
-    started, started_at = time.perf_counter(), time.time()
+    run_id = uuid.uuid4().hex
+    os.environ[settings.RUN_ENV] = run_id  # the steps' pipeline run (tlpipe.tracking)
+    run_root = settings.pipeline_root() / run_id
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(run_root))
+    started = time.perf_counter()
     log_path = settings.home() / "logs" / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp, open(log_path, "w") as log_file:
@@ -220,26 +234,26 @@ def run(name: str, given: dict[str, str], verbose: bool = False) -> RunResult:
         view = _LogView(sys.stdout, log_file, verbose)
         terminal, sys.stdout = sys.stdout, view
         try:
-            task = pipeline(**arguments)
+            pipeline(**arguments)
         except RuntimeError as error:
-            _fail_open_runs({**defaults, **arguments}.get("experiment", "tlpipe"), started_at)
             message = error_file.read_text() if error_file.exists() else f"{error}; the full log is {log_path}"
             raise TlpipeError(message) from None
         finally:
             sys.stdout = terminal
             os.environ.pop(ERROR_FILE_ENV, None)
-    outputs = task.outputs
-    run_dir = Path(outputs["report"].path).parent.parent
+            os.environ.pop(settings.RUN_ENV, None)
+    (run_dir,) = run_root.iterdir()
+    results = {key: next((run_dir / p for p in places if (run_dir / p).exists()), None) for key, places in RESULTS.items()}
     report = settings.home() / "reports" / f"{run_dir.name}.html"
     report.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(outputs["report"].path, report)
+    shutil.copyfile(results["report"], report)
     result = RunResult(report=report, log=log_path, seconds=time.perf_counter() - started, steps=view.steps)
-    if "evaluation" in outputs:
-        result.evaluation = Evaluation.load(outputs["evaluation"].path)
-    if "registration" in outputs:
-        result.registration = Registration.load(outputs["registration"].path)
-    if "sweep" in outputs:
-        result.sweep = json.loads(Path(outputs["sweep"].path).read_text())
+    if results["evaluation"]:
+        result.evaluation = Evaluation.load(results["evaluation"])
+    if results["registration"]:
+        result.registration = Registration.load(results["registration"])
+    if results["sweep"]:
+        result.sweep = json.loads(results["sweep"].read_text())
     return result
 
 
@@ -256,14 +270,3 @@ def format_timing(result: RunResult) -> str:
     lines.append(f"{'total':<18} {result.seconds:>8.1f} {compute:>10.1f} {overhead:>11.1f}"
                  f"  ({overhead / result.seconds:.0%} overhead)")
     return "\n".join(lines)
-
-
-def _fail_open_runs(experiment: str, since: float) -> None:
-    """Marks the MLflow runs a failed local pipeline left open as FAILED."""
-    client = tracking.configure()
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        return
-    for run in client.search_runs([exp.experiment_id], filter_string="attributes.status = 'RUNNING'"):
-        if run.info.start_time >= since * 1000:
-            client.set_terminated(run.info.run_id, "FAILED")

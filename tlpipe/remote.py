@@ -160,8 +160,9 @@ def _package(pipeline: str, cluster: Cluster, tmp: str, given: dict[str, str]) -
     return path, arguments_and_defaults(path, given)[0]
 
 
-def arguments_and_defaults(pipeline: str, given: dict[str, str]) -> tuple[dict, dict]:
-    """PIPELINE's (a name or a compiled .yaml file) typed arguments from NAME=VALUE strings, and its defaults."""
+def arguments_and_defaults(pipeline: str, given: dict[str, str], cluster: Cluster | None = None) -> tuple[dict, dict]:
+    """PIPELINE's (a name or a compiled .yaml file) typed arguments from NAME=VALUE strings, and its defaults
+    (a name's as compiled for `cluster`)."""
     from kfp.components import load_component_from_file
 
     from tlpipe.cluster import pipeline as build_pipeline
@@ -172,7 +173,7 @@ def arguments_and_defaults(pipeline: str, given: dict[str, str]) -> tuple[dict, 
             raise TlpipeError(f"compiled pipeline {pipeline} does not exist; write it with `tlpipe compile`.")
         component = load_component_from_file(pipeline)
     else:
-        component = build_pipeline(pipeline)
+        component = build_pipeline(pipeline, cluster)
     defaults = {k: spec.default for k, spec in component.component_spec.inputs.items()}
     return pipeline_arguments(component, given), defaults
 

@@ -7,6 +7,10 @@ KFP pipeline root. The standard variables (MLFLOW_TRACKING_URI, ...) win when se
 import os
 from pathlib import Path
 
+# The pipeline run a step belongs to: set by `tlpipe run` for kfp.local, and on a cluster from the pod's
+# `pipeline/runid` label (tlpipe.cluster), never passed as a component input (tlpipe.tracking says why).
+RUN_ENV = "TLPIPE_PIPELINE_RUN"
+
 
 def home() -> Path:
     return Path(os.environ.get("TLPIPE_HOME", ".tlpipe")).resolve()

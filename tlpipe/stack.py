@@ -4,6 +4,10 @@
 data, MLflow's database, logs, process ids, and stack.env with the standard variables that point
 tlpipe (and any other S3 or MLflow client) at the stack. Ports and credentials are chosen on the
 first `up` and kept, so stopping and starting the stack keeps its data and its addresses.
+
+The MLflow server runs with MLflow's authentication (the basic-auth app), as the chart's does: the
+stack's user is its admin, everyone else may only read, and a client without the stack's credentials
+gets HTTP 401.
 """
 
 import json
@@ -38,16 +42,21 @@ def _free_port() -> int:
 def config() -> dict:
     """The stack's ports and credentials, chosen on first use and then kept in stack.json."""
     path = directory() / "stack.json"
-    if path.exists():
-        return json.loads(path.read_text())
-    directory().mkdir(parents=True, exist_ok=True)
-    cfg = {
-        "ports": {name: _free_port() for name in SEAWEED_PORTS + ["mlflow"]},
-        "access_key": "tlpipe",
-        "secret_key": secrets.token_urlsafe(24),
+    cfg = json.loads(path.read_text()) if path.exists() else {}
+    fresh = {
+        "ports": lambda: {name: _free_port() for name in SEAWEED_PORTS + ["mlflow"]},
+        "access_key": lambda: "tlpipe",
+        "secret_key": lambda: secrets.token_urlsafe(24),
+        "mlflow_user": lambda: "tlpipe",
+        "mlflow_password": lambda: secrets.token_urlsafe(24),
+        "flask_secret": lambda: secrets.token_urlsafe(32),
     }
-    path.write_text(json.dumps(cfg, indent=2))
-    path.chmod(0o600)
+    missing = [key for key in fresh if key not in cfg]  # a stack made before a key existed gets it now
+    if missing:
+        cfg.update({key: fresh[key]() for key in missing})
+        directory().mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(cfg, indent=2))
+        path.chmod(0o600)
     return cfg
 
 
@@ -61,6 +70,8 @@ def environment(cfg: dict) -> dict[str, str]:
         "MLFLOW_S3_ENDPOINT_URL": s3,
         "AWS_DEFAULT_REGION": "us-east-1",
         "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{cfg['ports']['mlflow']}",
+        "MLFLOW_TRACKING_USERNAME": cfg["mlflow_user"],
+        "MLFLOW_TRACKING_PASSWORD": cfg["mlflow_password"],
     }
 
 
@@ -136,11 +147,18 @@ def up() -> dict[str, str]:
     _wait("s3", env["AWS_ENDPOINT_URL_S3"], 60)
     _create_bucket(env)
     if _pid("mlflow") is None:
-        _start("mlflow", [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(ports["mlflow"]),
-                          "--workers", "1", "--backend-store-uri", f"sqlite:///{directory() / 'mlflow.db'}",
-                          "--artifacts-destination", f"s3://{BUCKET}/mlartifacts"], env)
+        auth = directory() / "mlflow-auth.ini"
+        auth.write_text(f"[mlflow]\ndefault_permission = READ\ndatabase_uri = sqlite:///{directory() / 'mlflow-auth.db'}\n"
+                        f"admin_username = {cfg['mlflow_user']}\n")
+        server_env = {**env, "MLFLOW_AUTH_CONFIG_PATH": str(auth), "MLFLOW_AUTH_ADMIN_PASSWORD": cfg["mlflow_password"],
+                      "MLFLOW_FLASK_SERVER_SECRET_KEY": cfg["flask_secret"]}
+        _start("mlflow", [sys.executable, "-m", "mlflow", "server", "--app-name", "basic-auth", "--host", "127.0.0.1",
+                          "--port", str(ports["mlflow"]), "--workers", "1",
+                          "--backend-store-uri", f"sqlite:///{directory() / 'mlflow.db'}",
+                          "--artifacts-destination", f"s3://{BUCKET}/mlartifacts"], server_env)
     _wait("mlflow", env["MLFLOW_TRACKING_URI"] + "/health", 120)
     (directory() / "stack.env").write_text("".join(f"export {k}={v}\n" for k, v in env.items()))
+    (directory() / "stack.env").chmod(0o600)  # it holds the stack's credentials
     return env
 
 

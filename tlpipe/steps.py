@@ -68,6 +68,7 @@ def ingest(
     unseen_classes: str = "",
     attributes: str = "",
     target_val_per_class: int = 10,
+    data_version: str = "",
 ) -> dict[str, dict]:
     """Loads both domains, checks they agree, and writes the seven split datasets (SPLITS) to `out[name]`.
 
@@ -78,7 +79,7 @@ def ingest(
     """
     params = {"source": source, "target": target, "target_labels_per_class": target_labels_per_class,
               "target_val_per_class": target_val_per_class, "seed": seed, "image_size": image_size,
-              "unseen_classes": unseen_classes, "attributes": attributes}
+              "unseen_classes": unseen_classes, "attributes": attributes, "data_version": data_version}
     if image_size < 8:
         raise TlpipeError(f"image_size must be at least 8 pixels, got {image_size}.")
     source_data = load_domain(source, image_size, seed)
@@ -427,7 +428,6 @@ def register(
             add_gate_section(report_in, report_out, registration)
             mlflow.log_text(Path(report_out).read_text(), "report/report.html")
     registration.save(out)
-    tracking.end_pipeline_run(experiment, pipeline_run, "FINISHED")
     return registration
 
 
@@ -478,7 +478,6 @@ def layer_sweep_report(points: list[str], out: str, report_out: str, experiment:
         mlflow.log_text(json.dumps(rows, indent=2), "report/layer_sweep.json")
         mlflow.log_image(_png_image(png), "report/layer_sweep.png")
         mlflow.log_text(Path(report_out).read_text(), "report/report.html")
-    tracking.end_pipeline_run(experiment, pipeline_run, "FINISHED")
     return rows
 
 

@@ -7,6 +7,7 @@ Errors name the endpoint and bucket, never a credential.
 """
 
 import functools
+import hashlib
 import os
 import shutil
 from pathlib import Path
@@ -75,7 +76,7 @@ def explain(error: Exception, bucket: str) -> TlpipeError:
         if code in ("404", "NoSuchBucket", "NotFound"):
             return TlpipeError(f"{where} does not exist; create it or fix the URI.")
         return TlpipeError(f"S3 error {code} on {where}.")
-    return TlpipeError(f"S3 request to {where} failed ({type(error).__name__}).")
+    return TlpipeError(f"S3 request to {where} failed ({type(error).__name__}: {error}).")
 
 
 def has_credentials() -> bool:
@@ -105,6 +106,29 @@ def list_keys(uri: str) -> list[str]:
     except Exception as error:
         raise explain(error, bucket) from None
     return sorted(keys)
+
+
+def fingerprint(location: str) -> str:
+    """A hash of what is stored at a file or folder, local or s3://, from its listing alone (names, sizes,
+    and ETags or modification times): it changes when a file is added, removed or rewritten. An S3
+    location is taken as a key prefix, so `photos` also covers `photos2/`: more changes, never fewer."""
+    digest = hashlib.sha256()
+    if is_s3(location):
+        bucket, prefix = split_s3(location)
+        try:
+            for page in client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+                for item in page.get("Contents", []):
+                    digest.update(f"{item['Key']}\0{item['Size']}\0{item['ETag']}\n".encode())
+        except Exception as error:
+            raise explain(error, bucket) from None
+        return digest.hexdigest()
+    root = Path(location)
+    if not root.exists():
+        raise TlpipeError(f"{location} does not exist.")
+    for path in [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file()):
+        stat = path.stat()
+        digest.update(f"{path.relative_to(root)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
 
 
 def _copy_local(source: Path, destination: Path) -> None:

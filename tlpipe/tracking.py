@@ -1,8 +1,10 @@
 """MLflow: one parent run per pipeline run, one nested run per step, and the model registry.
 
 Steps run in separate processes (and on a cluster, separate pods), so they find their parent run by
-the tag `tlpipe.pipeline_run` instead of sharing an active run. With MLFLOW_TRACKING_URI unset,
-everything goes to the embedded default under $TLPIPE_HOME (tlpipe.settings).
+the tag `tlpipe.pipeline_run` instead of sharing an active run. The pipeline run's id reaches a step
+through the environment (RUN_ENV), never as a component input: an input that changes every run would
+make every cache key unique. With MLFLOW_TRACKING_URI unset, everything goes to the embedded default
+under $TLPIPE_HOME (tlpipe.settings).
 """
 
 import contextlib
@@ -21,6 +23,16 @@ from tlpipe.errors import TlpipeError
 
 PIPELINE_RUN_TAG = "tlpipe.pipeline_run"
 ROLE_TAG = "tlpipe.role"
+RUN_ENV = settings.RUN_ENV
+
+
+def current_pipeline_run() -> str:
+    """The id of the pipeline run this step belongs to."""
+    run = os.environ.get(RUN_ENV, "")
+    if not run:
+        raise TlpipeError(f"{RUN_ENV} is not set: start pipelines with `tlpipe run`, or compile them with "
+                          "`tlpipe compile` for Kubeflow Pipelines, which sets it from the run's id.")
+    return run
 
 
 def configure() -> MlflowClient:
@@ -63,15 +75,21 @@ def parent_run_id(client: MlflowClient, experiment: str, pipeline_run: str, pipe
 
 @contextlib.contextmanager
 def step_run(step: str, experiment: str, pipeline_run: str, params: dict):
-    """A nested MLflow run for one pipeline step, with its parameters logged."""
+    """The nested MLflow run of one pipeline step, with its parameters logged. A retried step (same
+    pipeline run, same step) goes on in the run its failed attempt opened instead of orphaning it."""
     client = configure()
     parent = parent_run_id(client, experiment, pipeline_run)
-    with mlflow.start_run(
-        experiment_id=experiment_id(client, experiment),
-        run_name=step,
-        parent_run_id=parent,
-        tags={PIPELINE_RUN_TAG: pipeline_run, ROLE_TAG: "step", "tlpipe.step": step},
-    ) as run:
+    earlier = [r for r in _runs(client, experiment, pipeline_run, "step") if r.data.tags.get("tlpipe.step") == step]
+    if earlier:
+        started = mlflow.start_run(run_id=earlier[0].info.run_id)  # resumes it, RUNNING again
+    else:
+        started = mlflow.start_run(
+            experiment_id=experiment_id(client, experiment),
+            run_name=step,
+            parent_run_id=parent,
+            tags={PIPELINE_RUN_TAG: pipeline_run, ROLE_TAG: "step", "tlpipe.step": step},
+        )
+    with started as run:
         mlflow.log_params(params)
         yield run
 
@@ -108,10 +126,23 @@ class EpochLogger:
             print(f"[{self.step}] epoch {bar}  {shown}", flush=True)
 
 
-def end_pipeline_run(experiment: str, pipeline_run: str, status: str) -> None:
+# Kubeflow Pipelines reports a task's final state as a task state or, in older backends, an MLMD execution state.
+_FINAL_STATES = {"SUCCEEDED": "FINISHED", "COMPLETE": "FINISHED", "CACHED": "FINISHED", "CANCELED": "KILLED",
+                 "CANCELLED": "KILLED", "CANCELING": "KILLED"}
+
+
+def close_pipeline_run(experiment: str, pipeline_run: str, final_state: str) -> str:
+    """Ends the pipeline run's MLflow parent run with the status matching the pipeline's final state
+    (FINISHED, KILLED, otherwise FAILED) and fails any step run still open (a step whose pod was killed).
+    Called by the pipelines' exit handler, which runs whatever happened to the steps."""
+    status = _FINAL_STATES.get(final_state.upper(), "FAILED")
     client = configure()
+    for run in _runs(client, experiment, pipeline_run, "step"):
+        if run.info.status == "RUNNING":
+            client.set_terminated(run.info.run_id, "FAILED")
     for run in _runs(client, experiment, pipeline_run, "pipeline"):
         client.set_terminated(run.info.run_id, status)
+    return status
 
 
 def pipeline_lineage(experiment: str, pipeline_run: str) -> tuple[dict[str, str], dict[str, str]]:
@@ -140,21 +171,43 @@ def code_version() -> str:
 
 
 def check_reachable() -> None:
-    """Fails fast, naming the server, when the tracking server cannot be reached.
+    """Fails fast, naming the server, when the tracking server cannot be reached or refuses this
+    machine's credentials (MLFLOW_TRACKING_USERNAME and _PASSWORD, or _TOKEN).
 
-    A plain health request with a short timeout: MLflow's own client retries for minutes.
+    Plain requests with a short timeout: MLflow's own client retries for minutes.
     """
     uri = settings.tracking_uri()
     if uri.startswith(("http://", "https://")):
+        import base64
         import urllib.error
         import urllib.request
 
+        base = uri.rstrip("/")
         try:
-            urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5)
+            urllib.request.urlopen(base + "/health", timeout=5)
         except urllib.error.HTTPError as error:
             raise TlpipeError(f"the MLflow tracking server at {uri} answered HTTP {error.code} to a health check.") from None
         except OSError as error:
             reason = getattr(error, "reason", error)
             raise TlpipeError(f"cannot reach the MLflow tracking server at {uri} ({reason}).") from None
+        request = urllib.request.Request(base + "/api/2.0/mlflow/experiments/search?max_results=1")
+        user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+        if user and password:
+            request.add_header("Authorization", "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode())
+        elif os.environ.get("MLFLOW_TRACKING_TOKEN"):
+            request.add_header("Authorization", f"Bearer {os.environ['MLFLOW_TRACKING_TOKEN']}")
+        try:
+            urllib.request.urlopen(request, timeout=10)
+        except urllib.error.HTTPError as error:
+            if error.code == 401 and request.has_header("Authorization"):
+                raise TlpipeError(f"the MLflow tracking server at {uri} refused the credentials of "
+                                  f"{user or 'MLFLOW_TRACKING_TOKEN'}; check MLFLOW_TRACKING_USERNAME and "
+                                  "MLFLOW_TRACKING_PASSWORD.") from None
+            if error.code == 401:
+                raise TlpipeError(f"the MLflow tracking server at {uri} requires authentication; set "
+                                  "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD.") from None
+            raise TlpipeError(f"the MLflow tracking server at {uri} answered HTTP {error.code} to a search.") from None
+        except OSError as error:
+            raise TlpipeError(f"cannot reach the MLflow tracking server at {uri} ({getattr(error, 'reason', error)}).") from None
         return
     configure().search_experiments(max_results=1)

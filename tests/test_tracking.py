@@ -1,0 +1,62 @@
+"""The MLflow runs of a pipeline run: one nested run per step, taken up again by a retried step, and
+closed by the exit handler whatever happened; the pipeline run's id comes from the environment."""
+
+import mlflow
+import pytest
+
+from tlpipe import tracking
+from tlpipe.errors import TlpipeError
+
+
+@pytest.fixture
+def client(tlpipe_home):
+    yield tracking.configure()
+    mlflow.set_tracking_uri(None)
+
+
+def runs(client, role: str) -> list:
+    experiment = client.get_experiment_by_name("runs").experiment_id
+    return client.search_runs([experiment], f"tags.`tlpipe.role` = '{role}'")
+
+
+def test_the_pipeline_run_comes_from_the_environment(monkeypatch):
+    monkeypatch.setenv("TLPIPE_PIPELINE_RUN", "9f1c")
+    assert tracking.current_pipeline_run() == "9f1c"
+    monkeypatch.delenv("TLPIPE_PIPELINE_RUN")
+    with pytest.raises(TlpipeError, match="TLPIPE_PIPELINE_RUN is not set"):
+        tracking.current_pipeline_run()
+
+
+def test_a_retried_step_goes_on_in_the_run_its_failed_attempt_opened(client):
+    with pytest.raises(RuntimeError):
+        with tracking.step_run("pretrain", "runs", "run-1", {"epochs": 3}):
+            mlflow.log_metric("train_loss", 2.0, step=0)
+            raise RuntimeError("preempted")
+    [failed] = runs(client, "step")
+    assert failed.info.status == "FAILED"
+    with tracking.step_run("pretrain", "runs", "run-1", {"epochs": 3}):
+        mlflow.log_metric("train_loss", 1.0, step=1)
+    [step] = runs(client, "step")
+    assert step.info.run_id == failed.info.run_id and step.info.status == "FINISHED"
+    assert [m.value for m in client.get_metric_history(step.info.run_id, "train_loss")] == [2.0, 1.0]
+    # Another step, or the same step of another pipeline run, has a run of its own.
+    with tracking.step_run("adapt", "runs", "run-1", {}):
+        pass
+    with tracking.step_run("pretrain", "runs", "run-2", {"epochs": 3}):
+        pass
+    assert len(runs(client, "step")) == 3 and len(runs(client, "pipeline")) == 2
+
+
+@pytest.mark.parametrize("final_state, status", [("SUCCEEDED", "FINISHED"), ("COMPLETE", "FINISHED"),
+                                                 ("FAILED", "FAILED"), ("CANCELED", "KILLED"), ("SYSTEM_ERROR", "FAILED")])
+def test_the_exit_handler_closes_the_parent_run_and_fails_steps_left_open(client, final_state, status):
+    with tracking.step_run("ingest", "runs", "run-1", {}):
+        pass
+    client.update_run(runs(client, "step")[0].info.run_id, status="RUNNING")  # as a pod killed mid-step leaves it
+    with tracking.step_run("other", "runs", "run-2", {}):  # another pipeline run, not closed here
+        pass
+    assert tracking.close_pipeline_run("runs", "run-1", final_state) == status
+    parents = {r.data.tags["tlpipe.pipeline_run"]: r.info.status for r in runs(client, "pipeline")}
+    assert parents == {"run-1": status, "run-2": "RUNNING"}
+    steps = {r.data.tags["tlpipe.pipeline_run"]: r.info.status for r in runs(client, "step")}
+    assert steps == {"run-1": "FAILED", "run-2": "FINISHED"}
