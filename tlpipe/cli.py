@@ -5,7 +5,7 @@ import os
 import sys
 import time
 
-from tlpipe.errors import TlpipeError, refusal
+from tlpipe.errors import TlpipeError, as_user_error
 
 
 def _params(pairs: list[str]) -> dict[str, str]:
@@ -279,10 +279,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except Exception as error:
-        refused = refusal(error)
-        if not isinstance(error, TlpipeError) and refused is None:
+        user_error = as_user_error(error)
+        if user_error is None:
             raise
-        print(f"tlpipe: error: {refused or error}", file=sys.stderr)
+        print(f"tlpipe: error: {user_error}", file=sys.stderr)
         return 2
     return 0
 

@@ -29,21 +29,23 @@ def refusal(error: Exception) -> TlpipeError | None:
                        "the registry's aliases takes the pipelines' credentials (MLFLOW_TRACKING_USERNAME/_PASSWORD).")
 
 
+def as_user_error(error: Exception) -> TlpipeError | None:
+    """The error as the one sentence a user sees (a TlpipeError, or an MLflow refusal), or None for a bug."""
+    return error if isinstance(error, TlpipeError) else refusal(error)
+
+
 def exit_on_user_error(func):
     """Turns a TlpipeError raised by a step (or an MLflow refusal) into one line on stderr and exit status 2."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         try:
-            try:
-                return func(*args, **kwargs)
-            except Exception as error:
-                refused = refusal(error)
-                if refused is None:
-                    raise
-                raise refused from None
-        except TlpipeError as error:
-            message = str(error)
+            return func(*args, **kwargs)
+        except Exception as error:
+            user_error = as_user_error(error)
+            if user_error is None:
+                raise
+            message = str(user_error)
             error_file = os.environ.get(ERROR_FILE_ENV)
             if error_file:
                 with open(error_file, "w", encoding="utf-8") as f:

@@ -78,7 +78,6 @@ def step_run(step: str, experiment: str, pipeline_run: str, params: dict):
     """The nested MLflow run of one pipeline step, with its parameters logged. A retried step (same
     pipeline run, same step) goes on in the run its failed attempt opened instead of orphaning it."""
     client = configure()
-    parent = parent_run_id(client, experiment, pipeline_run)
     earlier = [r for r in _runs(client, experiment, pipeline_run, "step") if r.data.tags.get("tlpipe.step") == step]
     if earlier:
         started = mlflow.start_run(run_id=earlier[0].info.run_id)  # resumes it, RUNNING again
@@ -86,7 +85,7 @@ def step_run(step: str, experiment: str, pipeline_run: str, params: dict):
         started = mlflow.start_run(
             experiment_id=experiment_id(client, experiment),
             run_name=step,
-            parent_run_id=parent,
+            parent_run_id=parent_run_id(client, experiment, pipeline_run),
             tags={PIPELINE_RUN_TAG: pipeline_run, ROLE_TAG: "step", "tlpipe.step": step},
         )
     with started as run:
