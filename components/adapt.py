@@ -10,6 +10,7 @@ def adapt(
     source_train: Input[Dataset],
     target_unlabelled: Input[Dataset],
     target_labelled: Input[Dataset],
+    target_val: Input[Dataset],
     method: str,
     epochs: int,
     finetune_epochs: int,
@@ -25,7 +26,8 @@ def adapt(
 ):
     """Adapts the source model to the unlabelled target domain (DANN, CDAN+E, DAN, Deep CORAL), or with
     dann+finetune adapts and then fine-tunes on the labelled target images for finetune_epochs. source_augment
-    applies to the source images (tlpipe.augment: none, colour)."""
+    applies to the source images (tlpipe.augment: none, colour). target_val is scored each epoch, only to be
+    watched: adaptation chooses nothing by it."""
     from tlpipe import steps
     from tlpipe.tracking import current_pipeline_run
     from tlpipe.errors import exit_on_user_error
@@ -36,6 +38,6 @@ def adapt(
                          augment=source_augment)
     facts = exit_on_user_error(steps.adapt)(
         source_model.path, source_train.path, target_unlabelled.path, model.path, method, config, experiment, current_pipeline_run(),
-        target_labelled.path, finetune_epochs,
+        target_labelled.path, finetune_epochs, target_val.path,
     )
     model.metadata.update(facts)

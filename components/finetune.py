@@ -9,6 +9,7 @@ def finetune(
     source_model: Input[Model],
     source_train: Input[Dataset],
     target_labelled: Input[Dataset],
+    target_val: Input[Dataset],
     strategy: str,
     epochs: int,
     batch_size: int,
@@ -22,7 +23,7 @@ def finetune(
     model: Output[Model],
 ):
     """Fine-tunes the source model on the few labelled target images (strategy `scratch`: no transfer;
-    multitask and zero-shot also use the source training images)."""
+    multitask and zero-shot also use the source training images); target_val is scored each epoch."""
     from tlpipe import steps
     from tlpipe.tracking import current_pipeline_run
     from tlpipe.errors import exit_on_user_error
@@ -32,6 +33,6 @@ def finetune(
                          checkpoint_every=checkpoint_every, nproc=nproc)
     facts = exit_on_user_error(steps.finetune)(
         source_model.path, target_labelled.path, model.path, strategy, config, experiment, current_pipeline_run(), step_name,
-        source_train.path,
+        source_train.path, target_val.path,
     )
     model.metadata.update(facts)

@@ -7,6 +7,7 @@ from components import IMAGE
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def pretrain(
     source_train: Input[Dataset],
+    source_val: Input[Dataset],
     backbone: str,
     pretrained_weights: str,
     epochs: int,
@@ -21,7 +22,7 @@ def pretrain(
     model: Output[Model],
 ):
     """Trains backbone + head on the labelled source domain (optionally from pretrained weights), with
-    source_augment (tlpipe.augment: none, colour) applied to its images."""
+    source_augment (tlpipe.augment: none, colour) applied to its images; source_val is scored each epoch."""
     from tlpipe import steps
     from tlpipe.tracking import current_pipeline_run
     from tlpipe.errors import exit_on_user_error
@@ -31,6 +32,7 @@ def pretrain(
                          checkpoint_every=checkpoint_every, nproc=nproc,
                          augment=source_augment)
     facts = exit_on_user_error(steps.pretrain)(
-        source_train.path, model.path, backbone, pretrained_weights, config, experiment, current_pipeline_run()
+        source_train.path, model.path, backbone, pretrained_weights, config, experiment, current_pipeline_run(),
+        source_val.path,
     )
     model.metadata.update(facts)

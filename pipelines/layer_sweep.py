@@ -47,7 +47,7 @@ def build(cluster: Cluster | None = None):
                 attributes="",
             )
             source_model = on.train(
-                pretrain, source_train=data.outputs["source_train"], backbone=backbone,
+                pretrain, source_train=data.outputs["source_train"], source_val=data.outputs["source_val"], backbone=backbone,
                 pretrained_weights=pretrained_weights, epochs=source_epochs, source_augment=source_augment, **train,
             )
             with dsl.ParallelFor(items=blocks) as k:

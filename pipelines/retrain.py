@@ -70,14 +70,14 @@ def build(cluster: Cluster | None = None):
             finetuned = on.train(
                 finetune,
                 source_model=start.outputs["model"], source_train=data.outputs["source_train"],
-                target_labelled=data.outputs["target_labelled"], strategy=strategy,
+                target_labelled=data.outputs["target_labelled"], target_val=data.outputs["target_val"], strategy=strategy,
                 epochs=finetune_epochs, step_name="finetune", **train,
             ).set_display_name("finetune")
             adapted = on.train(
                 adapt,
                 source_model=start.outputs["model"], source_train=data.outputs["source_train"],
                 target_unlabelled=data.outputs["target_unlabelled"], target_labelled=data.outputs["target_labelled"],
-                method=adapt_method, epochs=adapt_epochs, finetune_epochs=finetune_epochs, source_augment=source_augment,
+                target_val=data.outputs["target_val"], method=adapt_method, epochs=adapt_epochs, finetune_epochs=finetune_epochs, source_augment=source_augment,
                 **train,
             )
             scores = on.light(

@@ -58,14 +58,14 @@ def build(cluster: Cluster | None = None):
             )
             source_model = on.train(
                 pretrain,
-                source_train=data.outputs["source_train"], backbone=backbone, pretrained_weights=pretrained_weights,
+                source_train=data.outputs["source_train"], source_val=data.outputs["source_val"], backbone=backbone, pretrained_weights=pretrained_weights,
                 epochs=source_epochs, batch_size=batch_size, lr=lr, seed=seed, checkpoint_root=checkpoint_root,
                 checkpoint_every=checkpoint_every, nproc=nproc, source_augment=source_augment, experiment=experiment,
             )
             finetuned = on.train(
                 finetune,
                 source_model=source_model.outputs["model"], source_train=data.outputs["source_train"],
-                target_labelled=data.outputs["target_labelled"], strategy=strategy,
+                target_labelled=data.outputs["target_labelled"], target_val=data.outputs["target_val"], strategy=strategy,
                 epochs=finetune_epochs, batch_size=batch_size, lr=lr, seed=seed, checkpoint_root=checkpoint_root,
                 checkpoint_every=checkpoint_every, nproc=nproc, experiment=experiment,
                 step_name="finetune",
@@ -73,7 +73,7 @@ def build(cluster: Cluster | None = None):
             target_only = on.train(
                 finetune,
                 source_model=source_model.outputs["model"], source_train=data.outputs["source_train"],
-                target_labelled=data.outputs["target_labelled"], strategy="scratch",
+                target_labelled=data.outputs["target_labelled"], target_val=data.outputs["target_val"], strategy="scratch",
                 epochs=finetune_epochs, batch_size=batch_size, lr=lr, seed=seed, checkpoint_root=checkpoint_root,
                 checkpoint_every=checkpoint_every, nproc=nproc, experiment=experiment,
                 step_name="target-only",
@@ -82,7 +82,7 @@ def build(cluster: Cluster | None = None):
                 adapt,
                 source_model=source_model.outputs["model"], source_train=data.outputs["source_train"],
                 target_unlabelled=data.outputs["target_unlabelled"], target_labelled=data.outputs["target_labelled"],
-                method=adapt_method, epochs=adapt_epochs, finetune_epochs=finetune_epochs, batch_size=batch_size, lr=lr,
+                target_val=data.outputs["target_val"], method=adapt_method, epochs=adapt_epochs, finetune_epochs=finetune_epochs, batch_size=batch_size, lr=lr,
                 seed=seed, checkpoint_root=checkpoint_root,
                 checkpoint_every=checkpoint_every, nproc=nproc, source_augment=source_augment, experiment=experiment,
             )

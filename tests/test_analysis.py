@@ -4,7 +4,7 @@ import numpy as np
 from test_methods import colour_set, trained_source
 
 from tlpipe.analysis import (domain_distances, domain_features, format_layer_sweep, layer_sweep_png, proxy_a_distance,
-                             tsne_png)
+                             tsne_figure, tsne_png)
 from tlpipe.evaluate import compare, confusion_png, format_table, per_class_csv, write_report
 
 PNG = b"\x89PNG"
@@ -44,6 +44,21 @@ def test_report_and_table_carry_a_distances_per_class_and_the_tsne_picture(tmp_p
     write_report(tmp_path / "r.html", evaluation, "t", {}, tsne)
     page = (tmp_path / "r.html").read_text()
     assert "A-distance" in page and "t-SNE" in page and page.count("data:image/png;base64,") == 2
+
+
+def test_tsne_has_a_panel_per_model_and_a_legend_of_domains_and_classes():
+    model = trained_source()
+    source, target = colour_set(seed=1), colour_set(seed=2, shift=60)
+    pairs = domain_features({"source-only": model, "target-only": model, "adapted": model, "finetuned": model},
+                            source, target)
+    fig = tsne_figure(pairs, source.labels, target.labels, None, source.classes, "digits", "digits-m")
+    titles = [ax.get_title() for ax in fig.axes if ax.get_visible()]
+    assert titles == ["source-only", "target-only", "adapted", "finetuned"]
+    (legend,) = fig.legends
+    assert [t.get_text() for t in legend.get_texts()] == ["source: digits", "target: digits-m", "r", "g", "b"]
+    # Source and target differ in marker, not only in colour.
+    source_marker, target_marker = (h.get_marker() for h in legend.legend_handles[:2])
+    assert source_marker != target_marker
 
 
 def test_layer_sweep_table_and_plot():

@@ -40,17 +40,17 @@ def chain(tmp_path_factory):
                        attributes="", **a)
     for name in ("source_model", "finetuned", "target_only", "adapted", "best_model"):
         a[name] = artifact(dsl.Model, root / name)
-    pretrain.python_func(source_train=a["source_train"], backbone="small-cnn", pretrained_weights="",
+    pretrain.python_func(source_train=a["source_train"], source_val=a["source_val"], backbone="small-cnn", pretrained_weights="",
                          source_augment="colour", model=a["source_model"], **TRAIN)
     finetune.python_func(source_model=a["source_model"], source_train=a["source_train"],
-                         target_labelled=a["target_labelled"], strategy="freeze:1",
+                         target_labelled=a["target_labelled"], target_val=a["target_val"], strategy="freeze:1",
                          step_name="finetune", model=a["finetuned"], **TRAIN)
     finetune.python_func(source_model=a["source_model"], source_train=a["source_train"],
-                         target_labelled=a["target_labelled"], strategy="scratch",
+                         target_labelled=a["target_labelled"], target_val=a["target_val"], strategy="scratch",
                          step_name="target-only", model=a["target_only"], **TRAIN)
     adapt.python_func(source_model=a["source_model"], source_train=a["source_train"],
                       target_unlabelled=a["target_unlabelled"], target_labelled=a["target_labelled"],
-                      method="dann+finetune", finetune_epochs=1, source_augment="colour", model=a["adapted"], **TRAIN)
+                      target_val=a["target_val"], method="dann+finetune", finetune_epochs=1, source_augment="colour", model=a["adapted"], **TRAIN)
     a["evaluation"] = artifact(dsl.Artifact, root / "evaluation.json")
     a["report"] = artifact(dsl.HTML, root / "report.html")
     a["metrics"] = artifact(dsl.Metrics, root / "metrics")
@@ -120,7 +120,12 @@ def test_evaluate_logs_analysis_artifacts_to_mlflow(chain):
     assert {"report/tsne.png", "report/per_class_accuracy.csv", "report/confusion"} <= files
     confusions = {f.path for f in client.list_artifacts(run.info.run_id, "report/confusion")}
     assert confusions == {f"report/confusion/{n}.png" for n in ("source-only", "target-only", "finetuned", "adapted")}
-    assert {"source-only_a_distance", "adapted_a_distance"} <= set(run.data.metrics)
+    # The evaluation as one table that compares the models; each model's scores also on the run that trained it.
+    table = json.loads(Path(client.download_artifacts(run.info.run_id, "report/evaluation_table.json")).read_text())
+    assert table["columns"][:4] == ["model", "role", "val_accuracy", "test_accuracy"]
+    assert [row[0] for row in table["data"]] == ["source-only", "target-only", "finetuned", "adapted"]
+    _, _, steps = _runs()
+    assert -2 <= steps["adapt"].data.metrics["a_distance"] <= 2
 
 
 def test_layer_sweep_components_train_both_modes_and_plot(chain, tmp_path, monkeypatch):
@@ -163,7 +168,12 @@ def test_register_makes_the_first_version_champion_and_tags_lineage(chain):
     assert tags["tlpipe.test_hash"] == chain["target_test"].metadata["content_hash"]
     for split in SPLITS:
         assert tags[f"tlpipe.hash.{split}"] == chain[split].metadata["content_hash"]
-    assert json.loads(tags["tlpipe.params"])["finetune_epochs"] == "1"
+    assert "tlpipe.params" not in tags  # one fact a tag; the hyperparameters are on the training run
+    method = load_model(chain["best_model"].path)[1]["method"]
+    assert f'{tags["tlpipe.method"]}:{tags.get("tlpipe.strategy", "")}'.rstrip(":") == method
+    assert (tags["tlpipe.source"], tags["tlpipe.target"], tags["tlpipe.backbone"]) == ("digits", "digits-m", "small-cnn")
+    assert float(tags["tlpipe.gate.challenger_accuracy"]) == pytest.approx(float(tags["tlpipe.accuracy"]), abs=1e-6)
+    assert "challenger" not in client.get_registered_model("tests-model").aliases  # a promoted version: champion only
     published = Path(tags["tlpipe.published"])
     assert published == Path(chain["target_test"].path).parent / "published" / "run-1" / "model"
     assert (published / "model.safetensors").is_file()
@@ -184,9 +194,105 @@ def test_one_parent_run_with_a_nested_run_per_step(chain):
     assert all(r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for r in steps.values())
     history = client.get_metric_history(steps["pretrain"].info.run_id, "train_loss")
     assert [m.step for m in history] == [0]
-    # source_augment reaches the training of the source images, and only there.
-    assert steps["pretrain"].data.params["pretrain_augment"] == steps["adapt"].data.params["adapt_augment"] == "colour"
-    assert steps["finetune"].data.params["finetune_augment"] == "none"
+    # Validation accuracy every epoch next to training accuracy: dann+finetune's 1 + 1 epochs.
+    assert [m.step for m in client.get_metric_history(steps["adapt"].info.run_id, "val_accuracy")] == [0, 1]
+    assert [m.step for m in client.get_metric_history(steps["finetune"].info.run_id, "val_accuracy")] == [0]
+    # source_augment reaches the training of the source images, and only there; parameters under plain names.
+    assert steps["pretrain"].data.params["augment"] == steps["adapt"].data.params["augment"] == "colour"
+    assert steps["finetune"].data.params["augment"] == "none" and steps["finetune"].data.params["epochs"] == "1"
+    for run in steps.values():  # no machine paths (checkpoints) among parameters
+        assert not any(value.startswith("/") for value in run.data.params.values()), run.data.params
+
+
+STEP_OF = {"source-only": "pretrain", "target-only": "target-only", "finetuned": "finetune", "adapted": "adapt"}
+
+
+def _runs(experiment="tests"):
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    parent = next(r for r in runs if r.data.tags.get("tlpipe.role") == "pipeline")
+    steps = {r.data.tags["tlpipe.step"]: r for r in runs if r.data.tags.get("tlpipe.role") == "step"}
+    return client, parent, steps
+
+
+def test_the_parent_run_summarises_the_pipeline_run(chain):
+    client, parent, _ = _runs()
+    params = parent.data.params
+    assert {k: params[k] for k in ("source", "target", "backbone", "strategy", "adapt_method", "seed",
+                                    "target_labels_per_class", "select_by")} == {
+        "source": "digits", "target": "digits-m", "backbone": "small-cnn", "strategy": "freeze:1",
+        "adapt_method": "dann+finetune", "seed": "0", "target_labels_per_class": "5", "select_by": "target-val"}
+    evaluation = json.loads(Path(chain["evaluation"].path).read_text())
+    for r in evaluation["results"]:
+        assert parent.data.metrics[f"{r['name']}_test_accuracy"] == pytest.approx(r["accuracy"])
+        assert parent.data.metrics[f"{r['name']}_val_accuracy"] == pytest.approx(r["val_accuracy"])
+    best = next(r for r in evaluation["results"] if r["name"] == evaluation["best"])
+    assert parent.data.metrics["selected_test_accuracy"] == pytest.approx(best["accuracy"])
+    tags = parent.data.tags
+    assert tags["tlpipe.selected"] == best["name"] and tags["tlpipe.gate.verdict"] == "promoted: the first champion"
+    assert f"**{best['name']}**" in tags["mlflow.note.content"] and "version 1" in tags["mlflow.note.content"]
+    assert {d.dataset.name.split("/")[1] for d in parent.inputs.dataset_inputs} == set(SPLITS)
+    report = client.download_artifacts(parent.info.run_id, "report.html")
+    assert Path(report).read_text() == Path(chain["final_report"].path).read_text()
+
+
+def test_each_model_is_logged_in_the_run_that_trained_it_and_registered_from_there(chain):
+    import mlflow
+    import numpy as np
+
+    client, parent, steps = _runs()
+    models = {m.name: m for m in client.search_logged_models([parent.info.experiment_id])}
+    assert set(models) == {"source-only", "finetune-freeze-1", "target-only", "dann-finetune"}
+    trained_by = {"source-only": "pretrain", "finetune-freeze-1": "finetune", "target-only": "target-only",
+                  "dann-finetune": "adapt"}
+    test_digest = chain["target_test"].metadata["content_hash"].split(":")[1][:32]
+    for name, model in models.items():
+        assert model.source_run_id == steps[trained_by[name]].info.run_id
+        scores = {(m.key, m.dataset_name, m.dataset_digest) for m in model.metrics}
+        assert ("target_test_accuracy", "digits-m/target_test", test_digest) in scores
+    version = client.get_model_version_by_alias("tests-model", "champion")
+    selected = json.loads(Path(chain["evaluation"].path).read_text())["best"]
+    assert version.run_id == steps[STEP_OF[selected]].info.run_id  # one click from the version to its parameters
+    loaded = mlflow.pyfunc.load_model("models:/tests-model@champion")
+    assert loaded.metadata.saved_input_example_info is not None
+    predicted = loaded.predict(np.random.default_rng(0).integers(0, 256, (3, 40, 48, 3), dtype=np.uint8))
+    assert predicted.shape == (3,) and set(predicted.tolist()) <= set(range(10))
+
+
+def test_runs_list_the_splits_they_read_with_the_hashes_ingest_wrote(chain):
+    _, _, steps = _runs()
+
+    def inputs(step):
+        return {(d.dataset.name.split("/")[1], next(t.value for t in d.tags if t.key == "mlflow.data.context")):
+                d.dataset for d in steps[step].inputs.dataset_inputs}
+
+    ingested = inputs("ingest")
+    assert {name for name, _ in ingested} == set(SPLITS)
+    for (name, _), dataset in ingested.items():
+        full = chain[name].metadata["content_hash"]
+        assert dataset.digest == full.split(":")[1][:32] and json.loads(dataset.profile)["content_hash"] == full
+        assert json.loads(dataset.profile)["images"] == chain[name].metadata["count"]
+    assert set(inputs("pretrain")) == {("source_train", "training"), ("source_val", "validation")}
+    assert set(inputs("evaluate")) == {("target_test", "test"), ("target_val", "validation")}
+
+
+def test_the_report_names_what_ran_and_reads_in_a_narrow_window(chain):
+    import shutil
+
+    _, parent, _ = _runs()
+    report = Path(chain["final_report"].path).read_text()
+    assert "digits -&gt; digits-m" in report  # the title: source and target
+    for fact in ("run-1", parent.info.run_id, "dann+finetune", "freeze:1", "<th>date</th>", "<th>MLflow run</th>"):
+        assert fact in report, fact
+    if not shutil.which("chromium"):
+        pytest.skip("no Chromium here (scripts/setup installs Debian's chromium where apt-get can)")
+    from tlpipe import browser
+
+    for width in (1400, 700):
+        page_width, height = browser.page_size(chain["final_report"].path, width)
+        assert page_width <= width and height > 1000, (width, page_width, height)
 
 
 def test_user_errors_exit_with_one_sentence(tmp_path, capsys, tlpipe_home, monkeypatch):

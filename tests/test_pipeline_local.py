@@ -64,7 +64,7 @@ def test_run_prints_table_registration_and_report(first_run, home):
     out = first_run.stdout
     for row in ("source-only", "target-only", "finetuned", "adapted"):
         assert f"\n{row} " in out
-    assert "registered model: tlpipe version 1 (alias challenger)" in out
+    assert "registered model: tlpipe version 1 (alias champion)" in out
     assert "champion: version 1 (promoted: the first champion)" in out
     assert "A-dist" in out  # proxy A-distance per model
     assert "close-run" in out  # the exit handler ran
@@ -80,6 +80,13 @@ def test_run_prints_table_registration_and_report(first_run, home):
 def test_a_finished_run_closes_its_mlflow_runs(first_run, registry):
     parent, steps = last_pipeline_run(registry)
     assert parent.info.status == "FINISHED"
+    # One identifier names the run: the MLflow run's name, the report's file, and the report itself.
+    out = first_run.stdout
+    report = Path(out.split("report: ")[1].split()[0])
+    assert parent.info.run_name == parent.data.tags["tlpipe.pipeline_run"] == report.stem
+    assert parent.info.run_name in report.read_text()
+    link = f"MLflow run {parent.info.run_id}: #/experiments/{parent.info.experiment_id}/runs/{parent.info.run_id}"
+    assert link in out
     assert {r.data.tags["tlpipe.step"]: r.info.status for r in steps} == dict.fromkeys(
         ["ingest", "pretrain", "finetune", "target-only", "adapt", "evaluate", "register"], "FINISHED")
 

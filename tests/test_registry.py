@@ -61,6 +61,7 @@ def register(models, name, run, model_name="gated"):
 def test_gate_promotes_only_a_model_shown_better(models):
     first = register(models, "weak", "run-1")
     assert (first.version, first.promoted, first.previous_champion) == ("1", True, None)
+    assert tracking.configure().get_registered_model("gated").aliases == {"champion": 1}
     second = register(models, "strong", "run-2")
     assert (second.version, second.promoted, second.previous_champion) == ("2", True, "1")
     assert second.previous_champion_accuracy == models[1]["weak"]
@@ -68,8 +69,8 @@ def test_gate_promotes_only_a_model_shown_better(models):
     assert (third.version, third.promoted, third.champion_version) == ("3", False, "2")
 
     client = tracking.configure()
-    assert str(client.get_model_version_by_alias("gated", "champion").version) == "2"
-    assert str(client.get_model_version_by_alias("gated", "challenger").version) == "3"
+    # A promoted version holds champion alone; challenger is the newest version that was not promoted.
+    assert client.get_registered_model("gated").aliases == {"champion": 2, "challenger": 3}
     tags = client.get_model_version("gated", "3").tags
     assert tags["tlpipe.gate.verdict"].startswith("kept champion v2: not shown better")
     assert float(tags["tlpipe.gate.p_value"]) == third.p_value > 0.05 and tags["tlpipe.gate.promoted"] == "False"
@@ -207,7 +208,7 @@ def test_rollback_moves_champion_back_and_listing_shows_lineage(models, tlpipe_h
     listing = subprocess.run([*cli, "registry", "--model-name", "gated"], env=env, capture_output=True, text=True)
     assert listing.returncode == 0, listing.stderr
     lines = listing.stdout.splitlines()
-    assert lines[1].split()[:2] == ["2", "challenger,champion"] and "run-2" in lines[1]
+    assert lines[1].split()[:2] == ["2", "champion"] and "run-2" in lines[1]
     assert "evidence" in lines[0] and "vs v1 " in lines[1] and "promoted: better than champion v1" in lines[1]
     assert lines[2].split()[0] == "1" and "run-1" in lines[2]
 

@@ -60,3 +60,32 @@ def test_the_exit_handler_closes_the_parent_run_and_fails_steps_left_open(client
     assert parents == {"run-1": status, "run-2": "RUNNING"}
     steps = {r.data.tags["tlpipe.pipeline_run"]: r.info.status for r in runs(client, "step")}
     assert steps == {"run-1": "FAILED", "run-2": "FINISHED"}
+
+
+def test_steps_log_into_the_runs_kubeflows_mlflow_integration_created(client, tmp_path, monkeypatch):
+    """KFP 2.17's MLflow plugin creates the pipeline's parent run and a nested run per task, and hands
+    the task's run to the pod as MLFLOW_RUN_ID: the step logs there instead of opening runs of its own."""
+    from tlpipe import steps
+
+    experiment = client.create_experiment("kfp-chosen")
+    kfp_parent = client.create_run(experiment, run_name="kfp-pipeline-run").info.run_id
+    kfp_task = client.create_run(experiment, run_name="ingest", tags={"mlflow.parentRunId": kfp_parent}).info.run_id
+    monkeypatch.setenv("MLFLOW_RUN_ID", kfp_task)
+    out = {name: str(tmp_path / name) for name in steps.SPLITS}
+    facts = steps.ingest("digits", "digits-m", 5, 0, 32, out, "tlpipe", "run-kfp", target_val_per_class=10)
+
+    task, parent = client.get_run(kfp_task), client.get_run(kfp_parent)
+    assert task.data.params["source"] == "digits" and task.data.metrics["target_val_count"] == 100
+    assert task.data.tags["tlpipe.step"] == "ingest" and task.data.tags["tlpipe.pipeline_run"] == "run-kfp"
+    assert {d.dataset.digest for d in task.inputs.dataset_inputs} == {
+        meta["content_hash"].split(":")[1][:32] for meta in facts.values()}
+    # Its parent is this pipeline run's: tagged, with the shared parameters; no run of tlpipe's own anywhere.
+    assert parent.data.tags["tlpipe.role"] == "pipeline" and parent.data.params["target"] == "digits-m"
+    assert client.get_experiment_by_name("tlpipe") is None
+    assert len(client.search_runs([experiment])) == 2
+    # A later step of the same pipeline run, in a pod whose task run KFP made, finds the same parent.
+    kfp_next = client.create_run(experiment, run_name="evaluate", tags={"mlflow.parentRunId": kfp_parent}).info.run_id
+    monkeypatch.setenv("MLFLOW_RUN_ID", kfp_next)
+    with tracking.step_run("evaluate", "tlpipe", "run-kfp", {"select_by": "target-val"}):
+        assert mlflow.active_run().info.run_id == kfp_next
+    assert tracking.current_parent("tlpipe", "run-kfp") == kfp_parent

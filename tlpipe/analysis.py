@@ -78,32 +78,53 @@ def figure_png(fig, dpi: int) -> bytes:
     return buffer.getvalue()
 
 
-def tsne_png(pairs: dict[str, tuple[np.ndarray, np.ndarray]], source_labels: np.ndarray, target_labels: np.ndarray,
-             distances: dict[str, float] | None = None, seed: int = 0) -> bytes:
-    """One t-SNE panel per model (pairs from domain_features): source (circles) and target (crosses)
-    features, coloured by class; after a good adaptation the target crosses gather in the source's
-    class clusters."""
+def tsne_png(*args, **kwargs) -> bytes:
+    """tsne_figure as a PNG."""
+    return figure_png(tsne_figure(*args, **kwargs), dpi=90)
+
+
+def tsne_figure(pairs: dict[str, tuple[np.ndarray, np.ndarray]], source_labels: np.ndarray, target_labels: np.ndarray,
+                distances: dict[str, float] | None = None, classes: list[str] | None = None, source_name: str = "source",
+                target_name: str = "target", seed: int = 0):
+    """One t-SNE panel per model (pairs from domain_features), three to a row: source features as
+    small filled circles, target features as larger outlined triangles, coloured by class, with a legend
+    of both. After a good adaptation the target triangles sit in the source's class clusters."""
+    from matplotlib.lines import Line2D
     from sklearn.manifold import TSNE
 
     plt = pyplot()
     rng = np.random.default_rng(seed)
     s = np.sort(rng.choice(len(source_labels), min(len(source_labels), MAX_PER_DOMAIN), replace=False))
     t = np.sort(rng.choice(len(target_labels), min(len(target_labels), MAX_PER_DOMAIN), replace=False))
-    classes = int(max(source_labels.max(), target_labels.max())) + 1
-    colours = plt.get_cmap("tab10" if classes <= 10 else "tab20")
-    fig, axes = plt.subplots(1, len(pairs), figsize=(4.2 * len(pairs), 4.4), squeeze=False)
-    for ax, (name, (source, target)) in zip(axes[0], pairs.items()):
+    n_classes = int(max(source_labels.max(), target_labels.max())) + 1
+    classes = classes or [str(i) for i in range(n_classes)]
+    colours = plt.get_cmap("tab10" if n_classes <= 10 else "tab20")
+    columns = 2 if len(pairs) == 4 else min(3, len(pairs))
+    rows = -(-len(pairs) // columns)
+    legend_rows = -(-(2 + len(classes)) // 6)
+    legend_height = 0.35 + 0.25 * legend_rows  # inches, above the panels
+    fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 4.0 * rows + legend_height), squeeze=False)
+    for ax in axes.flat[len(pairs):]:
+        ax.set_visible(False)
+    for ax, (name, (source, target)) in zip(axes.flat, pairs.items()):
         points = np.concatenate([source[s], target[t]])
         embedded = TSNE(n_components=2, init="pca", perplexity=30, random_state=seed).fit_transform(points)
-        ax.scatter(*embedded[: len(s)].T, c=colours(source_labels[s] % colours.N), marker="o", s=8, alpha=0.6)
-        ax.scatter(*embedded[len(s) :].T, c=colours(target_labels[t] % colours.N), marker="x", s=10, alpha=0.8)
+        ax.scatter(*embedded[: len(s)].T, c=colours(source_labels[s] % colours.N), marker="o", s=10, alpha=0.5,
+                   linewidths=0)
+        ax.scatter(*embedded[len(s) :].T, c=colours(target_labels[t] % colours.N), marker="^", s=26, alpha=0.9,
+                   edgecolors="black", linewidths=0.5)
         title = name if not distances or name not in distances else f"{name}  (A-distance {distances[name]:.2f})"
         ax.set_title(title, fontsize=10)
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.suptitle("t-SNE of test features: source o, target x, colour = class", fontsize=10)
-    fig.tight_layout()
-    return figure_png(fig, dpi=90)
+    domains = [Line2D([], [], marker="o", linestyle="", color="grey", markersize=5, label=f"source: {source_name}"),
+               Line2D([], [], marker="^", linestyle="", color="grey", markeredgecolor="black", markersize=7,
+                      label=f"target: {target_name}")]
+    labels = [Line2D([], [], marker="s", linestyle="", color=colours(i % colours.N), markersize=7, label=c)
+              for i, c in enumerate(classes)]
+    fig.legend(handles=domains + labels, loc="upper center", ncol=6, fontsize=9, frameon=False, columnspacing=1.2)
+    fig.tight_layout(rect=(0, 0, 1, 1 - legend_height / (4.0 * rows + legend_height)))
+    return fig
 
 
 # The transferability study (Yosinski et al. 2014): target accuracy against the number of blocks copied.

@@ -4,6 +4,7 @@ import argparse
 import os
 import sys
 import time
+from pathlib import Path
 
 from tlpipe.errors import TlpipeError, as_user_error
 
@@ -40,6 +41,7 @@ def cmd_run(args) -> None:
         _print_registration(result.registration)
     print(f"report: {result.report}")
     print(f"log: {result.log}")
+    _print_mlflow_run(result.run_id)
     print()
     if result.sequential:
         print(local.format_timing(result))
@@ -48,8 +50,19 @@ def cmd_run(args) -> None:
     print(f"pipeline finished in {result.seconds:.0f} s")
 
 
+def _print_mlflow_run(pipeline_run: str) -> None:
+    from tlpipe import settings, tracking
+
+    found = tracking.pipeline_run_ids(pipeline_run)
+    if not found:
+        return
+    uri = settings.tracking_uri()
+    where = "" if uri.startswith(("http://", "https://")) else f" (open `mlflow ui --backend-store-uri {uri}`, then that path)"
+    print(f"MLflow run {found[0]}: {tracking.run_link(found[0])}{where}")
+
+
 def _print_registration(reg) -> None:
-    print(f"registered model: {reg.model_name} version {reg.version} (alias challenger), test accuracy {reg.accuracy:.2%}")
+    print(f"registered model: {reg.model_name} version {reg.version} (alias {reg.alias}), test accuracy {reg.accuracy:.2%}")
     if reg.previous_champion is not None and reg.p_value is not None:
         print(f"gate: on the same {reg.test_images} test images, v{reg.version} {reg.accuracy:.2%} vs champion "
               f"v{reg.previous_champion} {reg.previous_champion_accuracy:.2%}; only v{reg.version} right on "
@@ -67,6 +80,21 @@ def _registry_client(args):
         stack.activate()
     tracking.check_reachable()
     return tracking.configure()
+
+
+def cmd_screenshot(args) -> None:
+    from tlpipe import browser
+
+    report = Path(args.report)
+    if not report.is_file():
+        raise TlpipeError(f"report {report} does not exist.")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for width in args.widths:
+        png = out / f"{report.stem}-{width}px.png"
+        page_width, height = browser.screenshot(report, png, width)
+        fits = "fits" if page_width <= width else f"is {page_width} px wide: wider than the window"
+        print(f"{png}: {width} x {height} px; the page {fits}")
 
 
 def cmd_registry(args) -> None:
@@ -268,6 +296,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_server_options(schedule)
     _add_cluster_options(schedule)
     schedule.set_defaults(func=cmd_schedule)
+    shot = commands.add_parser("screenshot", help="full-page PNGs of a report in headless Chromium")
+    shot.add_argument("report", help="an HTML report (e.g. $TLPIPE_HOME/reports/RUN.html)")
+    shot.add_argument("--out", default=".", help="directory of the PNGs (default: here)")
+    shot.add_argument("--widths", type=int, nargs="+", default=[1400, 700], help="window widths (default 1400 700)")
+    shot.set_defaults(func=cmd_screenshot)
     stack = commands.add_parser("stack", help="the local S3 (SeaweedFS) + MLflow server stack")
     stack.add_argument("action", choices=["up", "down", "status", "env"])
     stack.set_defaults(func=cmd_stack)

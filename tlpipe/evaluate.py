@@ -3,6 +3,7 @@
 import base64
 import html
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -212,65 +213,90 @@ def _extra_sections(evaluation: Evaluation) -> str:
         rows = "".join(f"<tr><td>{esc(r.name)}</td><td>{r.seen_accuracy:.2%}</td><td>{r.unseen_accuracy:.2%}</td>"
                        f"<td>{r.unseen_among_unseen:.2%}</td></tr>" for r in evaluation.results)
         parts.append(f"<h2>Zero-shot: unseen classes {esc(', '.join(evaluation.unseen))}</h2>"
-                     "<table><tr><th>model</th><th>seen classes</th><th>unseen, over all classes</th>"
-                     f"<th>unseen, among unseen</th></tr>{rows}</table><p>Chance: {1 / len(evaluation.classes):.1%} "
+                     "<div class=\"scroll\"><table><tr><th>model</th><th>seen classes</th><th>unseen, over all classes</th>"
+                     f"<th>unseen, among unseen</th></tr>{rows}</table></div><p>Chance: {1 / len(evaluation.classes):.1%} "
                      f"over all classes, {1 / len(evaluation.unseen):.1%} among the unseen.</p>")
     if evaluation.tasks:
         rows = "".join(f"<tr><td>{esc(t['task'])}</td><td>{esc(t['model'])}</td><td>{t['multi_task']:.2%}</td>"
                        f"<td>{'' if t['single_task'] is None else format(t['single_task'], '.2%')}</td>"
                        f"<td>{esc(t['single_task_model'] or '')}</td></tr>" for t in evaluation.tasks)
-        parts.append("<h2>Multi-task: each task against a single-task model</h2><table><tr><th>task</th>"
+        parts.append("<h2>Multi-task: each task against a single-task model</h2><div class=\"scroll\"><table><tr><th>task</th>"
                      "<th>model</th><th>multi-task</th><th>single-task</th><th>single-task model</th></tr>"
-                     f"{rows}</table>")
+                     f"{rows}</table></div>")
     return "".join(parts)
 
 
+GATE_MARK = "<!-- registry gate -->"  # where register adds its section
+
+
 def write_report(path: str | Path, evaluation: Evaluation, title: str, facts: dict, tsne: bytes | None = None) -> None:
-    """A self-contained HTML page: the table with per-class accuracy and A-distances, the best
-    model's confusion matrix and, when given, the t-SNE picture (tlpipe.analysis.tsne_png)."""
+    """A self-contained HTML page that reads in a narrow pane: what ran (`facts`), the accuracy table,
+    per-class accuracy, the selected model's confusion matrix and, when given, the t-SNE picture
+    (tlpipe.analysis.tsne_png). Wide tables scroll inside their box; pictures shrink to the page."""
     esc = html.escape
     distances = _has_distances(evaluation)
     criterion = SCORE_COLUMNS.get(evaluation.selected_by)
     head = (f"<th>{criterion}</th>" if criterion else "") + ("<th>A-distance</th>" if distances else "")
-    head += "".join(f"<th>{esc(c)}</th>" for c in evaluation.classes)
-    rows = []
+    rows, class_rows = [], []
     for r in evaluation.results:
         val = "n/a" if r.val_accuracy is None else f"{r.val_accuracy:.2%}"
         cells = f"<td>{r.selection_score:.3f}</td>" if criterion else ""
         cells += (f"<td>{'' if r.a_distance is None else format(r.a_distance, '.2f')}</td>" if distances else "")
-        cells += "".join(f"<td>{r.per_class[c]:.0%}</td>" for c in evaluation.classes)
         style = ' class="best"' if r.name == evaluation.best else ""
         rows.append(f"<tr{style}><td>{esc(r.name)}</td><td>{r.role}</td><td>{val}</td><td><b>{r.accuracy:.2%}</b></td>"
                     f"{cells}</tr>")
+        class_rows.append(f"<tr{style}><td>{esc(r.name)}</td>"
+                          + "".join(f"<td>{r.per_class[c]:.0%}</td>" for c in evaluation.classes) + "</tr>")
+    class_head = "".join(f"<th>{esc(c)}</th>" for c in evaluation.classes)
     distance_note = (" A-distance: the proxy A-distance between source and target test images in the model's "
                      "features, 2(1 - 2 err) of a linear domain classifier (0: indistinguishable, 2: separable)."
                      if distances else "")
-    tsne_section = (f'<h2>Features before and after transfer (t-SNE)</h2><img alt="t-SNE of source and target features" '
+    tsne_section = (f'<h2>Features by model (t-SNE)</h2><img alt="t-SNE of source and target test features" '
                     f'src="data:image/png;base64,{base64.b64encode(tsne).decode()}">' if tsne else "")
-    fact_rows = "".join(f"<tr><td>{esc(str(k))}</td><td>{esc(str(v))}</td></tr>" for k, v in facts.items())
+    fact_rows = "".join(f"<tr><th>{esc(str(k))}</th><td>{_linked(str(v))}</td></tr>" for k, v in facts.items())
     best = evaluation.result(evaluation.best)
     page = f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>{esc(title)}</title>
+<html><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{esc(title)}</title>
 <style>
-body {{ font-family: system-ui, sans-serif; margin: 2em; }}
-table {{ border-collapse: collapse; margin-bottom: 1.5em; }}
-td, th {{ border: 1px solid #ccc; padding: 4px 8px; text-align: right; }}
+body {{ font-family: system-ui, sans-serif; margin: 1em auto; padding: 0 1em; max-width: 75em; line-height: 1.4; }}
+h1 {{ font-size: 1.4em; overflow-wrap: anywhere; }}
+h2 {{ font-size: 1.15em; margin-top: 1.5em; }}
+.scroll {{ overflow-x: auto; max-width: 100%; margin-bottom: 1em; }}
+table {{ border-collapse: collapse; }}
+td, th {{ border: 1px solid #ccc; padding: 3px 7px; text-align: right; white-space: nowrap; }}
 td:first-child, th:first-child {{ text-align: left; }}
+table.facts td {{ text-align: left; white-space: normal; overflow-wrap: anywhere; }}
+table.facts th {{ background: #f4f4f4; }}
 tr.best {{ background: #e6f4ea; }}
+img {{ max-width: 100%; height: auto; }}
 </style></head><body>
 <h1>{esc(title)}</h1>
+<div class="scroll"><table class="facts">{fact_rows}</table></div>
 <h2>Accuracy: target validation and test splits</h2>
-<table><tr><th>model</th><th>role</th><th>validation</th><th>test ({evaluation.test_count} images)</th>{head}</tr>{''.join(rows)}</table>
+<div class="scroll"><table><tr><th>model</th><th>role</th><th>validation</th><th>test ({evaluation.test_count} images)</th>{head}</tr>{''.join(rows)}</table></div>
 <p>Selected: <b>{esc(evaluation.best)}</b>, by {esc(selection_note(evaluation))}. The test split only reports: no
-model or epoch was chosen by it. Per-class columns are the test accuracy on each class.{distance_note}</p>
+model or epoch was chosen by it.{distance_note}</p>
+{GATE_MARK}
+<h2>Test accuracy per class</h2>
+<div class="scroll"><table><tr><th>model</th>{class_head}</tr>{''.join(class_rows)}</table></div>
 {_extra_sections(evaluation)}
 <h2>Confusion matrix of {esc(best.name)}</h2>
 <img alt="confusion matrix" src="data:image/png;base64,{base64.b64encode(confusion_png(best, evaluation.classes)).decode()}">
 {tsne_section}
-<h2>Run</h2><table>{fact_rows}</table>
 </body></html>
 """
     Path(path).write_text(page)
+
+
+def _linked(text: str) -> str:
+    """Escaped text, with an http(s) address in parentheses made a link."""
+    found = re.search(r"\((https?://[^)\s]+)\)", text)
+    if not found:
+        return html.escape(text)
+    url = found.group(1)
+    return (html.escape(text[: found.start()]) + f'(<a href="{html.escape(url)}">{html.escape(url)}</a>)'
+            + html.escape(text[found.end():]))
 
 
 def add_gate_section(report_in: str | Path, report_out: str | Path, registration) -> None:
@@ -278,7 +304,7 @@ def add_gate_section(report_in: str | Path, report_out: str | Path, registration
     (`registration`: a tlpipe.registry.Registration)."""
     esc = html.escape
     r = registration
-    rows = [("registered", f"{r.model_name} version {r.version} (alias challenger)"),
+    rows = [("registered", f"{r.model_name} version {r.version} (alias {r.alias})"),
             ("test accuracy", f"{r.accuracy:.2%} on {r.test_images} target test images")]
     if r.p_value is not None:
         rows += [(f"champion v{r.previous_champion}", f"{r.previous_champion_accuracy:.2%} on the same images"),
@@ -287,7 +313,7 @@ def add_gate_section(report_in: str | Path, report_out: str | Path, registration
                  ("one-sided exact McNemar p", f"{r.p_value:.3g}")]
     rows.append(("verdict", r.verdict))
     table = "".join(f"<tr><td>{esc(k)}</td><td>{esc(v)}</td></tr>" for k, v in rows)
-    section = (f'<h2>Registry gate</h2><table>{table}</table><p>The champion moves only when the paired test on the '
+    section = (f'<h2>Registry gate</h2><div class="scroll"><table class="facts">{table}</table></div><p>The champion moves only when the paired test on the '
                "images where the two models disagree shows the new version better.</p>\n")
     page = Path(report_in).read_text()
-    Path(report_out).write_text(page.replace("<h2>Run</h2>", section + "<h2>Run</h2>", 1))
+    Path(report_out).write_text(page.replace(GATE_MARK, section, 1))

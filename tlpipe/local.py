@@ -52,6 +52,7 @@ class StepTime:
 
 @dataclass
 class RunResult:
+    run_id: str  # the pipeline run: the MLflow parent run's name, the report's and the log's file name
     report: Path
     log: Path
     seconds: float
@@ -221,12 +222,12 @@ def run(name: str, given: dict[str, str], verbose: bool = False) -> RunResult:
     # Cluster-only settings (image, display names, caching) are expected to be ignored here.
     warnings.filterwarnings("ignore", message=".*non-Python base image.*")
     warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*")
-    run_id = uuid.uuid4().hex
+    run_id = f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     os.environ[settings.RUN_ENV] = run_id  # the steps' pipeline run (tlpipe.tracking)
     run_root = settings.pipeline_root() / run_id
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(run_root))
     started = time.perf_counter()
-    log_path = settings.home() / "logs" / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    log_path = settings.home() / "logs" / f"{run_id}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp, open(log_path, "w") as log_file:
         error_file = Path(tmp) / "error"
@@ -244,10 +245,10 @@ def run(name: str, given: dict[str, str], verbose: bool = False) -> RunResult:
             os.environ.pop(settings.RUN_ENV, None)
     (run_dir,) = run_root.iterdir()
     results = {key: next((run_dir / p for p in places if (run_dir / p).exists()), None) for key, places in RESULTS.items()}
-    report = settings.home() / "reports" / f"{run_dir.name}.html"
+    report = settings.home() / "reports" / f"{run_id}.html"
     report.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(results["report"], report)
-    result = RunResult(report=report, log=log_path, seconds=time.perf_counter() - started, steps=view.steps)
+    result = RunResult(run_id=run_id, report=report, log=log_path, seconds=time.perf_counter() - started, steps=view.steps)
     if results["evaluation"]:
         result.evaluation = Evaluation.load(results["evaluation"])
     if results["registration"]:

@@ -1,6 +1,9 @@
-"""The MLflow model registry: log the selected model, register a version, and gate the `champion` alias.
+"""The MLflow model registry: log trained models, register the selected one, and gate the `champion` alias.
 
-Every new version gets the alias `challenger`. `champion` moves to it only on evidence: both models
+Each training step logs its model as an MLflow LoggedModel in its own run (`log_trained_model`), so a
+registered version's source run is the run that trained it. `champion` moves to a new version only on
+evidence; a version that is not promoted becomes the `challenger` (the newest one not promoted), and a
+promoted one carries `champion` alone. The evidence: both models
 classify the same target test images here, now, and the one-sided exact McNemar test on the images
 where they disagree must give p < gate_alpha (and the gain must be at least gate_margin points). A
 worse, equal, merely luckier or failed run never moves it. Registering is idempotent per pipeline run
@@ -82,6 +85,11 @@ class Registration:
     challenger_only: int | None = None  # test images only the challenger gets right
     champion_only: int | None = None  # test images only the champion gets right
     test_images: int = 0
+
+    @property
+    def alias(self) -> str:
+        """The alias this version holds: a promoted version is the champion, any other the challenger."""
+        return "champion" if self.promoted else "challenger"
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(asdict(self), indent=2))
@@ -223,18 +231,44 @@ def _version_of_run(client, model_name: str, pipeline_run: str):
     return found[0] if found else None
 
 
-def log_and_register(model_dir: str | Path, model_name: str, tags: dict[str, str]) -> str:
-    """Logs `model_dir` as a pyfunc model in the active run and registers it with its tags at once."""
+LOGGED_MODEL_FILE = "mlflow_model.json"  # beside a model artifact: the LoggedModel it was logged as
+
+
+def log_model(model_dir: str | Path, input_example: np.ndarray | None = None, name: str = "model"):
+    """Logs `model_dir` as a pyfunc LoggedModel of the active run: models from code (serving.py),
+    safetensors weights, the tlpipe package as code; uint8 images of any size in, class ids out."""
     package = Path(tlpipe.__file__).resolve().parent
-    info = mlflow.pyfunc.log_model(
-        name="model",
+    return mlflow.pyfunc.log_model(
+        name=name,
         python_model=str(package / "serving.py"),
         artifacts={"model": str(model_dir)},
         code_paths=[str(package)],
         signature=SIGNATURE,
+        input_example=input_example,
         pip_requirements=REQUIREMENTS,
     )
-    return str(mlflow.register_model(info.model_uri, model_name, tags=tags).version)
+
+
+def log_trained_model(model_dir: str | Path, input_example: np.ndarray, name: str) -> str:
+    """Logs a training step's model in its run and notes its LoggedModel id beside it (read back by
+    `logged_model` when the model is registered); returns the id."""
+    info = log_model(model_dir, input_example, name)
+    (Path(model_dir) / LOGGED_MODEL_FILE).write_text(json.dumps({"model_id": info.model_id, "run_id": info.run_id}))
+    return info.model_id
+
+
+def logged_model(model_dir: str | Path) -> dict | None:
+    """{"model_id", "run_id"} of the LoggedModel `model_dir` was logged as, or None."""
+    path = Path(model_dir) / LOGGED_MODEL_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def log_and_register(model_dir: str | Path, model_name: str, tags: dict[str, str]) -> str:
+    """Registers the LoggedModel the training step logged for `model_dir`; a model no step logged (one
+    made outside a pipeline) is logged in the active run first."""
+    logged = logged_model(model_dir)
+    uri = f"models:/{logged['model_id']}" if logged else log_model(model_dir).model_uri
+    return str(mlflow.register_model(uri, model_name, tags=tags).version)
 
 
 def export_champion(model_name: str, out: str | Path) -> str | None:
@@ -267,7 +301,6 @@ def register(client, model_dir: str | Path, model_name: str, test: ImageSet, tag
     challenger = load_model(model_dir)[0]
     existing = _version_of_run(client, model_name, tags[PIPELINE_RUN_TAG])
     version = str(existing.version) if existing else log_and_register(model_dir, model_name, tags)
-    client.set_registered_model_alias(model_name, "challenger", version)
 
     with gate_lock(client, model_name) as lease:
         current = champion_version(client, model_name)
@@ -279,6 +312,7 @@ def register(client, model_dir: str | Path, model_name: str, test: ImageSet, tag
         else:
             champion = champion_model(model_name, current)
             if champion.spec.classes != challenger.spec.classes:
+                client.set_registered_model_alias(model_name, "challenger", version)
                 raise TlpipeError(
                     f"the champion of '{model_name}' (version {current.version}) predicts classes "
                     f"{champion.spec.classes} and this model {challenger.spec.classes}, so they cannot be compared on "
@@ -297,6 +331,11 @@ def register(client, model_dir: str | Path, model_name: str, test: ImageSet, tag
             if current is not None:
                 client.set_model_version_tag(model_name, version, PREVIOUS_CHAMPION_TAG, str(current.version))
             client.set_registered_model_alias(model_name, "champion", version)
+            aliases = client.get_registered_model(model_name).aliases
+            if str(aliases.get("challenger", "")) == version:  # set by an earlier attempt of this step
+                client.delete_registered_model_alias(model_name, "challenger")
+        else:
+            client.set_registered_model_alias(model_name, "challenger", version)
     return result
 
 

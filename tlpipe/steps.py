@@ -8,6 +8,7 @@ import dataclasses
 import functools
 import io
 import json
+import re
 import shutil
 import time
 from pathlib import Path
@@ -23,7 +24,7 @@ from tlpipe.data.splits import shared_with_source
 from tlpipe.data.attributes import DIGITS, signatures
 from tlpipe.errors import TlpipeError
 from tlpipe.evaluate import (Evaluation, add_gate_section, compare, confusion_png, format_table, per_class_csv, score,
-                             task_accuracy, write_report)
+                             selection_note, task_accuracy, write_report)
 from tlpipe.methods import adapt as adaptation, finetune as finetuning, supervised
 from tlpipe.models import Classifier, ModelSpec, load_model, read_weights, save_model
 from tlpipe.train import TrainConfig, device
@@ -114,10 +115,14 @@ def ingest(
     if publish_to:
         for name in splits:
             facts[name]["published"] = publish(out[name], publish_to, pipeline_run, f"datasets/{name}")
-    with tracking.step_run("ingest", experiment, pipeline_run, params):
+    summary = {k: params[k] for k in ("source", "target", "seed", "target_labels_per_class", "target_val_per_class",
+                                       "image_size")}
+    with tracking.step_run("ingest", experiment, pipeline_run, params, shared=summary):
         mlflow.log_metrics({f"{name}_count": meta["count"] for name, meta in facts.items()})
         mlflow.log_metric("target_held_out_shared_with_source", shared)
         mlflow.set_tags({f"tlpipe.hash.{name}": meta["content_hash"] for name, meta in facts.items()})
+        splits = [tracking.log_split(meta, out[name], context=name) for name, meta in facts.items()]
+        tracking.log_splits_to_parent(tracking.current_parent(experiment, pipeline_run), splits)
     return facts
 
 
@@ -144,20 +149,26 @@ def pretrain(
     config: TrainConfig,
     experiment: str,
     pipeline_run: str,
+    validation: str = "",
 ) -> dict:
+    """Trains backbone + head on the source; `validation` (source_val) is scored every epoch."""
     augment.get(config.augment)
     data, meta = load_dataset(source_train)
+    val, val_meta = load_dataset(validation) if validation else (None, None)
     config = checkpointed(config, pipeline_run, "pretrain")
-    params = {"backbone": backbone, "pretrained_weights": pretrained_weights or "none", **_config_params("pretrain", config)}
+    shared = {"backbone": backbone, "pretrained_weights": pretrained_weights or "none"}
     weights = read_weights(pretrained_weights) if pretrained_weights else None
-    with tracking.step_run("pretrain", experiment, pipeline_run, params):
+    with tracking.step_run("pretrain", experiment, pipeline_run, {**shared, **_config_params(config)}, shared=shared,
+                           system_metrics=True):
+        _log_inputs((meta, source_train, "training"), (val_meta, validation, "validation"))
         spec = ModelSpec(backbone=backbone, classes=data.classes, input_size=data.images.shape[1])
         torch.manual_seed(config.seed)
         model = Classifier(spec, weights, pretrained_weights)
         final = distributed.run(config.nproc, supervised.pretrain, model, data, config,
-                                log=tracking.EpochLogger("pretrain", config.epochs))
+                                log=tracking.EpochLogger("pretrain", config.epochs, val))
         saved = save_model(out, model, method="source-only", trained_on=meta["content_hash"], device=str(device()))
         mlflow.log_metrics({f"final_{k}": v for k, v in final.items()})
+        _log_model(out, saved, data)
     _done(config)
     return _model_facts(saved)
 
@@ -173,20 +184,29 @@ def finetune(
     pipeline_run: str,
     step_name: str = "finetune",
     source_train: str = "",
+    validation: str = "",
 ) -> dict:
-    """Fine-tunes on the labelled target images; multitask and zero-shot also train on `source_train`."""
+    """Fine-tunes on the labelled target images; multitask and zero-shot also train on `source_train`.
+    `validation` (target_val) is scored every epoch."""
     name, _ = finetuning.parse_strategy(strategy)
     model, _ = load_model(source_model)
     data, meta = load_dataset(target_labelled)
-    source = load_dataset(source_train)[0] if source_train and name in ("multitask", "zero-shot") else None
+    source, source_meta = (load_dataset(source_train) if source_train and name in ("multitask", "zero-shot")
+                           else (None, None))
+    val, val_meta = load_dataset(validation) if validation else (None, None)
     config = checkpointed(config, pipeline_run, step_name)
-    params = {"strategy": strategy, **_config_params(step_name, config)}
-    with tracking.step_run(step_name, experiment, pipeline_run, params):
+    params = {"strategy": strategy, **_config_params(config)}
+    # The pipeline's strategy is the finetune step's; target-only's "scratch" describes only itself.
+    shared = {"strategy": strategy} if step_name == "finetune" else None
+    with tracking.step_run(step_name, experiment, pipeline_run, params, shared=shared, system_metrics=True):
+        _log_inputs((meta, target_labelled, "training"), (source_meta, source_train, "training"),
+                    (val_meta, validation, "validation"))
         tuned = distributed.run(config.nproc, finetuning.finetune, model, data, strategy, config,
-                                log=tracking.EpochLogger(step_name, config.epochs), source=source,
+                                log=tracking.EpochLogger(step_name, config.epochs, val), source=source,
                                 attributes=meta.get("attributes", {}).get("table"))
         method = "target-only" if strategy == "scratch" else f"finetune:{strategy}"
         saved = save_model(out, tuned, method=method, trained_on=meta["content_hash"])
+        _log_model(out, saved, data)
     _done(config)
     return _model_facts(saved)
 
@@ -203,26 +223,33 @@ def adapt(
     pipeline_run: str,
     target_labelled: str = "",
     finetune_epochs: int = 0,
+    validation: str = "",
 ) -> dict:
     """Adapts the source model to the target domain; dann+finetune then fine-tunes on `target_labelled`
-    for `finetune_epochs`."""
+    for `finetune_epochs`. `validation` (target_val) is scored every epoch, only to be watched."""
     adaptation.check_method(method)
     augment.get(config.augment)
     model, _ = load_model(source_model)
-    source, _ = load_dataset(source_train)
+    source, source_meta = load_dataset(source_train)
     target, meta = load_dataset(target_unlabelled)
-    labelled = load_dataset(target_labelled)[0] if target_labelled and method == "dann+finetune" else None
+    labelled, labelled_meta = (load_dataset(target_labelled) if target_labelled and method == "dann+finetune"
+                               else (None, None))
+    val, val_meta = load_dataset(validation) if validation else (None, None)
     config = checkpointed(config, pipeline_run, "adapt")
     tune_config = dataclasses.replace(config, epochs=finetune_epochs or config.epochs, checkpoint_dir="")
-    params = {"method": method, **_config_params("adapt", config)}
+    params = {"method": method, **_config_params(config)}
     if labelled is not None:
         params["finetune_epochs"] = tune_config.epochs
     total_epochs = config.epochs + (tune_config.epochs if labelled is not None else 0)
-    with tracking.step_run("adapt", experiment, pipeline_run, params):
+    with tracking.step_run("adapt", experiment, pipeline_run, params, shared={"adapt_method": method},
+                           system_metrics=True):
+        _log_inputs((source_meta, source_train, "training"), (meta, target_unlabelled, "training"),
+                    (labelled_meta, target_labelled, "training"), (val_meta, validation, "validation"))
         adapted = distributed.run(config.nproc, adaptation.adapt, method, model, source, target, config,
-                                  log=tracking.EpochLogger("adapt", total_epochs), labelled=labelled,
+                                  log=tracking.EpochLogger("adapt", total_epochs, val), labelled=labelled,
                                   finetune_config=tune_config)
         saved = save_model(out, adapted, method=method, trained_on=meta["content_hash"])
+        _log_model(out, saved, target)
     _done(config)
     return _model_facts(saved)
 
@@ -250,15 +277,19 @@ def evaluate(
     test, meta = load_dataset(target_test)
     if not test.is_labelled or len(test) == 0:
         raise TlpipeError(f"target test split {target_test} is empty or unlabelled.")
-    val = load_dataset(target_val)[0] if target_val else None
+    val, val_meta = load_dataset(target_val) if target_val else (None, None)
     criterion = selection.resolve(select_by, len(val) if val is not None else 0)
-    models = {name: (load_model(path)[0], "baseline") for name, path in baselines.items()}
-    models |= {name: (load_model(path)[0], "candidate") for name, path in candidates.items()}
     paths = baselines | candidates
-    source = load_dataset(source_test)[0] if source_test else None
+    loaded = {name: load_model(path) for name, path in paths.items()}
+    models = {name: (model, "baseline" if name in baselines else "candidate") for name, (model, _) in loaded.items()}
+    methods = {name: model_meta.get("method", "") for name, (_, model_meta) in loaded.items()}
+    source, source_meta = load_dataset(source_test) if source_test else (None, {})
     unlabelled = load_dataset(target_unlabelled)[0] if target_unlabelled and criterion in ("im", "snd") else None
     source_validation = load_dataset(source_val)[0] if source_val and criterion == "source-val" else None
-    with tracking.step_run("evaluate", experiment, pipeline_run, {"test_hash": meta["content_hash"], "select_by": criterion}):
+    with tracking.step_run("evaluate", experiment, pipeline_run, {"test_hash": meta["content_hash"], "select_by": criterion},
+                           shared={"select_by": criterion}):
+        test_split = tracking.log_split(meta, target_test, "test")
+        val_split = tracking.log_split(val_meta, target_val, "validation") if val_meta else None
         evaluation = compare(models, test, best_of, meta.get("unseen", []), val, criterion, source_validation, unlabelled)
         evaluation.tasks = _task_rows(models, evaluation, source)
         tsne = None
@@ -267,36 +298,100 @@ def evaluate(
             distances = analysis.domain_distances(pairs)
             for r in evaluation.results:
                 r.a_distance = distances[r.name]
-            # Before (the starting model) and after transfer; target-only never saw the source.
-            pictured = {name: pair for name, pair in pairs.items() if name != "target-only"}
-            tsne = analysis.tsne_png(pictured, source.labels, test.labels, distances)
-            mlflow.log_metrics({f"{name}_a_distance": d for name, d in distances.items()})
+            tsne = analysis.tsne_png(pairs, source.labels, test.labels, distances, evaluation.classes,
+                                     source_name=source_meta.get("spec", "source"), target_name=meta.get("spec", "target"))
             mlflow.log_image(_png_image(tsne), "report/tsne.png")
         evaluation.save(evaluation_out)
-        write_report(report_out, evaluation, "tlpipe transfer report",
-                     {"pipeline run": pipeline_run, "target": meta.get("spec", ""), "test split": meta["content_hash"],
-                      "selected by": selection.CRITERIA[criterion]},
-                     tsne)
-        mlflow.log_metrics({f"{r.name}_test_accuracy": r.accuracy for r in evaluation.results})
-        mlflow.log_metrics({f"{r.name}_val_accuracy": r.val_accuracy for r in evaluation.results
-                            if r.val_accuracy is not None})
-        mlflow.log_metrics({f"{r.name}_{criterion}": r.selection_score for r in evaluation.results
-                            if criterion != "target-val"})
+        parent = tracking.current_parent(experiment, pipeline_run)
+        write_report(report_out, evaluation, f"tlpipe transfer report: {source_meta.get('spec') or 'source'} -> "
+                     f"{meta.get('spec', 'target')}", run_facts(pipeline_run, parent, source_meta, meta, methods), tsne)
+        _log_model_scores(evaluation, paths, test_split, val_split)
+        mlflow.log_table(evaluation_table(evaluation), "report/evaluation_table.json")
         mlflow.set_tags({"tlpipe.selected": evaluation.best, "tlpipe.selected_by": criterion})
         mlflow.log_text(per_class_csv(evaluation), "report/per_class_accuracy.csv")
         for r in evaluation.results:
             mlflow.log_image(_png_image(confusion_png(r, evaluation.classes)), f"report/confusion/{r.name}.png")
-        if evaluation.unseen:
-            mlflow.log_metrics({f"{r.name}_{kind}": getattr(r, kind) for r in evaluation.results
-                                for kind in ("seen_accuracy", "unseen_accuracy", "unseen_among_unseen")})
-        for t in evaluation.tasks:
-            mlflow.log_metric(f"{t['model']}_task_{t['task']}_accuracy", t["multi_task"])
         # KFP names artifact files after the output ("report"); MLflow gets browsable names.
         mlflow.log_text(Path(report_out).read_text(), "report/report.html")
         mlflow.log_text(Path(evaluation_out).read_text(), "report/evaluation.json")
         mlflow.log_text(format_table(evaluation), "report/table.txt")
+        _summarise_evaluation(parent, evaluation, report_out)
     shutil.copytree(paths[evaluation.best], best_model_out, dirs_exist_ok=True)
     return evaluation
+
+
+def run_facts(pipeline_run: str, parent: str, source_meta: dict, target_meta: dict, methods: dict[str, str]) -> dict:
+    """The report's header: what ran on what, when, and where its MLflow run is."""
+    return {
+        "run": pipeline_run,
+        "source": source_meta.get("spec", "(not given)"),
+        "target": target_meta.get("spec", ""),
+        "models": ", ".join(f"{name} ({method})" if method and method != name else name for name, method in methods.items()),
+        "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+        "MLflow run": f"{parent} ({tracking.run_link(parent)})",
+        "test split": target_meta["content_hash"],
+    }
+
+
+def evaluation_table(evaluation: Evaluation) -> dict[str, list]:
+    """The evaluation as one table (mlflow.log_table): a row per model."""
+    rows = {"model": [], "role": [], "val_accuracy": [], "test_accuracy": [], "selected": [], "a_distance": []}
+    for r in evaluation.results:
+        rows["model"].append(r.name)
+        rows["role"].append(r.role)
+        rows["val_accuracy"].append(r.val_accuracy)
+        rows["test_accuracy"].append(r.accuracy)
+        rows["selected"].append(r.name == evaluation.best)
+        rows["a_distance"].append(r.a_distance)
+    return rows
+
+
+def _log_model_scores(evaluation: Evaluation, paths: dict[str, str], test_split, val_split) -> None:
+    """Each model's scores as metrics of the run that trained it, linked to its LoggedModel and to the
+    split measured: one `target_test_accuracy` and one `target_val_accuracy` key that compare across
+    models and runs (a training run's own `val_accuracy` is per epoch, on the split it validated on)."""
+    from tlpipe.registry import logged_model
+
+    client = tracking.configure()
+    for r in evaluation.results:
+        logged = logged_model(paths[r.name])
+        if logged is None:  # a model no step of this tlpipe logged (an older champion)
+            continue
+        scores = [("target_test_accuracy", r.accuracy, test_split), ("target_val_accuracy", r.val_accuracy, val_split),
+                  ("a_distance", r.a_distance, test_split)]
+        if evaluation.unseen:
+            scores += [(k, getattr(r, k), test_split) for k in ("seen_accuracy", "unseen_accuracy", "unseen_among_unseen")]
+        scores += [(f"task_{t['task']}_accuracy", t["multi_task"], test_split) for t in evaluation.tasks
+                   if t["model"] == r.name]
+        for key, value, split in scores:
+            if value is not None:
+                client.log_metric(logged["run_id"], key, value, model_id=logged["model_id"],
+                                  dataset_name=split.name if split else None, dataset_digest=split.digest if split else None)
+
+
+def _summarise_evaluation(parent: str, evaluation: Evaluation, report: str) -> None:
+    """The headline of the evaluation on the pipeline's parent run: each model's accuracies, the
+    selected model, the report, and a description."""
+    client = tracking.configure()
+    best = evaluation.result(evaluation.best)
+    metrics = {f"{r.name}_test_accuracy": r.accuracy for r in evaluation.results}
+    metrics |= {f"{r.name}_val_accuracy": r.val_accuracy for r in evaluation.results}
+    metrics |= {"selected_test_accuracy": best.accuracy, "selected_val_accuracy": best.val_accuracy}
+    tracking.log_to_parent(client, parent, metrics=metrics, tags={
+        "tlpipe.selected": evaluation.best, "tlpipe.selected_by": evaluation.selected_by,
+        "mlflow.note.content": describe_run(evaluation)})
+    client.log_text(parent, Path(report).read_text(), "report.html")
+
+
+def describe_run(evaluation: Evaluation, registration=None) -> str:
+    """The parent run's description (Markdown, shown at the top of its MLflow page)."""
+    best = evaluation.result(evaluation.best)
+    val = "no target validation labels" if best.val_accuracy is None else f"validation {best.val_accuracy:.2%}"
+    text = (f"Selected **{best.name}** by {selection_note(evaluation)}: {val}, test {best.accuracy:.2%} on "
+            f"{evaluation.test_count} target test images. The report is the artifact `report.html`.")
+    if registration is not None:
+        text += f"\n\nRegistry: {registration.model_name} version {registration.version} ({registration.verdict})."
+    return text
 
 
 def _png_image(png: bytes):
@@ -386,8 +481,8 @@ def register(
     report_in: str = "",
     report_out: str = "",
 ):
-    """Registers the selected model (alias challenger) and moves champion only if the paired test on the
-    target test split shows it better (tlpipe.registry); writes the evaluation report `report_in` with
+    """Registers the selected model: it becomes the champion only if the paired test on the target test
+    split shows it better, the challenger otherwise (tlpipe.registry); writes the evaluation report `report_in` with
     the gate's evidence to `report_out`."""
     from tlpipe.registry import Gate, register as register_version
 
@@ -398,35 +493,50 @@ def register(
         raise TlpipeError("the evaluation and the target test split given to register do not match; rerun evaluate.")
     best = evaluation.result(evaluation.best)
     model_meta = load_model(best_model)[1]
-    params, dataset_hashes = tracking.pipeline_lineage(experiment, pipeline_run)
-    tags = {
-        **dataset_hashes,
+    parent = tracking.current_parent(experiment, pipeline_run)
+    pipeline_params = tracking.configure().get_run(parent).data.params
+    method, _, strategy = model_meta.get("method", "").partition(":")
+    facts = {
         tracking.PIPELINE_RUN_TAG: pipeline_run,
         "tlpipe.candidate": best.name,
-        "tlpipe.method": model_meta.get("method", ""),
+        "tlpipe.method": method,
+        "tlpipe.strategy": strategy,
+        "tlpipe.source": pipeline_params.get("source", ""),
+        "tlpipe.target": pipeline_params.get("target", meta.get("spec", "")),
+        "tlpipe.backbone": model_meta["spec"]["backbone"],
         "tlpipe.accuracy": f"{best.accuracy:.6f}",
         "tlpipe.val_accuracy": "" if best.val_accuracy is None else f"{best.val_accuracy:.6f}",
         "tlpipe.selected_by": evaluation.selected_by,
         "tlpipe.test_hash": evaluation.test_hash,
         "tlpipe.trained_on": model_meta.get("trained_on", ""),
         "tlpipe.code_version": tracking.code_version(),
-        # MLflow tag values are limited in length; parameters are also on the runs in full.
-        "tlpipe.params": json.dumps(params, sort_keys=True)[:5000],
     }
+    # One fact a tag: the hyperparameters are on the version's source run, the run that trained it.
+    tags = {**tracking.dataset_hashes(experiment, pipeline_run), **{k: v for k, v in facts.items() if v != ""}}
     if publish_to:
         tags["tlpipe.published"] = publish(best_model, publish_to, pipeline_run, "model")
     with tracking.step_run("register", experiment, pipeline_run,
-                           {"model_name": model_name, "gate_alpha": gate_alpha, "gate_margin": gate_margin}):
+                           {"model_name": model_name, "gate_alpha": gate_alpha, "gate_margin": gate_margin},
+                           shared={"model_name": model_name, "gate_alpha": gate_alpha, "gate_margin": gate_margin}):
         client = tracking.configure()
+        tracking.log_split(meta, target_test, "test")
         registration = register_version(client, best_model, model_name, test, tags, gate)
+        client.update_model_version(model_name, registration.version, description=(
+            f"{best.name} ({model_meta.get('method', '')}) of pipeline run {pipeline_run}: {best.accuracy:.2%} on "
+            f"{registration.test_images} target test images. Gate: {registration.verdict}. Its parameters, data and "
+            "training curves are on the source run."))
         mlflow.log_metrics({"accuracy": registration.accuracy})
         if registration.p_value is not None:
             mlflow.log_metric("gate_p_value", registration.p_value)
-        mlflow.set_tags({"tlpipe.registered_version": registration.version, "tlpipe.promoted": str(registration.promoted),
-                         "tlpipe.gate.verdict": registration.verdict})
+        verdict = {"tlpipe.registered_version": registration.version, "tlpipe.promoted": str(registration.promoted),
+                   "tlpipe.gate.verdict": registration.verdict}
+        mlflow.set_tags(verdict)
+        tracking.log_to_parent(client, parent, metrics={"gate_p_value": registration.p_value},
+                               tags={**verdict, "mlflow.note.content": describe_run(evaluation, registration)})
         if report_in:
             add_gate_section(report_in, report_out, registration)
             mlflow.log_text(Path(report_out).read_text(), "report/report.html")
+            client.log_text(parent, Path(report_out).read_text(), "report.html")
     registration.save(out)
     return registration
 
@@ -455,7 +565,8 @@ def layer_transfer(
         strategy = strategy.format(k=blocks)
         step_name = f"layers-{blocks}-{mode}"
         step_config = checkpointed(config, pipeline_run, step_name)
-        with tracking.step_run(step_name, experiment, pipeline_run, {"strategy": strategy, **_config_params("layers", step_config)}):
+        with tracking.step_run(step_name, experiment, pipeline_run, {"strategy": strategy, **_config_params(step_config)},
+                               system_metrics=True):
             tuned = distributed.run(step_config.nproc, finetuning.finetune, model, labelled, strategy, step_config,
                                     log=tracking.EpochLogger(step_name, step_config.epochs))
             rows.append({"blocks": blocks, "mode": mode, "strategy": strategy, "accuracy": score(tuned, test).accuracy})
@@ -502,6 +613,23 @@ def _done(config: TrainConfig) -> None:
     Checkpoint(config.checkpoint_dir, {}).remove()
 
 
-def _config_params(step: str, config: TrainConfig) -> dict:
-    return {f"{step}_{k}": v for k, v in vars(config).items()}
+def _config_params(config: TrainConfig) -> dict:
+    """The training settings as a step's parameters; where checkpoints lie is not one."""
+    return {k: v for k, v in vars(config).items() if k != "checkpoint_dir"}
+
+
+def _log_inputs(*splits: tuple[dict | None, str, str]) -> None:
+    """Lists the (metadata, location, context) splits a step read among its run's inputs."""
+    for meta, location, context in splits:
+        if meta is not None:
+            tracking.log_split(meta, location, context)
+
+
+def _log_model(out: str, meta: dict, data: ImageSet) -> None:
+    """Logs the model a training step wrote as a LoggedModel of its run, two training images as its
+    input example."""
+    from tlpipe.registry import log_trained_model
+
+    name = re.sub(r"[^A-Za-z0-9_+-]+", "-", meta["method"])  # MLflow refuses / : . % and quotes in model names
+    log_trained_model(out, data.images[:2], name)
 

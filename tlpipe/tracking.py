@@ -5,16 +5,27 @@ the tag `tlpipe.pipeline_run` instead of sharing an active run. The pipeline run
 through the environment (RUN_ENV), never as a component input: an input that changes every run would
 make every cache key unique. With MLFLOW_TRACKING_URI unset, everything goes to the embedded default
 under $TLPIPE_HOME (tlpipe.settings).
+
+Where Kubeflow Pipelines' own MLflow integration runs (KFP 2.17 with the MLflow plugin), it creates the
+parent run and one nested run per task and hands the task's run to the pod as MLFLOW_RUN_ID: steps then
+log into that run and summarise into its parent instead of opening their own.
+
+The parent run is what a person compares runs by: the shared parameters (source, target, backbone, ...),
+each model's validation and test accuracy, the gate's verdict and the report. Step runs hold their own
+parameters under plain names, their models (LoggedModels) and the datasets they read (`log_split`).
 """
 
 import contextlib
+import json
 import os
 import subprocess
 import time
+import warnings
 from pathlib import Path
 
 import mlflow
 from mlflow import MlflowClient
+from mlflow.data.meta_dataset import MetaDataset
 from mlflow.exceptions import MlflowException
 
 import tlpipe
@@ -24,6 +35,7 @@ from tlpipe.errors import TlpipeError
 PIPELINE_RUN_TAG = "tlpipe.pipeline_run"
 ROLE_TAG = "tlpipe.role"
 RUN_ENV = settings.RUN_ENV
+KFP_RUN_ENV = "MLFLOW_RUN_ID"  # the task's nested run, created by Kubeflow Pipelines' MLflow integration
 
 
 def current_pipeline_run() -> str:
@@ -44,7 +56,23 @@ def configure() -> MlflowClient:
     return MlflowClient()
 
 
+def kfp_step_run(client: MlflowClient):
+    """The run Kubeflow Pipelines' MLflow integration created for this task, or None without it."""
+    run_id = os.environ.get(KFP_RUN_ENV, "")
+    if not run_id:
+        return None
+    try:
+        return client.get_run(run_id)
+    except MlflowException as error:
+        raise TlpipeError(f"{KFP_RUN_ENV}={run_id} names no run on the MLflow server {settings.tracking_uri()} "
+                          f"({error.error_code}).") from None
+
+
 def experiment_id(client: MlflowClient, name: str) -> str:
+    """The experiment of this pipeline's runs: the one Kubeflow's MLflow integration chose, or `name`."""
+    kfp_run = kfp_step_run(client)
+    if kfp_run is not None:
+        return kfp_run.info.experiment_id
     found = client.get_experiment_by_name(name)
     if found is not None:
         return found.experiment_id
@@ -60,45 +88,151 @@ def _runs(client: MlflowClient, experiment: str, pipeline_run: str, role: str, *
     return client.search_runs([experiment_id(client, experiment)], filter_string=query, **search)
 
 
-def parent_run_id(client: MlflowClient, experiment: str, pipeline_run: str, pipeline: str = "transfer") -> str:
-    """The MLflow run standing for this pipeline run; created by whichever step comes first."""
+def pipeline_run_ids(pipeline_run: str) -> list[str]:
+    """The MLflow parent run of a pipeline run, in whichever experiment it is."""
+    client = configure()
+    query = f"tags.`{PIPELINE_RUN_TAG}` = '{pipeline_run}' and tags.`{ROLE_TAG}` = 'pipeline'"
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    return [r.info.run_id for r in client.search_runs(experiments, filter_string=query)] if experiments else []
+
+
+def parent_run_id(client: MlflowClient, experiment: str, pipeline_run: str) -> str:
+    """The MLflow run standing for this pipeline run; created by whichever step comes first (or by
+    Kubeflow's MLflow integration, whose parent run is then tagged as this pipeline run's)."""
     found = _runs(client, experiment, pipeline_run, "pipeline", max_results=1)
     if found:
         return found[0].info.run_id
+    kfp_run = kfp_step_run(client)
+    if kfp_run is not None and kfp_run.data.tags.get("mlflow.parentRunId"):
+        parent = kfp_run.data.tags["mlflow.parentRunId"]
+        for key, value in {PIPELINE_RUN_TAG: pipeline_run, ROLE_TAG: "pipeline", "tlpipe.code_version": code_version()}.items():
+            client.set_tag(parent, key, value)
+        return parent
     run = client.create_run(
         experiment_id(client, experiment),
-        run_name=f"{pipeline}-{pipeline_run[-12:]}",
+        run_name=pipeline_run,  # the one identifier of the run, in the report and its file name too
         tags={PIPELINE_RUN_TAG: pipeline_run, ROLE_TAG: "pipeline", "tlpipe.code_version": code_version()},
     )
     return run.info.run_id
 
 
 @contextlib.contextmanager
-def step_run(step: str, experiment: str, pipeline_run: str, params: dict):
-    """The nested MLflow run of one pipeline step, with its parameters logged. A retried step (same
-    pipeline run, same step) goes on in the run its failed attempt opened instead of orphaning it."""
+def step_run(step: str, experiment: str, pipeline_run: str, params: dict, shared: dict | None = None,
+             system_metrics: bool = False):
+    """The nested MLflow run of one pipeline step, with its parameters logged; `shared` parameters
+    (those that describe the whole pipeline run) go to the parent run too. A retried step (same pipeline
+    run, same step) goes on in the run its failed attempt opened instead of orphaning it. With
+    `system_metrics`, MLflow samples CPU, memory and GPU use into the run while the step works."""
     client = configure()
+    tags = {PIPELINE_RUN_TAG: pipeline_run, ROLE_TAG: "step", "tlpipe.step": step}
+    parent = parent_run_id(client, experiment, pipeline_run)
+    kfp_run = kfp_step_run(client)
+    if kfp_run is not None and kfp_run.data.tags.get("tlpipe.step", step) != step:
+        kfp_run = None  # a second step run in one task (the layer sweep's two modes) gets a nested run of its own
     earlier = [r for r in _runs(client, experiment, pipeline_run, "step") if r.data.tags.get("tlpipe.step") == step]
-    if earlier:
-        started = mlflow.start_run(run_id=earlier[0].info.run_id)  # resumes it, RUNNING again
+    if kfp_run is not None:
+        started = mlflow.start_run(run_id=kfp_run.info.run_id, tags=tags, log_system_metrics=system_metrics)
+    elif earlier:  # resumes it, RUNNING again
+        started = mlflow.start_run(run_id=earlier[0].info.run_id, log_system_metrics=system_metrics)
     else:
-        started = mlflow.start_run(
-            experiment_id=experiment_id(client, experiment),
-            run_name=step,
-            parent_run_id=parent_run_id(client, experiment, pipeline_run),
-            tags={PIPELINE_RUN_TAG: pipeline_run, ROLE_TAG: "step", "tlpipe.step": step},
-        )
-    with started as run:
-        mlflow.log_params(params)
-        yield run
+        started = mlflow.start_run(experiment_id=experiment_id(client, experiment), run_name=step,
+                                   parent_run_id=parent, tags=tags, log_system_metrics=system_metrics)
+    task_run = os.environ.get(KFP_RUN_ENV)
+    try:
+        with started as run:
+            mlflow.log_params(params)
+            if shared:
+                log_to_parent(client, parent, params=shared)
+            yield run
+    finally:
+        if task_run:  # mlflow.end_run unsets it; later calls in this task still need to know where they are
+            os.environ[KFP_RUN_ENV] = task_run
+
+
+def log_to_parent(client: MlflowClient, parent: str, params: dict | None = None, metrics: dict | None = None,
+                  tags: dict | None = None) -> None:
+    """Summarises into the pipeline's parent run. A parameter keeps its first value: a retried or
+    cached step logs the same one again."""
+    from mlflow.entities import Metric, Param, RunTag
+
+    logged = client.get_run(parent).data.params
+    now = int(time.time() * 1000)
+    client.log_batch(
+        parent,
+        params=[Param(k, str(v)) for k, v in (params or {}).items() if k not in logged],
+        metrics=[Metric(k, float(v), now, 0) for k, v in (metrics or {}).items() if v is not None],
+        tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()],
+    )
+
+
+def current_parent(experiment: str, pipeline_run: str) -> str:
+    return parent_run_id(configure(), experiment, pipeline_run)
+
+
+def run_link(run_id: str) -> str:
+    """Where a person opens the run: the tracking server's page, or the path to open in `mlflow ui`."""
+    run = configure().get_run(run_id)
+    path = f"#/experiments/{run.info.experiment_id}/runs/{run_id}"
+    uri = settings.tracking_uri()
+    return f"{uri.rstrip('/')}/{path}" if uri.startswith(("http://", "https://")) else path
+
+
+class SplitDataset(MetaDataset):
+    """A dataset split as MLflow lists it among a run's inputs: no data, its name, where it lies, the
+    content hash ingest computed as the digest (its first 32 hex digits: MLflow keeps 36 characters),
+    and its counts as the profile."""
+
+    def __init__(self, meta: dict, location: str):
+        from mlflow.data.dataset_source_registry import resolve_dataset_source
+
+        self.meta = meta
+        digest = meta["content_hash"].split(":")[-1][:32]
+        with warnings.catch_warnings():  # MLflow registers its local-file source twice and says so for every path
+            warnings.filterwarnings("ignore", message=".*can be interpreted in multiple ways.*")
+            source = resolve_dataset_source(artifact_uri(location))
+        super().__init__(source, name=f"{meta.get('spec', '')}/{meta['split']}", digest=digest)
+
+    @property
+    def profile(self) -> dict:
+        return {"images": self.meta["count"], "classes": len(self.meta["classes"]),
+                "labelled": self.meta["labelled"], "content_hash": self.meta["content_hash"]}
+
+    def to_dict(self) -> dict[str, str]:
+        return {**super().to_dict(), "profile": json.dumps(self.profile)}
+
+
+def log_splits_to_parent(parent: str, splits: list[SplitDataset]) -> None:
+    """Lists the pipeline run's splits among its parent run's datasets too (context: the split)."""
+    from mlflow.entities import DatasetInput, InputTag
+
+    configure().log_inputs(parent, datasets=[
+        DatasetInput(split._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", split.meta["split"])])
+        for split in splits])
+
+
+def artifact_uri(path: str) -> str:
+    """The URI of a KFP artifact from the path a component sees (KFP mounts s3://b/k at /s3/b/k)."""
+    for mount, scheme in (("/s3/", "s3://"), ("/minio/", "s3://"), ("/gcs/", "gs://")):
+        if str(path).startswith(mount):
+            return scheme + str(path)[len(mount):]
+    return str(Path(path).resolve())
+
+
+def log_split(meta: dict, location: str, context: str) -> SplitDataset:
+    """Lists a dataset split among the active run's inputs (`context`: training, validation, test, ...)."""
+    dataset = SplitDataset(meta, location)
+    mlflow.log_input(dataset, context=context, tags={"split": meta["split"], "images": str(meta["count"])})
+    return dataset
 
 
 class EpochLogger:
     """Per-epoch metrics (throughput included) to the step's MLflow run, and a progress bar line with
-    rate and ETA about ten times per step. Picklable: rank 0 of data-parallel training calls it too."""
+    rate and ETA about ten times per step. With a `validation` split (an ImageSet), each epoch's model
+    is also scored on it (`val_accuracy`, next to `train_accuracy`): watched, never used to choose an
+    epoch. Picklable: rank 0 of data-parallel training calls it too."""
 
-    def __init__(self, step: str, epochs: int):
-        self.step, self.epochs = step, epochs
+    def __init__(self, step: str, epochs: int, validation=None):
+        self.step, self.epochs, self.validation = step, epochs, validation
         self.every = max(1, epochs // 10)
         active = mlflow.active_run()
         self.run_id = active.info.run_id if active else None
@@ -108,21 +242,38 @@ class EpochLogger:
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_client": None}
 
-    def __call__(self, epoch: int, metrics: dict[str, float]) -> None:
+    def __call__(self, epoch: int, metrics: dict[str, float], model=None) -> None:
         from mlflow.entities import Metric
         from tqdm import tqdm
 
         if self.first is None:  # the first epoch this process trains: later than 0 after a resume
             self.first = epoch
+        logged = {f"train_{k}": v for k, v in metrics.items()}
+        if self.validation is not None and len(self.validation) and model is not None:
+            metrics = {**metrics, "val_accuracy": validation_accuracy(model, self.validation)}
+            logged["val_accuracy"] = metrics["val_accuracy"]
         if self.run_id:
             self._client = self._client or configure()
             now = int(time.time() * 1000)
-            self._client.log_batch(self.run_id, metrics=[Metric(f"train_{k}", v, now, epoch) for k, v in metrics.items()])
+            self._client.log_batch(self.run_id, metrics=[Metric(k, v, now, epoch) for k, v in logged.items()])
         if (epoch + 1) % self.every == 0 or epoch + 1 == self.epochs:
             bar = tqdm.format_meter(epoch + 1, self.epochs, time.time() - self.started, ncols=60, unit="epoch",
                                     initial=self.first)
             shown = "  ".join(f"img/s {v:.0f}" if k == "images_per_second" else f"{k} {v:.3f}" for k, v in metrics.items())
             print(f"[{self.step}] epoch {bar}  {shown}", flush=True)
+
+
+def validation_accuracy(model, data) -> float:
+    """The accuracy of `model` on `data`, leaving each of its modules in the train or eval mode it was
+    in (a frozen part of a fine-tuned network stays in eval mode)."""
+    from tlpipe.models import predict
+
+    modes = [(module, module.training) for module in model.modules()]
+    try:
+        return float((predict(model, data.images).numpy() == data.labels).mean())
+    finally:
+        for module, training in modes:
+            module.training = training
 
 
 # Kubeflow Pipelines reports a task's final state as a task state or, in older backends, an MLMD execution state.
@@ -144,14 +295,12 @@ def close_pipeline_run(experiment: str, pipeline_run: str, final_state: str) -> 
     return status
 
 
-def pipeline_lineage(experiment: str, pipeline_run: str) -> tuple[dict[str, str], dict[str, str]]:
-    """Every parameter the pipeline's steps logged so far, and the dataset hashes ingest tagged."""
-    params: dict[str, str] = {}
+def dataset_hashes(experiment: str, pipeline_run: str) -> dict[str, str]:
+    """The dataset hashes ingest tagged on its run (none when this pipeline run reused ingest from the cache)."""
     hashes: dict[str, str] = {}
     for run in _runs(configure(), experiment, pipeline_run, "step"):
-        params.update(run.data.params)
         hashes.update({k: v for k, v in run.data.tags.items() if k.startswith("tlpipe.hash.")})
-    return dict(sorted(params.items())), hashes
+    return hashes
 
 
 def code_version() -> str:

@@ -22,7 +22,7 @@ from tlpipe.errors import TlpipeError
 
 Metrics = dict[str, torch.Tensor]
 StepFn = Callable[[float], tuple[torch.Tensor, Metrics]]
-LogFn = Callable[[int, dict[str, float]], None]
+LogFn = Callable[[int, dict[str, float], torch.nn.Module | None], None]  # epoch, its metrics, the model trained
 
 
 @dataclass
@@ -159,7 +159,7 @@ def fit(
         if images_per_step:
             last["images_per_second"] = images_per_step * steps_per_epoch / (time.perf_counter() - started)
         if log and distributed.is_main():
-            log(epoch, last)
+            log(epoch, last, (state or {}).get("model"))
         if checkpoint and distributed.is_main() and ((epoch + 1) % checkpoint_every == 0 or epoch + 1 == epochs):
             checkpoint.save(epoch + 1)
     return last

@@ -30,7 +30,7 @@ def adapt(method: str, source_model: Classifier, source: ImageSet, target: Image
         raise TlpipeError("dann+finetune needs labelled target images; set target_labels_per_class to 1 or more.")
     adapted = dann.adapt(source_model, source, target, config, log)
     # The fine-tuning epochs continue the step's epoch count in the log.
-    tune_log = (lambda epoch, metrics: log(config.epochs + epoch, metrics)) if log else None
+    tune_log = (lambda epoch, metrics, model=None: log(config.epochs + epoch, metrics, model)) if log else None
     # Source augmentation belongs to the source images; the fine-tuning trains on target labels.
     tune_config = dataclasses.replace(finetune_config or config, augment="none")
     return finetune(adapted, labelled, "full", tune_config, log=tune_log)
