@@ -244,9 +244,9 @@ def test_each_model_is_logged_in_the_run_that_trained_it_and_registered_from_the
 
     client, parent, steps = _runs()
     models = {m.name: m for m in client.search_logged_models([parent.info.experiment_id])}
-    assert set(models) == {"source-only", "finetune-freeze-1", "target-only", "dann-finetune"}
+    assert set(models) == {"source-only", "finetune-freeze-1", "target-only", "dann+finetune"}
     trained_by = {"source-only": "pretrain", "finetune-freeze-1": "finetune", "target-only": "target-only",
-                  "dann-finetune": "adapt"}
+                  "dann+finetune": "adapt"}
     test_digest = chain["target_test"].metadata["content_hash"].split(":")[1][:32]
     for name, model in models.items():
         assert model.source_run_id == steps[trained_by[name]].info.run_id

@@ -85,7 +85,7 @@ def test_only_rank_0_logs_and_writes(digits, tmp_path, monkeypatch, capfd):
     assert client.get_metric_history(run.info.run_id, "train_images_per_second")
     model, meta = load_model(tmp_path / "model")
     assert meta["method"] == "source-only" and sorted(p.name for p in (tmp_path / "model").iterdir()) == [
-        "model.json", "model.safetensors"]
+        "mlflow_model.json", "model.json", "model.safetensors"]  # the model, and the LoggedModel it was logged as
     mlflow.set_tracking_uri(None)
 
 

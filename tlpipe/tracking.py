@@ -190,7 +190,8 @@ class SplitDataset(MetaDataset):
         with warnings.catch_warnings():  # MLflow registers its local-file source twice and says so for every path
             warnings.filterwarnings("ignore", message=".*can be interpreted in multiple ways.*")
             source = resolve_dataset_source(artifact_uri(location))
-        super().__init__(source, name=f"{meta.get('spec', '')}/{meta['split']}", digest=digest)
+        self.split = meta.get("split") or Path(location).name
+        super().__init__(source, name=f"{meta.get('spec', '')}/{self.split}", digest=digest)
 
     @property
     def profile(self) -> dict:
@@ -206,7 +207,7 @@ def log_splits_to_parent(parent: str, splits: list[SplitDataset]) -> None:
     from mlflow.entities import DatasetInput, InputTag
 
     configure().log_inputs(parent, datasets=[
-        DatasetInput(split._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", split.meta["split"])])
+        DatasetInput(split._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", split.split)])
         for split in splits])
 
 
@@ -221,7 +222,7 @@ def artifact_uri(path: str) -> str:
 def log_split(meta: dict, location: str, context: str) -> SplitDataset:
     """Lists a dataset split among the active run's inputs (`context`: training, validation, test, ...)."""
     dataset = SplitDataset(meta, location)
-    mlflow.log_input(dataset, context=context, tags={"split": meta["split"], "images": str(meta["count"])})
+    mlflow.log_input(dataset, context=context, tags={"split": dataset.split, "images": str(meta["count"])})
     return dataset
 
 
