@@ -15,6 +15,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import shutil
 import tempfile
 import threading
@@ -249,9 +250,10 @@ def log_model(model_dir: str | Path, input_example: np.ndarray | None = None, na
     )
 
 
-def log_trained_model(model_dir: str | Path, input_example: np.ndarray, name: str) -> str:
-    """Logs a training step's model in its run and notes its LoggedModel id beside it (read back by
-    `logged_model` when the model is registered); returns the id."""
+def log_trained_model(model_dir: str | Path, input_example: np.ndarray, method: str) -> str:
+    """Logs a training step's model in its run, named after its method, and notes its LoggedModel id
+    beside it (read back by `logged_model` when the model is registered); returns the id."""
+    name = re.sub(r"[^A-Za-z0-9_+-]+", "-", method)  # MLflow refuses / : . % and quotes in model names
     info = log_model(model_dir, input_example, name)
     (Path(model_dir) / LOGGED_MODEL_FILE).write_text(json.dumps({"model_id": info.model_id, "run_id": info.run_id}))
     return info.model_id

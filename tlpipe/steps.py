@@ -8,7 +8,6 @@ import dataclasses
 import functools
 import io
 import json
-import re
 import shutil
 import time
 from pathlib import Path
@@ -117,12 +116,12 @@ def ingest(
             facts[name]["published"] = publish(out[name], publish_to, pipeline_run, f"datasets/{name}")
     summary = {k: params[k] for k in ("source", "target", "seed", "target_labels_per_class", "target_val_per_class",
                                        "image_size")}
-    with tracking.step_run("ingest", experiment, pipeline_run, params, shared=summary):
+    with tracking.step_run("ingest", experiment, pipeline_run, params, shared=summary) as run:
         mlflow.log_metrics({f"{name}_count": meta["count"] for name, meta in facts.items()})
         mlflow.log_metric("target_held_out_shared_with_source", shared)
         mlflow.set_tags({f"tlpipe.hash.{name}": meta["content_hash"] for name, meta in facts.items()})
         splits = [tracking.log_split(meta, out[name], context=name) for name, meta in facts.items()]
-        tracking.log_splits_to_parent(tracking.current_parent(experiment, pipeline_run), splits)
+        tracking.log_splits_to_parent(tracking.parent_of(run), splits)
     return facts
 
 
@@ -284,10 +283,11 @@ def evaluate(
     models = {name: (model, "baseline" if name in baselines else "candidate") for name, (model, _) in loaded.items()}
     methods = {name: model_meta.get("method", "") for name, (_, model_meta) in loaded.items()}
     source, source_meta = load_dataset(source_test) if source_test else (None, {})
+    source_name, target_name = source_meta.get("spec") or "source", meta.get("spec") or "target"
     unlabelled = load_dataset(target_unlabelled)[0] if target_unlabelled and criterion in ("im", "snd") else None
     source_validation = load_dataset(source_val)[0] if source_val and criterion == "source-val" else None
     with tracking.step_run("evaluate", experiment, pipeline_run, {"test_hash": meta["content_hash"], "select_by": criterion},
-                           shared={"select_by": criterion}):
+                           shared={"select_by": criterion}) as run:
         test_split = tracking.log_split(meta, target_test, "test")
         val_split = tracking.log_split(val_meta, target_val, "validation") if val_meta else None
         evaluation = compare(models, test, best_of, meta.get("unseen", []), val, criterion, source_validation, unlabelled)
@@ -299,12 +299,12 @@ def evaluate(
             for r in evaluation.results:
                 r.a_distance = distances[r.name]
             tsne = analysis.tsne_png(pairs, source.labels, test.labels, distances, evaluation.classes,
-                                     source_name=source_meta.get("spec", "source"), target_name=meta.get("spec", "target"))
+                                     source_name=source_name, target_name=target_name)
             mlflow.log_image(_png_image(tsne), "report/tsne.png")
         evaluation.save(evaluation_out)
-        parent = tracking.current_parent(experiment, pipeline_run)
-        write_report(report_out, evaluation, f"tlpipe transfer report: {source_meta.get('spec') or 'source'} -> "
-                     f"{meta.get('spec', 'target')}", run_facts(pipeline_run, parent, source_meta, meta, methods), tsne)
+        parent = tracking.parent_of(run)
+        write_report(report_out, evaluation, f"tlpipe transfer report: {source_name} -> {target_name}",
+                     run_facts(pipeline_run, parent, source_name, target_name, meta["content_hash"], methods), tsne)
         _log_model_scores(evaluation, paths, test_split, val_split)
         mlflow.log_table(evaluation_table(evaluation), "report/evaluation_table.json")
         mlflow.set_tags({"tlpipe.selected": evaluation.best, "tlpipe.selected_by": criterion})
@@ -320,30 +320,25 @@ def evaluate(
     return evaluation
 
 
-def run_facts(pipeline_run: str, parent: str, source_meta: dict, target_meta: dict, methods: dict[str, str]) -> dict:
+def run_facts(pipeline_run: str, parent: str, source: str, target: str, test_hash: str, methods: dict[str, str]) -> dict:
     """The report's header: what ran on what, when, and where its MLflow run is."""
     return {
         "run": pipeline_run,
-        "source": source_meta.get("spec", "(not given)"),
-        "target": target_meta.get("spec", ""),
+        "source": source,
+        "target": target,
         "models": ", ".join(f"{name} ({method})" if method and method != name else name for name, method in methods.items()),
         "date": time.strftime("%Y-%m-%d %H:%M %Z"),
         "MLflow run": f"{parent} ({tracking.run_link(parent)})",
-        "test split": target_meta["content_hash"],
+        "test split": test_hash,
     }
 
 
 def evaluation_table(evaluation: Evaluation) -> dict[str, list]:
     """The evaluation as one table (mlflow.log_table): a row per model."""
-    rows = {"model": [], "role": [], "val_accuracy": [], "test_accuracy": [], "selected": [], "a_distance": []}
-    for r in evaluation.results:
-        rows["model"].append(r.name)
-        rows["role"].append(r.role)
-        rows["val_accuracy"].append(r.val_accuracy)
-        rows["test_accuracy"].append(r.accuracy)
-        rows["selected"].append(r.name == evaluation.best)
-        rows["a_distance"].append(r.a_distance)
-    return rows
+    results = evaluation.results
+    return {"model": [r.name for r in results], "role": [r.role for r in results],
+            "val_accuracy": [r.val_accuracy for r in results], "test_accuracy": [r.accuracy for r in results],
+            "selected": [r.name == evaluation.best for r in results], "a_distance": [r.a_distance for r in results]}
 
 
 def _log_model_scores(evaluation: Evaluation, paths: dict[str, str], test_split, val_split) -> None:
@@ -515,9 +510,8 @@ def register(
     tags = {**tracking.dataset_hashes(experiment, pipeline_run), **{k: v for k, v in facts.items() if v != ""}}
     if publish_to:
         tags["tlpipe.published"] = publish(best_model, publish_to, pipeline_run, "model")
-    with tracking.step_run("register", experiment, pipeline_run,
-                           {"model_name": model_name, "gate_alpha": gate_alpha, "gate_margin": gate_margin},
-                           shared={"model_name": model_name, "gate_alpha": gate_alpha, "gate_margin": gate_margin}):
+    params = {"model_name": model_name, "gate_alpha": gate_alpha, "gate_margin": gate_margin}
+    with tracking.step_run("register", experiment, pipeline_run, params, shared=params):
         client = tracking.configure()
         tracking.log_split(meta, target_test, "test")
         registration = register_version(client, best_model, model_name, test, tags, gate)
@@ -535,8 +529,9 @@ def register(
                                tags={**verdict, "mlflow.note.content": describe_run(evaluation, registration)})
         if report_in:
             add_gate_section(report_in, report_out, registration)
-            mlflow.log_text(Path(report_out).read_text(), "report/report.html")
-            client.log_text(parent, Path(report_out).read_text(), "report.html")
+            report = Path(report_out).read_text()
+            mlflow.log_text(report, "report/report.html")
+            client.log_text(parent, report, "report.html")
     registration.save(out)
     return registration
 
@@ -630,6 +625,5 @@ def _log_model(out: str, meta: dict, data: ImageSet) -> None:
     input example."""
     from tlpipe.registry import log_trained_model
 
-    name = re.sub(r"[^A-Za-z0-9_+-]+", "-", meta["method"])  # MLflow refuses / : . % and quotes in model names
-    log_trained_model(out, data.images[:2], name)
+    log_trained_model(out, data.images[:2], meta["method"])
 

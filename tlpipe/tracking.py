@@ -155,7 +155,7 @@ def log_to_parent(client: MlflowClient, parent: str, params: dict | None = None,
     cached step logs the same one again."""
     from mlflow.entities import Metric, Param, RunTag
 
-    logged = client.get_run(parent).data.params
+    logged = client.get_run(parent).data.params if params else {}
     now = int(time.time() * 1000)
     client.log_batch(
         parent,
@@ -167,6 +167,11 @@ def log_to_parent(client: MlflowClient, parent: str, params: dict | None = None,
 
 def current_parent(experiment: str, pipeline_run: str) -> str:
     return parent_run_id(configure(), experiment, pipeline_run)
+
+
+def parent_of(run) -> str:
+    """The parent run of a step run (as step_run yields it)."""
+    return run.data.tags["mlflow.parentRunId"]
 
 
 def run_link(run_id: str) -> str:
