@@ -7,7 +7,6 @@ from components import IMAGE
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def finetune(
     source_model: Input[Model],
-    source_train: Input[Dataset],
     target_labelled: Input[Dataset],
     target_val: Input[Dataset],
     strategy: str,
@@ -21,9 +20,11 @@ def finetune(
     experiment: str,
     step_name: str,
     model: Output[Model],
+    source_train: Input[Dataset] = None,
 ):
     """Fine-tunes the source model on the few labelled target images (strategy `scratch`: no transfer;
-    multitask and zero-shot also use the source training images); target_val is scored each epoch."""
+    multitask and zero-shot also train on source_train, which the other strategies do not take); target_val is
+    scored each epoch."""
     from tlpipe import steps
     from tlpipe.tracking import current_pipeline_run
     from tlpipe.errors import exit_on_user_error
@@ -33,6 +34,16 @@ def finetune(
                          checkpoint_every=checkpoint_every, nproc=nproc)
     facts = exit_on_user_error(steps.finetune)(
         source_model.path, target_labelled.path, model.path, strategy, config, experiment, current_pipeline_run(), step_name,
-        source_train.path, target_val.path,
+        source_train.path if source_train else "", target_val.path,
     )
     model.metadata.update(facts)
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def strategy_uses_source(strategy: str) -> bool:
+    """Whether the fine-tuning strategy also trains on source_train (multitask, zero-shot): the pipeline hands
+    the source images to finetune only then."""
+    from tlpipe.errors import exit_on_user_error
+    from tlpipe.methods.finetune import uses_source
+
+    return exit_on_user_error(uses_source)(strategy)

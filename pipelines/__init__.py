@@ -31,3 +31,25 @@ def closing_run(on, experiment):
     from components.close_run import close_run
 
     return dsl.ExitHandler(on.light(close_run, cache=False, experiment=experiment).set_display_name("close-run"))
+
+
+def finetuned_model(on, data, strategy, **arguments):
+    """The finetune task's model. On a cluster only the strategies that also train on the source (multitask,
+    zero-shot) get source_train, so the others never download the source images. kfp.local cannot take a
+    model out of a branch (dsl.OneOf of artifacts), and a local artifact is a path that nothing copies, so
+    locally finetune always gets the path and reads it only for those strategies (tlpipe.steps.finetune)."""
+    from kfp import dsl
+
+    from components.finetune import finetune, strategy_uses_source
+
+    common = dict(target_labelled=data.outputs["target_labelled"], target_val=data.outputs["target_val"],
+                  strategy=strategy, step_name="finetune", **arguments)
+    if on.cluster is None:
+        return on.train(finetune, source_train=data.outputs["source_train"], **common).set_display_name(
+            "finetune").outputs["model"]
+    uses_source = on.light(strategy_uses_source, strategy=strategy).set_display_name("strategy-uses-source")
+    with dsl.If(uses_source.output == True, "with-source"):  # noqa: E712 (a KFP condition, not a Python test)
+        joint = on.train(finetune, source_train=data.outputs["source_train"], **common).set_display_name("finetune")
+    with dsl.Else():
+        alone = on.train(finetune, **common).set_display_name("finetune")
+    return dsl.OneOf(joint.outputs["model"], alone.outputs["model"])

@@ -11,9 +11,8 @@ from kfp import dsl
 from components.adapt import adapt
 from components.champion import champion
 from components.evaluate import evaluate_retrain
-from components.finetune import finetune
 from components.register import register
-from pipelines import closing_run, ingest_data
+from pipelines import closing_run, finetuned_model, ingest_data
 from tlpipe.cluster import Cluster, Placement
 
 
@@ -67,12 +66,8 @@ def build(cluster: Cluster | None = None):
                 source_train=data.outputs["source_train"], model_name=model_name, backbone=backbone,
                 pretrained_weights=pretrained_weights, epochs=source_epochs, source_augment=source_augment, **train,
             ).set_caching_options(False)
-            finetuned = on.train(
-                finetune,
-                source_model=start.outputs["model"], source_train=data.outputs["source_train"],
-                target_labelled=data.outputs["target_labelled"], target_val=data.outputs["target_val"], strategy=strategy,
-                epochs=finetune_epochs, step_name="finetune", **train,
-            ).set_display_name("finetune")
+            finetuned = finetuned_model(on, data, strategy, source_model=start.outputs["model"],
+                                        epochs=finetune_epochs, **train)
             adapted = on.train(
                 adapt,
                 source_model=start.outputs["model"], source_train=data.outputs["source_train"],
@@ -80,15 +75,15 @@ def build(cluster: Cluster | None = None):
                 target_val=data.outputs["target_val"], method=adapt_method, epochs=adapt_epochs, finetune_epochs=finetune_epochs, source_augment=source_augment,
                 **train,
             )
-            scores = on.light(
+            scores = on.score(
                 evaluate_retrain,
                 target_test=data.outputs["target_test"], target_val=data.outputs["target_val"],
                 source_val=data.outputs["source_val"], target_unlabelled=data.outputs["target_unlabelled"],
                 source_test=data.outputs["source_test"], select_by=select_by,
                 start_model=start.outputs["model"],
-                finetuned=finetuned.outputs["model"], adapted=adapted.outputs["model"], experiment=experiment,
+                finetuned=finetuned, adapted=adapted.outputs["model"], experiment=experiment,
             )
-            on.light(
+            on.score(
                 register, cache=False,
                 best_model=scores.outputs["best_model"], evaluation=scores.outputs["evaluation"],
                 evaluation_report=scores.outputs["report"],

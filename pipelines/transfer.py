@@ -10,7 +10,7 @@ from components.evaluate import evaluate
 from components.finetune import finetune
 from components.pretrain import pretrain
 from components.register import register
-from pipelines import closing_run, ingest_data
+from pipelines import closing_run, finetuned_model, ingest_data
 from tlpipe.cluster import Cluster, Placement
 
 
@@ -62,17 +62,14 @@ def build(cluster: Cluster | None = None):
                 epochs=source_epochs, batch_size=batch_size, lr=lr, seed=seed, checkpoint_root=checkpoint_root,
                 checkpoint_every=checkpoint_every, nproc=nproc, source_augment=source_augment, experiment=experiment,
             )
-            finetuned = on.train(
-                finetune,
-                source_model=source_model.outputs["model"], source_train=data.outputs["source_train"],
-                target_labelled=data.outputs["target_labelled"], target_val=data.outputs["target_val"], strategy=strategy,
-                epochs=finetune_epochs, batch_size=batch_size, lr=lr, seed=seed, checkpoint_root=checkpoint_root,
+            finetuned = finetuned_model(
+                on, data, strategy, source_model=source_model.outputs["model"], epochs=finetune_epochs,
+                batch_size=batch_size, lr=lr, seed=seed, checkpoint_root=checkpoint_root,
                 checkpoint_every=checkpoint_every, nproc=nproc, experiment=experiment,
-                step_name="finetune",
-            ).set_display_name("finetune")
+            )
             target_only = on.train(
                 finetune,
-                source_model=source_model.outputs["model"], source_train=data.outputs["source_train"],
+                source_model=source_model.outputs["model"],
                 target_labelled=data.outputs["target_labelled"], target_val=data.outputs["target_val"], strategy="scratch",
                 epochs=finetune_epochs, batch_size=batch_size, lr=lr, seed=seed, checkpoint_root=checkpoint_root,
                 checkpoint_every=checkpoint_every, nproc=nproc, experiment=experiment,
@@ -86,16 +83,16 @@ def build(cluster: Cluster | None = None):
                 seed=seed, checkpoint_root=checkpoint_root,
                 checkpoint_every=checkpoint_every, nproc=nproc, source_augment=source_augment, experiment=experiment,
             )
-            scores = on.light(
+            scores = on.score(
                 evaluate,
                 target_test=data.outputs["target_test"], target_val=data.outputs["target_val"],
                 source_val=data.outputs["source_val"], target_unlabelled=data.outputs["target_unlabelled"],
                 source_test=data.outputs["source_test"], select_by=select_by,
                 source_only=source_model.outputs["model"],
-                target_only=target_only.outputs["model"], finetuned=finetuned.outputs["model"],
+                target_only=target_only.outputs["model"], finetuned=finetuned,
                 adapted=adapted.outputs["model"], experiment=experiment,
             )
-            on.light(
+            on.score(
                 register, cache=False,
                 best_model=scores.outputs["best_model"], evaluation=scores.outputs["evaluation"],
                 evaluation_report=scores.outputs["report"],

@@ -3,7 +3,7 @@
 import numpy as np
 from test_methods import colour_set, trained_source
 
-from tlpipe.analysis import (domain_distances, domain_features, format_layer_sweep, layer_sweep_png, proxy_a_distance,
+from tlpipe.analysis import (domain_distances, domain_features, domain_sample, format_layer_sweep, layer_sweep_png, proxy_a_distance,
                              tsne_figure, tsne_png)
 from tlpipe.evaluate import compare, confusion_png, format_table, per_class_csv, write_report
 
@@ -26,6 +26,15 @@ def test_domain_distances_tell_a_shifted_target_from_the_source():
     distances = domain_distances(domain_features({"m": model}, source, shifted))
     assert distances["m"] > 1.0
     assert domain_distances(domain_features({"m": model}, source, colour_set(seed=3)))["m"] < distances["m"]
+
+
+def test_the_domain_analysis_sees_a_seeded_sample_of_bounded_size():
+    data = colour_set(n_per_class=40, seed=1)
+    assert domain_sample(data, n=len(data)) is data
+    sample = domain_sample(data, seed=0, n=50)
+    assert len(sample) == 50 and np.isin(sample.ids, data.ids).all() and len(set(sample.ids.tolist())) == 50
+    assert np.array_equal(domain_sample(data, seed=0, n=50).ids, sample.ids)
+    assert not np.array_equal(domain_sample(data, seed=1, n=50).ids, sample.ids)
 
 
 def test_report_and_table_carry_a_distances_per_class_and_the_tsne_picture(tmp_path):

@@ -32,8 +32,28 @@ def test_colour_permutes_the_channels_and_inverts_each_image_on_its_own():
     assert not torch.equal(out, augment.colour(images, torch.Generator().manual_seed(1)))
 
 
+def test_photo_crops_and_flips_each_image_on_its_own_and_draws_from_the_generator():
+    # Each image is a horizontal ramp: a crop of it is a (resized) stretch of the ramp, increasing or, flipped,
+    # decreasing; a crop of a small area changes the ramp's range.
+    ramp = torch.linspace(0, 255, 64).round().to(torch.uint8)
+    images = ramp.view(1, 1, 64, 1).expand(200, 48, 64, 3).contiguous()
+    before = torch.random.get_rng_state()
+    out = augment.photo(images, torch.Generator().manual_seed(0))
+    assert torch.equal(torch.random.get_rng_state(), before)  # the global RNG is left as it was
+    assert out.shape == images.shape and out.dtype == torch.uint8
+    rows = out[:, 24, :, 0].float()
+    steps = rows[:, 1:] - rows[:, :-1]
+    flipped = (steps <= 0).all(1)
+    assert ((steps >= 0).all(1) | flipped).all()  # every row is the ramp, one way or the other
+    assert 0.35 < flipped.float().mean() < 0.65
+    spans = (rows.max(1).values - rows.min(1).values)
+    assert spans.min() < 200 and len(set(spans.tolist())) > 50  # each image cropped with its own draw
+    assert torch.equal(out, augment.photo(images, torch.Generator().manual_seed(0)))
+    assert not torch.equal(out, augment.photo(images, torch.Generator().manual_seed(1)))
+
+
 def test_unknown_augmentation_is_one_sentence():
-    with pytest.raises(TlpipeError, match="unknown augmentation 'sepia'; use none, colour"):
+    with pytest.raises(TlpipeError, match="unknown augmentation 'sepia'; use none, colour, photo"):
         augment.get("sepia")
 
 

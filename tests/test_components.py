@@ -42,10 +42,11 @@ def chain(tmp_path_factory):
         a[name] = artifact(dsl.Model, root / name)
     pretrain.python_func(source_train=a["source_train"], source_val=a["source_val"], backbone="small-cnn", pretrained_weights="",
                          source_augment="colour", model=a["source_model"], **TRAIN)
-    finetune.python_func(source_model=a["source_model"], source_train=a["source_train"],
+    # As on a cluster: strategies that do not train on the source are not given source_train.
+    finetune.python_func(source_model=a["source_model"],
                          target_labelled=a["target_labelled"], target_val=a["target_val"], strategy="freeze:1",
                          step_name="finetune", model=a["finetuned"], **TRAIN)
-    finetune.python_func(source_model=a["source_model"], source_train=a["source_train"],
+    finetune.python_func(source_model=a["source_model"],
                          target_labelled=a["target_labelled"], target_val=a["target_val"], strategy="scratch",
                          step_name="target-only", model=a["target_only"], **TRAIN)
     adapt.python_func(source_model=a["source_model"], source_train=a["source_train"],
@@ -307,3 +308,17 @@ def test_user_errors_exit_with_one_sentence(tmp_path, capsys, tlpipe_home, monke
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "target_labels_per_class=500" in err[0] and err[0].startswith("tlpipe: error:")
     assert not (tmp_path / "source_train").exists()
+
+
+def test_a_strategy_that_trains_on_the_source_needs_source_train(chain, tmp_path, capsys):
+    from components.finetune import strategy_uses_source
+
+    assert [strategy_uses_source.python_func(strategy=s) for s in ("full", "scratch", "multitask:0.5", "zero-shot:attributes")] \
+        == [False, False, True, True]
+    with pytest.raises(SystemExit) as exit_info:
+        finetune.python_func(source_model=chain["source_model"], target_labelled=chain["target_labelled"],
+                             target_val=chain["target_val"], strategy="multitask", step_name="finetune",
+                             model=artifact(dsl.Model, tmp_path / "model"), **TRAIN)
+    assert exit_info.value.code == 2
+    assert "strategy 'multitask' trains on the source images too; give it source_train" in capsys.readouterr().err
+    assert not (tmp_path / "model").exists()

@@ -13,7 +13,8 @@ from tlpipe.cluster import CPU_IMAGE, Cluster, Resources, Toleration, compile_pi
 
 REPO = Path(__file__).resolve().parents[1]
 TRAINING = {"pretrain", "finetune", "adapt", "champion", "layer-transfer"}
-LIGHT = {"data-version", "ingest", "evaluate", "evaluate-retrain", "register", "close-run", "layer-sweep-report"}
+SCORING = {"evaluate", "evaluate-retrain", "register"}
+LIGHT = {"data-version", "strategy-uses-source", "ingest", "close-run", "layer-sweep-report"}
 
 
 def load_ir(path: Path) -> tuple[dict, dict]:
@@ -46,7 +47,7 @@ def executor_of(spec: dict, task: str) -> str:
 
 def kind(task: str) -> str:
     base = task.rsplit("-", 1)[0] if task[-1].isdigit() else task
-    return "train" if base in TRAINING else "light"
+    return "train" if base in TRAINING else "score" if base in SCORING else "light"
 
 
 def test_compiled_pipelines_are_up_to_date(tmp_path):
@@ -68,13 +69,13 @@ def test_compiled_ir_places_steps(tmp_path, name):
     )
     spec, platform = load_ir(compile_pipeline(name, tmp_path, cluster))
     tasks = tasks_of(spec)
-    assert {kind(t) for t in tasks} == {"train", "light"}
+    assert {kind(t) for t in tasks} == {"train", "score", "light"}
     for task, body in tasks.items():
         executor = executor_of(spec, task)
         container = spec["deploymentSpec"]["executors"][executor]["container"]
         k8s = platform[executor]
-        # Light steps never pull the CUDA image.
-        assert container["image"] == f"registry.example.com/tlpipe/{'trainer' if kind(task) == 'train' else 'cpu'}:1.2.3"
+        # Light steps never pull the CUDA image; scoring steps use it, on one GPU.
+        assert container["image"] == f"registry.example.com/tlpipe/{'cpu' if kind(task) == 'light' else 'trainer'}:1.2.3"
         resources = container["resources"]
         secrets = {(s["secretName"], e["secretKey"], e["envVar"], s["optional"]) for s in k8s["secretAsEnv"] for e in s["keyToEnv"]}
         assert ("team-s3", "AWS_SECRET_ACCESS_KEY", "AWS_SECRET_ACCESS_KEY", False) in secrets
@@ -90,6 +91,10 @@ def test_compiled_ir_places_steps(tmp_path, name):
                                               "volumeName": "dshm"}]
             assert body["retryPolicy"] == {"maxRetryCount": 5, "backoffDuration": "60s", "backoffFactor": 2.0,
                                            "backoffMaxDuration": "3600s"}
+        elif kind(task) == "score":
+            assert resources["accelerator"]["resourceCount"] == "1" and resources["resourceMemoryLimit"] == "48Gi"
+            assert k8s["nodeSelector"]["labels"] == {"cloud.google.com/gke-accelerator": "nvidia-l4"}
+            assert "emptyDirMounts" not in k8s and "retryPolicy" not in body
         else:
             assert "accelerator" not in resources and "nodeSelector" not in k8s and "tolerations" not in k8s
             assert resources["resourceCpuRequest"] == "500m" and "resourceCpuLimit" not in resources
@@ -115,6 +120,33 @@ def test_caching_can_hit_and_stays_off_where_data_changes_behind_a_name(tmp_path
     # ingest, cached, is keyed by what data_version found: a changed folder misses the cache.
     assert tasks["ingest"]["inputs"]["parameters"]["data_version"] == {
         "taskOutputParameter": {"producerTask": "data-version", "outputParameterKey": "Output"}}
+
+
+def conditions_of(spec: dict) -> dict:
+    """Each container task's display name and the conditions it runs under (outermost first)."""
+    found, dags = [], [(spec["root"]["dag"], ())]
+    while dags:
+        dag, conditions = dags.pop()
+        for body in dag["tasks"].values():
+            inner = spec["components"][body["componentRef"]["name"]].get("dag")
+            condition = body.get("triggerPolicy", {}).get("condition")
+            if inner:
+                dags.append((inner, conditions + ((condition,) if condition else ())))
+            else:
+                found.append((body["taskInfo"]["name"], conditions, body))
+    return found
+
+
+@pytest.mark.parametrize("name", ["transfer", "retrain"])
+def test_only_strategies_that_train_on_the_source_download_source_train(tmp_path, name):
+    spec, _ = load_ir(compile_pipeline(name, tmp_path, Cluster()))
+    uses_source = "inputs.parameter_values['pipelinechannel--strategy-uses-source-Output'] == true"
+    finetunes = {(shown, conditions): "source_train" in body["inputs"]["artifacts"]
+                 for shown, conditions, body in conditions_of(spec) if shown in ("finetune", "target-only")}
+    expected = {("finetune", (uses_source,)): True, ("finetune", (f"!({uses_source})",)): False}
+    if name == "transfer":
+        expected[("target-only", ())] = False
+    assert finetunes == expected
 
 
 @pytest.mark.parametrize("name", ["transfer", "retrain", "layer-sweep"])
@@ -197,6 +229,24 @@ def test_cpu_cluster_requests_no_gpu(tmp_path):
     executor = executor_of(spec, "pretrain")
     assert "accelerator" not in spec["deploymentSpec"]["executors"][executor]["container"]["resources"]
     assert "tolerations" not in platform[executor] and "emptyDirMounts" in platform[executor]
+    for task in SCORING & set(tasks_of(spec)):
+        container = spec["deploymentSpec"]["executors"][executor_of(spec, task)]["container"]
+        assert "accelerator" not in container["resources"] and container["image"] == CPU_IMAGE
+
+
+@pytest.mark.parametrize("name", ["transfer", "retrain"])
+def test_scoring_on_cpu_gets_the_memory_asked_for(tmp_path, name):
+    assert main(["compile", name, "-o", str(tmp_path), "--score-on", "cpu", "--score-memory", "24Gi:40Gi"]) == 0
+    spec, platform = load_ir(tmp_path / f"{name}.yaml")
+    scoring = SCORING & set(tasks_of(spec))
+    assert scoring >= {"register"} and len(scoring) == 2
+    for task in scoring:
+        executor = executor_of(spec, task)
+        container = spec["deploymentSpec"]["executors"][executor]["container"]
+        assert container["image"] == CPU_IMAGE and "accelerator" not in container["resources"]
+        assert container["resources"]["resourceMemoryRequest"] == "24Gi"
+        assert container["resources"]["resourceMemoryLimit"] == "40Gi"
+        assert "nodeSelector" not in platform[executor]
 
 
 def test_compile_cli_writes_and_checks_options(tmp_path, capsys):
@@ -207,7 +257,7 @@ def test_compile_cli_writes_and_checks_options(tmp_path, capsys):
     assert spec["root"]["inputDefinitions"]["parameters"]["checkpoint_root"]["defaultValue"] == "s3://team/ckpt"
     images = {task: spec["deploymentSpec"]["executors"][executor_of(spec, task)]["container"]["image"]
               for task in ("adapt", "evaluate", "ingest")}
-    assert images == {"adapt": "example.org/t:9", "evaluate": CPU_IMAGE, "ingest": CPU_IMAGE}
+    assert images == {"adapt": "example.org/t:9", "evaluate": "example.org/t:9", "ingest": CPU_IMAGE}
     executor = executor_of(spec, "adapt")
     assert spec["deploymentSpec"]["executors"][executor]["container"]["resources"]["accelerator"]["count"] == "4"
     assert platform[executor]["nodeSelector"]["labels"] == {"pool": "a100"}

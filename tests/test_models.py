@@ -23,6 +23,19 @@ def test_save_and_load_give_the_same_predictions(tmp_path):
     torch.testing.assert_close(loaded.eval()(torch.from_numpy(images)), model(torch.from_numpy(images)))
 
 
+def test_scoring_batches_hold_the_same_pixels_at_any_image_size(monkeypatch):
+    from tlpipe.models import classifier
+
+    monkeypatch.setattr(classifier, "PIXELS_PER_BATCH", 32 * 32 * 8)
+    model = Classifier(spec()).eval()
+    small = list(classifier.scoring_batches(model, np.zeros((20, 32, 32, 3), dtype=np.uint8)))
+    large = list(classifier.scoring_batches(model, np.zeros((20, 64, 64, 3), dtype=np.uint8)))
+    assert [len(b) for b in small] == [8, 8, 4] and [len(b) for b in large] == [2] * 10
+    images = np.random.default_rng(0).integers(0, 255, (20, 64, 64, 3), dtype=np.uint8)
+    whole = model.head(model.features(torch.from_numpy(images))).argmax(1)
+    assert torch.equal(predict(model, images), whole)  # batching changes no prediction
+
+
 def test_model_resizes_any_input_size():
     model = Classifier(spec()).eval()
     for h, w in [(32, 32), (17, 40), (100, 64)]:

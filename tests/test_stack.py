@@ -7,7 +7,7 @@ import torch
 from conftest import free_port, tlpipe, write_image_folder
 
 from tlpipe import storage
-from tlpipe.data import load_domain
+from tlpipe.data import check_spec, load_domain
 from tlpipe.errors import TlpipeError
 from tlpipe.models import read_weights
 
@@ -39,6 +39,22 @@ def test_image_folder_reads_from_s3_like_a_local_folder(stack, tmp_path):
     from_disk = load_domain(f"imagefolder:{local}", 16, seed=0)
     assert from_s3.classes == from_disk.classes == ["a", "b", "c"]
     assert np.array_equal(from_s3.images, from_disk.images) and np.array_equal(from_s3.labels, from_disk.labels)
+
+
+def test_folder_marker_keys_are_not_images(stack, tmp_path):
+    local = write_image_folder(tmp_path / "folder", per_class=4)
+    storage.upload(local, "s3://tlpipe/tests/markers")
+    # What the AWS console's "Create folder" and many sync tools write: zero-byte keys ending in "/".
+    for marker in ("tests/markers/", "tests/markers/a/", "tests/markers/b/", "tests/markers/empty/"):
+        storage.client().put_object(Bucket="tlpipe", Key=marker, Body=b"")
+    assert storage.list_keys("s3://tlpipe/tests/markers") == sorted(p.relative_to(local).as_posix()
+                                                                    for p in local.rglob("*") if p.is_file())
+    from_s3 = load_domain("imagefolder:s3://tlpipe/tests/markers", 16, seed=0)
+    assert from_s3.classes == ["a", "b", "c"] and len(from_s3) == 12
+    for marker in ("tests/folder-only-markers/", "tests/folder-only-markers/a/"):
+        storage.client().put_object(Bucket="tlpipe", Key=marker, Body=b"")
+    with pytest.raises(TlpipeError, match="is empty or does not exist"):
+        check_spec("imagefolder:s3://tlpipe/tests/folder-only-markers")
 
 
 def test_the_data_version_of_an_s3_folder_changes_when_an_object_is_rewritten(stack, tmp_path):

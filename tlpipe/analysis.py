@@ -11,17 +11,25 @@ import torch
 
 from tlpipe.data import ImageSet
 from tlpipe.models import Classifier
+from tlpipe.models.classifier import scoring_batches
 
-MAX_PER_DOMAIN = 500  # images per domain for the t-SNE plot (t-SNE is quadratic in the points)
+# Images per domain whose features the A-distance uses: a seeded sample, so that its cost (features and a
+# logistic regression) stays the same however large the test splits grow.
+MAX_A_DISTANCE = 2000
+MAX_PER_DOMAIN = 500  # of those, per domain, in the t-SNE plot (t-SNE is quadratic in the points)
 
 
 @torch.inference_mode()
-def features(model: Classifier, images: np.ndarray, batch_size: int = 512) -> np.ndarray:
+def features(model: Classifier, images: np.ndarray) -> np.ndarray:
     model.eval()
-    device = next(model.parameters()).device
-    x = torch.as_tensor(images)
-    return torch.cat([model.features(x[i : i + batch_size].to(device)).float().cpu()
-                      for i in range(0, len(x), batch_size)]).numpy()
+    return torch.cat([model.features(batch).float().cpu() for batch in scoring_batches(model, images)]).numpy()
+
+
+def domain_sample(data: ImageSet, seed: int = 0, n: int = MAX_A_DISTANCE) -> ImageSet:
+    """At most n images of `data`, drawn with `seed` (in their stored order): what the domain analysis sees."""
+    if len(data) <= n:
+        return data
+    return data.subset(np.sort(np.random.default_rng(seed).choice(len(data), n, replace=False)))
 
 
 def _balanced(n_source: int, n_target: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -50,8 +58,8 @@ def proxy_a_distance(source_features: np.ndarray, target_features: np.ndarray, s
 
 def domain_features(models: dict[str, Classifier], source: ImageSet,
                     target: ImageSet) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Each model's features of the source and the target images, computed once for the A-distance
-    and the t-SNE picture."""
+    """Each model's features of the source and the target images (give domain_sample's), computed once
+    for the A-distance and the t-SNE picture."""
     return {name: (features(model, source.images), features(model, target.images)) for name, model in models.items()}
 
 

@@ -153,6 +153,7 @@ def _cluster(args):
         tolerations=tolerations,
         train=Resources(*_request_limit(args.train_cpu), *_request_limit(args.train_memory)),
         light=Resources(*_request_limit(args.light_cpu), *_request_limit(args.light_memory)),
+        score_on=args.score_on, score=Resources(*_request_limit(args.score_cpu), *_request_limit(args.score_memory)),
         shm_size=args.shm_size, retries=args.retries, s3_secret=args.s3_secret, mlflow_secret=args.mlflow_secret,
         checkpoint_root=args.checkpoint_root,
     )
@@ -242,6 +243,13 @@ def _add_cluster_options(parser) -> None:
     group.add_argument("--light-cpu", default=f"{d.light.cpu_request}:{d.light.cpu_limit}", metavar="REQUEST[:LIMIT]",
                        help="ingest, evaluate, register")
     group.add_argument("--light-memory", default=f"{d.light.memory_request}:{d.light.memory_limit}", metavar="REQUEST[:LIMIT]")
+    group.add_argument("--score-on", choices=("gpu", "cpu"), default=d.score_on,
+                       help="where evaluate and register score the models: one GPU of a training node, or CPU nodes "
+                            "(default %(default)s; cpu when --gpus 0)")
+    group.add_argument("--score-cpu", default=f"{d.score.cpu_request}:{d.score.cpu_limit}", metavar="REQUEST[:LIMIT]",
+                       help="evaluate and register when they score on CPU")
+    group.add_argument("--score-memory", default=f"{d.score.memory_request}:{d.score.memory_limit}",
+                       metavar="REQUEST[:LIMIT]", help="enough for the backbone over batches of the test split")
     group.add_argument("--shm-size", default=d.shm_size, help="memory-backed /dev/shm of training steps")
     group.add_argument("--retries", type=int, default=d.retries, help="retries of a failed training step, backoff from 60 s")
     group.add_argument("--s3-secret", default=d.s3_secret, help="Secret with AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL_S3")

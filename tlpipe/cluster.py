@@ -6,8 +6,9 @@ training steps, and the Kubernetes Secrets that carry credentials as environment
 their names reach the compiled YAML). Local runs (kfp.local) compile with no Cluster: none of it applies.
 
 Training steps (pretrain, finetune, adapt, and retrain's champion step, which may train) get GPUs and
-the trainer image; ingest, evaluate and register are cheap, run on CPU and use the CPU image, which
-pulls in a fraction of the time of the CUDA one.
+the trainer image; evaluate and register, which run every model over the test split, get one GPU (or,
+with score_on="cpu", CPU nodes with memory enough for the backbone); ingest and the bookkeeping steps
+are cheap, run on CPU and use the CPU image, which pulls in a fraction of the time of the CUDA one.
 """
 
 import re
@@ -72,6 +73,10 @@ class Cluster:
     tolerations: tuple[Toleration, ...] = (Toleration("nvidia.com/gpu"),)
     train: Resources = Resources("4", "8", "16Gi", "32Gi")
     light: Resources = Resources("1", "2", "2Gi", "4Gi")
+    # evaluate and register run every model over the test split: on a GPU node (the trainer image, the
+    # training steps' placement) or, with score_on="cpu" or gpus=0, on CPU nodes with `score` resources.
+    score_on: str = "gpu"
+    score: Resources = Resources("2", "4", "8Gi", "16Gi")
     shm_size: str = "8Gi"
     retries: int = 3
     retry_backoff: str = "60s"  # doubled after each retry, at most an hour
@@ -85,6 +90,8 @@ class Cluster:
         if self.gpus < 0 or self.retries < 0:
             raise TlpipeError("gpus and retries must be 0 or more.")
         check_cluster_checkpoint_root(self.checkpoint_root)
+        if self.score_on not in ("gpu", "cpu"):
+            raise TlpipeError(f"score_on must be gpu or cpu, got '{self.score_on}'.")
         if not _QUANTITY.match(self.shm_size):
             raise TlpipeError(f"shm size '{self.shm_size}' is not a Kubernetes quantity such as 8Gi.")
 
@@ -124,12 +131,7 @@ class Placement:
 
         c = self.cluster
         if c.gpus:
-            task.set_accelerator_type(c.gpu_resource).set_accelerator_limit(c.gpus)
-            for key, value in c.node_selector.items():
-                kubernetes.add_node_selector(task, key, value)
-            for t in c.tolerations:
-                kubernetes.add_toleration(task, key=t.key, operator="Equal" if t.value else "Exists",
-                                          value=t.value or None, effect=t.effect)
+            self._on_gpus(task, c.gpus)
         # DataLoader workers share batches through /dev/shm, which is 64 MB in a pod by default.
         kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory", size_limit=c.shm_size)
         if c.retries:
@@ -146,6 +148,32 @@ class Placement:
         if self.cluster is None:
             return task
         return self._common(task, self.cluster.light)
+
+    def score(self, component, cache: bool = True, **arguments):
+        """A task that scores models on a whole split (evaluate, register): on one GPU with the trainer image,
+        or on CPU with the scoring resources (Cluster.score_on)."""
+        c = self.cluster
+        on_gpu = c is not None and c.score_on == "gpu" and c.gpus > 0
+        image = (c.image if on_gpu else c.light_image) if c else ""
+        task = self._component(component, image)(**arguments)
+        if not cache:
+            task.set_caching_options(False)
+        if c is None:
+            return task
+        if on_gpu:
+            self._on_gpus(task, 1)
+        return self._common(task, c.train if on_gpu else c.score)
+
+    def _on_gpus(self, task, gpus: int) -> None:
+        from kfp import kubernetes
+
+        c = self.cluster
+        task.set_accelerator_type(c.gpu_resource).set_accelerator_limit(gpus)
+        for key, value in c.node_selector.items():
+            kubernetes.add_node_selector(task, key, value)
+        for t in c.tolerations:
+            kubernetes.add_toleration(task, key=t.key, operator="Equal" if t.value else "Exists",
+                                      value=t.value or None, effect=t.effect)
 
     def _common(self, task, resources: Resources):
         from kfp import kubernetes

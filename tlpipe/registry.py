@@ -36,6 +36,7 @@ from tlpipe.errors import TlpipeError
 from tlpipe.evaluate import PairedComparison, paired_comparison, score
 from tlpipe.models import load_model
 from tlpipe.tracking import PIPELINE_RUN_TAG
+from tlpipe.train import device
 
 SIGNATURE = ModelSignature(
     inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1, 3))]),
@@ -294,13 +295,14 @@ def export_champion(model_name: str, out: str | Path) -> str | None:
 
 def champion_model(model_name: str, version):
     """The champion's network, loaded from the registry the way its users load it."""
-    return mlflow.pyfunc.load_model(f"models:/{model_name}/{version.version}").unwrap_python_model().model
+    model = mlflow.pyfunc.load_model(f"models:/{model_name}/{version.version}").unwrap_python_model().model
+    return model.to(device())
 
 
 def register(client, model_dir: str | Path, model_name: str, test: ImageSet, tags: dict[str, str],
              gate: Gate = Gate()) -> Registration:
     """Registers `model_dir` (once per tags[PIPELINE_RUN_TAG]) and gates the champion alias."""
-    challenger = load_model(model_dir)[0]
+    challenger = load_model(model_dir, device())[0]
     existing = _version_of_run(client, model_name, tags[PIPELINE_RUN_TAG])
     version = str(existing.version) if existing else log_and_register(model_dir, model_name, tags)
 

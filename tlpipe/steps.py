@@ -18,7 +18,7 @@ import torch
 
 from tlpipe import analysis, augment, distributed, selection, settings, storage, tracking
 from tlpipe.checkpoint import Checkpoint
-from tlpipe.data import ImageSet, load_dataset, load_domain, save_dataset, split_source, split_target
+from tlpipe.data import ImageSet, dataset_meta, load_dataset, load_domain, save_dataset, split_source, split_target
 from tlpipe.data.splits import shared_with_source
 from tlpipe.data.attributes import DIGITS, signatures
 from tlpipe.errors import TlpipeError
@@ -187,11 +187,11 @@ def finetune(
 ) -> dict:
     """Fine-tunes on the labelled target images; multitask and zero-shot also train on `source_train`.
     `validation` (target_val) is scored every epoch."""
-    name, _ = finetuning.parse_strategy(strategy)
+    if finetuning.uses_source(strategy) and not source_train:
+        raise TlpipeError(f"fine-tuning strategy '{strategy}' trains on the source images too; give it source_train.")
     model, _ = load_model(source_model)
     data, meta = load_dataset(target_labelled)
-    source, source_meta = (load_dataset(source_train) if source_train and name in ("multitask", "zero-shot")
-                           else (None, None))
+    source, source_meta = load_dataset(source_train) if finetuning.uses_source(strategy) else (None, None)
     val, val_meta = load_dataset(validation) if validation else (None, None)
     config = checkpointed(config, pipeline_run, step_name)
     params = {"strategy": strategy, **_config_params(config)}
@@ -279,7 +279,7 @@ def evaluate(
     val, val_meta = load_dataset(target_val) if target_val else (None, None)
     criterion = selection.resolve(select_by, len(val) if val is not None else 0)
     paths = baselines | candidates
-    loaded = {name: load_model(path) for name, path in paths.items()}
+    loaded = {name: load_model(path, device()) for name, path in paths.items()}
     models = {name: (model, "baseline" if name in baselines else "candidate") for name, (model, _) in loaded.items()}
     methods = {name: model_meta.get("method", "") for name, (_, model_meta) in loaded.items()}
     source, source_meta = load_dataset(source_test) if source_test else (None, {})
@@ -294,11 +294,12 @@ def evaluate(
         evaluation.tasks = _task_rows(models, evaluation, source)
         tsne = None
         if source is not None and len(source):
-            pairs = analysis.domain_features({name: m for name, (m, _) in models.items()}, source, test)
+            source_sample, target_sample = analysis.domain_sample(source), analysis.domain_sample(test)
+            pairs = analysis.domain_features({name: m for name, (m, _) in models.items()}, source_sample, target_sample)
             distances = analysis.domain_distances(pairs)
             for r in evaluation.results:
                 r.a_distance = distances[r.name]
-            tsne = analysis.tsne_png(pairs, source.labels, test.labels, distances, evaluation.classes,
+            tsne = analysis.tsne_png(pairs, source_sample.labels, target_sample.labels, distances, evaluation.classes,
                                      source_name=source_name, target_name=target_name)
             mlflow.log_image(_png_image(tsne), "report/tsne.png")
         evaluation.save(evaluation_out)
@@ -446,7 +447,7 @@ def start_model(
     if version is None:
         print(f"no champion of '{model_name}' in the registry: training the source model", flush=True)
         return {**pretrain(source_train, out, backbone, pretrained_weights, config, experiment, pipeline_run), "start": "source"}
-    classes = load_dataset(source_train)[0].classes
+    classes = dataset_meta(source_train)["classes"]
     _, meta = load_model(out)
     if meta["spec"]["classes"] != classes:
         raise TlpipeError(f"the champion of '{model_name}' (version {version}) predicts classes {meta['spec']['classes']}, "

@@ -15,6 +15,7 @@ from pathlib import Path
 from tlpipe.errors import TlpipeError
 
 MULTIPART_THRESHOLD = 8 * 1024 * 1024
+TRANSFER_THREADS = 16  # concurrent S3 transfers of one folder: a photo is one small request each
 
 
 def is_s3(location: str) -> bool:
@@ -47,6 +48,7 @@ def client():
         s3={"addressing_style": "path"},
         connect_timeout=5,
         read_timeout=60,
+        max_pool_connections=TRANSFER_THREADS,
     )
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
     # A session of its own: boto3's default session keeps the first credentials it resolved for the whole
@@ -96,13 +98,15 @@ def check_bucket(uri: str) -> None:
 
 
 def list_keys(uri: str) -> list[str]:
-    """Keys under an s3:// prefix, relative to it."""
+    """Keys of the objects under an s3:// prefix, relative to it, page by page. Keys ending in "/" are folder
+    markers (the zero-byte `prefix/` and `prefix/class/` that the AWS console and many sync tools write), not
+    files: they are left out."""
     bucket, prefix = split_s3(uri)
     prefix = prefix.rstrip("/") + "/" if prefix else ""
     keys = []
     try:
         for page in client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-            keys += [item["Key"][len(prefix) :] for item in page.get("Contents", [])]
+            keys += [item["Key"][len(prefix) :] for item in page.get("Contents", []) if not item["Key"].endswith("/")]
     except Exception as error:
         raise explain(error, bucket) from None
     return sorted(keys)
@@ -129,6 +133,20 @@ def fingerprint(location: str) -> str:
         stat = path.stat()
         digest.update(f"{path.relative_to(root)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()
+
+
+def in_parallel(transfer, items, threads: int = TRANSFER_THREADS) -> None:
+    """Calls transfer(item) for every item on a pool of threads (S3 requests wait on the network, not the
+    CPU); the first error is raised once the transfers under way have ended, and no new one starts."""
+    from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        futures = [pool.submit(transfer, item) for item in items]
+        done, pending = wait(futures, return_when=FIRST_EXCEPTION)
+        for future in pending:
+            future.cancel()
+        for future in done:
+            future.result()
 
 
 def _copy_local(source: Path, destination: Path) -> None:
@@ -158,10 +176,13 @@ def download(location: str, destination: str | Path) -> Path:
         if not keys:
             raise TlpipeError(f"nothing at {location} (no such key or prefix in bucket '{bucket}').")
         prefix = key.rstrip("/") + "/" if key else ""
-        for relative in keys:
+
+        def fetch(relative: str) -> None:
             target = destination / relative
             target.parent.mkdir(parents=True, exist_ok=True)
             s3.download_file(bucket, prefix + relative, str(target), Config=config)
+
+        in_parallel(fetch, keys)
     except TlpipeError:
         raise
     except Exception as error:
@@ -178,10 +199,13 @@ def upload(source: str | Path, location: str) -> None:
     bucket, key = split_s3(location)
     files = sorted(p for p in source.rglob("*") if p.is_file()) if source.is_dir() else [source]
     s3, config = client(), _transfer_config()
+
+    def send(path: Path) -> None:
+        target = f"{key.rstrip('/')}/{path.relative_to(source).as_posix()}".lstrip("/") if source.is_dir() else key
+        s3.upload_file(str(path), bucket, target, Config=config)
+
     try:
-        for path in files:
-            target = f"{key.rstrip('/')}/{path.relative_to(source).as_posix()}".lstrip("/") if source.is_dir() else key
-            s3.upload_file(str(path), bucket, target, Config=config)
+        in_parallel(send, files)
     except Exception as error:
         raise explain(error, bucket) from None
 

@@ -85,13 +85,20 @@ def save_dataset(directory: str | Path, data: ImageSet, **facts) -> dict:
     return meta
 
 
-def load_dataset(directory: str | Path) -> tuple[ImageSet, dict]:
-    """Reads a dataset artifact, checking it is whole and unchanged since it was written."""
+def dataset_meta(directory: str | Path) -> dict:
+    """A dataset artifact's metadata (classes, counts, content hash) without reading its images."""
     directory = Path(directory)
     meta_path, data_path = directory / "dataset.json", directory / "data.safetensors"
     if not meta_path.is_file() or not data_path.is_file():
         raise TlpipeError(f"{directory} is not a tlpipe dataset artifact (dataset.json and data.safetensors expected).")
-    meta = json.loads(meta_path.read_text())
+    return json.loads(meta_path.read_text())
+
+
+def load_dataset(directory: str | Path) -> tuple[ImageSet, dict]:
+    """Reads a dataset artifact, checking it is whole and unchanged since it was written."""
+    directory = Path(directory)
+    meta = dataset_meta(directory)
+    data_path = directory / "data.safetensors"
     tensors = load_file(str(data_path))
     data = ImageSet(tensors["images"], tensors["labels"], list(meta["classes"]), tensors.get("ids"))
     labels = data.labels

@@ -55,6 +55,11 @@ def parse_strategy(strategy: str) -> tuple[str, float | str]:
     raise TlpipeError(f"unknown fine-tuning strategy '{strategy}'; use {STRATEGIES}.")
 
 
+def uses_source(strategy: str) -> bool:
+    """Whether a strategy also trains on the source images: only then does its step read source_train."""
+    return parse_strategy(strategy)[0] in ("multitask", "zero-shot")
+
+
 def freeze_blocks(model: Classifier, k: int) -> None:
     """Puts the first k blocks out of training: no gradients, batch-norm statistics fixed."""
     model.train()
