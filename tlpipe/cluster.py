@@ -124,7 +124,7 @@ class Placement:
 
     def train(self, component, **arguments):
         """A GPU training task: accelerators, GPU node placement, /dev/shm, retries, secrets."""
-        task = self._component(component, self.cluster.image if self.cluster else "")(**arguments)
+        task = self._task(component, self.cluster.image if self.cluster else "", True, arguments)
         if self.cluster is None:
             return task
         from kfp import kubernetes
@@ -142,27 +142,27 @@ class Placement:
 
     def light(self, component, cache: bool = True, **arguments):
         """A cheap CPU task, on the CPU image."""
-        task = self._component(component, self.cluster.light_image if self.cluster else "")(**arguments)
-        if not cache:
-            task.set_caching_options(False)
-        if self.cluster is None:
-            return task
-        return self._common(task, self.cluster.light)
+        c = self.cluster
+        task = self._task(component, c.light_image if c else "", cache, arguments)
+        return task if c is None else self._common(task, c.light)
 
     def score(self, component, cache: bool = True, **arguments):
         """A task that scores models on a whole split (evaluate, register): on one GPU with the trainer image,
         or on CPU with the scoring resources (Cluster.score_on)."""
         c = self.cluster
-        on_gpu = c is not None and c.score_on == "gpu" and c.gpus > 0
-        image = (c.image if on_gpu else c.light_image) if c else ""
+        if c is None:
+            return self._task(component, "", cache, arguments)
+        if c.score_on == "cpu" or not c.gpus:
+            return self._common(self._task(component, c.light_image, cache, arguments), c.score)
+        task = self._task(component, c.image, cache, arguments)
+        self._on_gpus(task, 1)
+        return self._common(task, c.train)
+
+    def _task(self, component, image: str, cache: bool, arguments: dict):
         task = self._component(component, image)(**arguments)
         if not cache:
             task.set_caching_options(False)
-        if c is None:
-            return task
-        if on_gpu:
-            self._on_gpus(task, 1)
-        return self._common(task, c.train if on_gpu else c.score)
+        return task
 
     def _on_gpus(self, task, gpus: int) -> None:
         from kfp import kubernetes

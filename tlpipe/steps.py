@@ -187,11 +187,12 @@ def finetune(
 ) -> dict:
     """Fine-tunes on the labelled target images; multitask and zero-shot also train on `source_train`.
     `validation` (target_val) is scored every epoch."""
-    if finetuning.uses_source(strategy) and not source_train:
+    uses_source = finetuning.uses_source(strategy)
+    if uses_source and not source_train:
         raise TlpipeError(f"fine-tuning strategy '{strategy}' trains on the source images too; give it source_train.")
     model, _ = load_model(source_model)
     data, meta = load_dataset(target_labelled)
-    source, source_meta = load_dataset(source_train) if finetuning.uses_source(strategy) else (None, None)
+    source, source_meta = load_dataset(source_train) if uses_source else (None, None)
     val, val_meta = load_dataset(validation) if validation else (None, None)
     config = checkpointed(config, pipeline_run, step_name)
     params = {"strategy": strategy, **_config_params(config)}

@@ -158,7 +158,7 @@ def scoring_batches(model: nn.Module, images):
     PIXELS_PER_BATCH; each batch is copied to the device only when it is scored."""
     images = torch.as_tensor(images)
     device = next(model.parameters()).device
-    size = max(1, PIXELS_PER_BATCH // max(1, images.shape[1] * images.shape[2])) if images.ndim == 4 else 1
+    size = max(1, PIXELS_PER_BATCH // (images.shape[1] * images.shape[2]))
     for i in range(0, len(images), size):
         yield images[i : i + size].to(device, non_blocking=True)
 
