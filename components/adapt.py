@@ -26,7 +26,7 @@ def adapt(
 ):
     """Adapts the source model to the unlabelled target domain (DANN, CDAN+E, DAN, Deep CORAL), or with
     dann+finetune adapts and then fine-tunes on the labelled target images for finetune_epochs. source_augment
-    applies to the source images (tlpipe.augment: none, colour, photo). target_val is scored each epoch, only to be
+    applies to the source images (tlpipe.augment: auto, none, colour, photo). target_val is scored each epoch, only to be
     watched: adaptation chooses nothing by it."""
     from tlpipe import steps
     from tlpipe.tracking import current_pipeline_run

@@ -22,7 +22,7 @@ def pretrain(
     model: Output[Model],
 ):
     """Trains backbone + head on the labelled source domain (optionally from pretrained weights), with
-    source_augment (tlpipe.augment: none, colour, photo) applied to its images; source_val is scored each epoch."""
+    source_augment (tlpipe.augment: auto, none, colour, photo) applied to its images; source_val is scored each epoch."""
     from tlpipe import steps
     from tlpipe.tracking import current_pipeline_run
     from tlpipe.errors import exit_on_user_error

@@ -32,7 +32,8 @@ def build(cluster: Cluster | None = None):
         pretrained_weights: str = "",
         strategy: str = "full",
         adapt_method: str = "dann",
-        source_augment: str = "none",
+        source_augment: str = "auto",
+        target_augment: str = "auto",
         source_epochs: int = 30,
         finetune_epochs: int = 30,
         adapt_epochs: int = 60,
@@ -67,7 +68,7 @@ def build(cluster: Cluster | None = None):
                 pretrained_weights=pretrained_weights, epochs=source_epochs, source_augment=source_augment, **train,
             ).set_caching_options(False)
             finetuned = finetuned_model(on, data, strategy, source_model=start.outputs["model"],
-                                        epochs=finetune_epochs, **train)
+                                        epochs=finetune_epochs, augment=target_augment, **train)
             adapted = on.train(
                 adapt,
                 source_model=start.outputs["model"], source_train=data.outputs["source_train"],

@@ -30,7 +30,8 @@ def build(cluster: Cluster | None = None):
         pretrained_weights: str = "",
         strategy: str = "full",
         adapt_method: str = "dann",
-        source_augment: str = "none",
+        source_augment: str = "auto",
+        target_augment: str = "auto",
         source_epochs: int = 30,
         finetune_epochs: int = 30,
         adapt_epochs: int = 120,
@@ -65,7 +66,7 @@ def build(cluster: Cluster | None = None):
             finetuned = finetuned_model(
                 on, data, strategy, source_model=source_model.outputs["model"], epochs=finetune_epochs,
                 batch_size=batch_size, lr=lr, seed=seed, checkpoint_root=checkpoint_root,
-                checkpoint_every=checkpoint_every, nproc=nproc, experiment=experiment,
+                checkpoint_every=checkpoint_every, nproc=nproc, experiment=experiment, augment=target_augment,
             )
             target_only = on.train(
                 finetune,
@@ -73,7 +74,7 @@ def build(cluster: Cluster | None = None):
                 target_labelled=data.outputs["target_labelled"], target_val=data.outputs["target_val"], strategy="scratch",
                 epochs=finetune_epochs, batch_size=batch_size, lr=lr, seed=seed, checkpoint_root=checkpoint_root,
                 checkpoint_every=checkpoint_every, nproc=nproc, experiment=experiment,
-                step_name="target-only",
+                step_name="target-only", augment=target_augment,
             ).set_display_name("target-only")
             adapted = on.train(
                 adapt,

@@ -12,6 +12,8 @@ from PIL import Image
 from tlpipe import storage
 
 torch.set_num_threads(2)
+# benchmarks/photos.py writes the synthetic photo folders that the photo-folder tests ingest.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 
 @pytest.fixture

@@ -1,5 +1,7 @@
-"""Source augmentation: per-image colour draws, labels kept with their images, seeded and resumable,
-one global batch across ranks, and what it is for: a grey-trained model that reads inverted colours."""
+"""Augmentation and the training loader: per-image draws from per-image seeds, labels kept with their
+images, seeded and resumable, the same batches from the device and from DataLoader workers over
+shards, disjoint ranks, and what colour augmentation is for: a grey-trained model that reads inverted
+colours."""
 
 import itertools
 
@@ -8,16 +10,22 @@ import pytest
 import torch
 
 from tlpipe import augment, distributed
-from tlpipe.data import load_domain
+from tlpipe.data import ImageSet, load_dataset, load_domain, save_dataset
+from tlpipe.data import loader
+from tlpipe.data.loader import Batches
 from tlpipe.errors import TlpipeError
 from tlpipe.methods.supervised import pretrain
 from tlpipe.models import Classifier, ModelSpec, predict
-from tlpipe.train import Batches, TrainConfig
+from tlpipe.train import TrainConfig
+
+
+def seeds(n, seed):
+    return torch.randint(2**62, (n,), generator=torch.Generator().manual_seed(seed))
 
 
 def test_colour_permutes_the_channels_and_inverts_each_image_on_its_own():
     images = torch.randint(0, 256, (300, 4, 4, 3), dtype=torch.uint8)
-    out = augment.colour(images, torch.Generator().manual_seed(0))
+    out = augment.colour(images, seeds(300, 0))
     inverted, orders = 0, set()
     for before, after in zip(images, out):
         matches = [(order, flip) for order in itertools.permutations(range(3)) for flip in (False, True)
@@ -28,17 +36,18 @@ def test_colour_permutes_the_channels_and_inverts_each_image_on_its_own():
         inverted += flip
     assert orders == set(itertools.permutations(range(3)))
     assert 0.35 < inverted / len(images) < 0.65
-    assert torch.equal(out, augment.colour(images, torch.Generator().manual_seed(0)))
-    assert not torch.equal(out, augment.colour(images, torch.Generator().manual_seed(1)))
+    assert torch.equal(out, augment.colour(images, seeds(300, 0)))
+    assert not torch.equal(out, augment.colour(images, seeds(300, 1)))
+    assert torch.equal(out[:7], augment.colour(images[:7], seeds(300, 0)[:7]))  # an image's draw is its own
 
 
-def test_photo_crops_and_flips_each_image_on_its_own_and_draws_from_the_generator():
+def test_photo_crops_and_flips_each_image_on_its_own_under_its_seed():
     # Each image is a horizontal ramp: a crop of it is a (resized) stretch of the ramp, increasing or, flipped,
     # decreasing; a crop of a small area changes the ramp's range.
     ramp = torch.linspace(0, 255, 64).round().to(torch.uint8)
     images = ramp.view(1, 1, 64, 1).expand(200, 48, 64, 3).contiguous()
     before = torch.random.get_rng_state()
-    out = augment.photo(images, torch.Generator().manual_seed(0))
+    out = augment.photo(images, seeds(200, 0))
     assert torch.equal(torch.random.get_rng_state(), before)  # the global RNG is left as it was
     assert out.shape == images.shape and out.dtype == torch.uint8
     rows = out[:, 24, :, 0].float()
@@ -48,8 +57,9 @@ def test_photo_crops_and_flips_each_image_on_its_own_and_draws_from_the_generato
     assert 0.35 < flipped.float().mean() < 0.65
     spans = (rows.max(1).values - rows.min(1).values)
     assert spans.min() < 200 and len(set(spans.tolist())) > 50  # each image cropped with its own draw
-    assert torch.equal(out, augment.photo(images, torch.Generator().manual_seed(0)))
-    assert not torch.equal(out, augment.photo(images, torch.Generator().manual_seed(1)))
+    assert torch.equal(out, augment.photo(images, seeds(200, 0)))
+    assert not torch.equal(out, augment.photo(images, seeds(200, 1)))
+    assert torch.equal(out[5:9], augment.photo(images[5:9], seeds(200, 0)[5:9]))
 
 
 def test_unknown_augmentation_is_one_sentence():
@@ -58,40 +68,71 @@ def test_unknown_augmentation_is_one_sentence():
 
 
 def grey_images_that_encode_their_index(n):
-    values = torch.arange(n, dtype=torch.uint8)  # < 128, so inverted images (255 - v) decode unambiguously
-    return values.view(n, 1, 1, 1).expand(n, 2, 2, 3).contiguous(), torch.arange(n)
+    """An ImageSet whose image i has every pixel i and label i (n <= 128, so that inverted images,
+    255 - i, decode unambiguously)."""
+    values = np.arange(n, dtype=np.uint8)
+    images = np.ascontiguousarray(np.broadcast_to(values.reshape(n, 1, 1, 1), (n, 4, 4, 3)))
+    return ImageSet(images, np.arange(n), [str(i) for i in range(n)])
 
 
 def decode(images):
-    v = images[:, 0, 0, 0].long()
+    v = images[:, 0, 0, 0].long().cpu()
     return torch.where(v < 128, v, 255 - v)
 
 
 def test_batches_keep_labels_with_their_augmented_images_and_resume_with_the_same_draws():
-    images, labels = grey_images_that_encode_their_index(100)
-    batches = Batches(images, labels, batch_size=16, generator=torch.Generator().manual_seed(0), augment="colour")
+    batches = Batches(grey_images_that_encode_their_index(100), 16, seed=0, augment="colour")
     seen_inverted = False
     for _ in range(20):  # past several epochs
         x, y = next(batches)
-        assert torch.equal(decode(x), y)
+        assert torch.equal(decode(x), y.cpu())
         seen_inverted |= bool((x[:, 0, 0, 0] >= 128).any())
     assert seen_inverted
-    saved = {k: v.clone() if torch.is_tensor(v) else v for k, v in batches.state_dict().items()}
+    saved = dict(batches.state_dict())
     first = next(batches)
     batches.load_state_dict(saved)
     assert all(torch.equal(a, b) for a, b in zip(first, next(batches)))
 
 
-def test_ranks_take_their_shares_of_one_augmented_global_batch(monkeypatch):
-    images, labels = grey_images_that_encode_their_index(64)
+def sharded(data, tmp_path):
+    save_dataset(tmp_path / "set", data)
+    return load_dataset(tmp_path / "set")[0]
 
-    def batch_of(rank, world):
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_workers_over_shards_give_the_batches_the_device_gives(tmp_path, monkeypatch, workers):
+    data = grey_images_that_encode_their_index(60)
+    on_device = Batches(data, 8, seed=5, stream="source", augment="colour")
+    monkeypatch.setattr(loader, "RESIDENT_BYTES", 0)
+    streamed = Batches(sharded(data, tmp_path), 8, seed=5, stream="source", augment="colour", workers=workers)
+    assert on_device.on_device and not streamed.on_device
+    for _ in range(17):  # two epochs and a bit
+        assert all(torch.equal(a.cpu(), b.cpu()) for a, b in zip(next(on_device), next(streamed)))
+    # A loader restarted from a saved state (a resumed step) goes on with the same batches.
+    resumed = Batches(sharded(data, tmp_path / "again"), 8, seed=5, stream="source", augment="colour", workers=workers)
+    resumed.load_state_dict(streamed.state_dict())
+    for _ in range(5):
+        assert all(torch.equal(a.cpu(), b.cpu()) for a, b in zip(next(resumed), next(streamed)))
+    # Two streams of one seed (source and target of an adaptation) shuffle differently.
+    assert not torch.equal(next(Batches(data, 8, seed=5, stream="source"))[1],
+                           next(Batches(data, 8, seed=5, stream="target"))[1])
+
+
+def test_ranks_read_disjoint_shares_of_every_global_batch_whose_union_is_the_epoch(monkeypatch, tmp_path):
+    data = grey_images_that_encode_their_index(64)
+    monkeypatch.setattr(loader, "RESIDENT_BYTES", 0)
+    data = sharded(data, tmp_path)
+
+    def epoch_of(rank, world):
         monkeypatch.setattr(distributed, "rank_world", lambda: (rank, world))
-        batches = Batches(images, labels, batch_size=8, generator=torch.Generator().manual_seed(3), augment="colour")
-        return [next(batches) for _ in range(3)]
+        batches = Batches(data, 8, seed=3, augment="colour", workers=0)
+        return [next(batches) for _ in range(batches.per_epoch)]
 
-    alone = batch_of(0, 1)
-    shares = [batch_of(0, 2), batch_of(1, 2)]
+    alone = epoch_of(0, 1)
+    shares = [epoch_of(0, 2), epoch_of(1, 2)]
+    read = [torch.cat([y for _, y in share]).tolist() for share in shares]
+    assert not set(read[0]) & set(read[1])
+    assert sorted(read[0] + read[1]) == list(range(64))
     for step, (x, y) in enumerate(alone):
         assert torch.equal(shares[0][step][0], x[0::2]) and torch.equal(shares[1][step][0], x[1::2])
         assert torch.equal(shares[0][step][1], y[0::2]) and torch.equal(shares[1][step][1], y[1::2])

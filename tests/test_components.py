@@ -178,7 +178,8 @@ def test_register_makes_the_first_version_champion_and_tags_lineage(chain):
     published = Path(tags["tlpipe.published"])
     assert published == Path(chain["target_test"].path).parent / "published" / "run-1" / "model"
     assert (published / "model.safetensors").is_file()
-    assert (published.parent / "datasets" / "target_test" / "data.safetensors").is_file()
+    assert (published.parent / "datasets" / "target_test" / "samples.safetensors").is_file()
+    assert (published.parent / "datasets" / "target_test" / "shards" / "index.json").is_file()
     assert tags["tlpipe.code_version"].startswith("0.1.0")
 
 

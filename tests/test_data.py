@@ -246,6 +246,65 @@ def test_dataset_artifact_round_trip_and_integrity(tmp_path):
         load_dataset(tmp_path / "bad")
 
 
+def test_a_damaged_shard_stops_the_reader_with_the_artifact_named(tmp_path):
+    save_dataset(tmp_path / "ds", indexed_set())
+    stored = indexed_set().stored(79)[0]  # the PNG that save_dataset wrote
+    chunk = next((tmp_path / "ds" / "shards").glob("chunk-*.bin"))
+    raw = bytearray(chunk.read_bytes())
+    raw[raw.find(stored) + len(stored) // 2] ^= 0xFF  # inside the last image's stored bytes
+    chunk.write_bytes(bytes(raw))
+    loaded, _ = load_dataset(tmp_path / "ds")  # the table is whole: opening reads no image
+    assert np.array_equal(np.asarray(loaded.images[:79]), indexed_set().images[:79])
+    with pytest.raises(TlpipeError, match=r"image 79 in .*ds does not match its recorded SHA-256; the dataset "
+                                          "artifact is damaged"):
+        loaded.images[79]
+
+
+def test_images_keep_their_file_bytes_unless_ingest_resizes_them(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):
+        (tmp_path / "jpegs" / name).mkdir(parents=True)
+        for i in range(3):
+            pixels = rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "jpegs" / name / f"{i}.jpg", quality=90)
+    original = (tmp_path / "jpegs" / "a" / "0.jpg").read_bytes()
+    same = load_domain(f"imagefolder:{tmp_path / 'jpegs'}", 16, seed=0)
+    assert same.stored(0)[0] == original
+    resized = load_domain(f"imagefolder:{tmp_path / 'jpegs'}", 8, seed=0)
+    stored = resized.stored(0)[0]
+    assert stored.startswith(b"\xff\xd8") and stored != original  # a JPEG again, encoded once at 8 px
+    assert resized.images[0].shape == (8, 8, 3)
+    # An exact duplicate file has the same identity wherever it is.
+    (tmp_path / "jpegs" / "b" / "copy.jpg").write_bytes(original)
+    again = load_domain(f"imagefolder:{tmp_path / 'jpegs'}", 16, seed=0)
+    assert again.ids[0] == again.ids[np.flatnonzero(again.labels == 1)[-1]]
+
+
+def test_ingest_memory_does_not_grow_with_the_folder(tmp_path, monkeypatch):
+    """Peak traced memory of reading a folder, splitting it and writing the splits, for N and 4N
+    images: shards are written as they fill (chunks shrunk here so that one chunk is small beside
+    the images), so only the listing and the per-image table (ids, labels, digests) grow."""
+    import tracemalloc
+
+    from tlpipe.data import imagefolder, shards
+
+    monkeypatch.setattr(shards, "CHUNK_BYTES", 32 * 1024)
+    monkeypatch.setattr(imagefolder, "INLINE_FILES", 10**9)  # decode here, where tracemalloc sees it
+    peaks = {}
+    for n in (100, 400, 1600):  # the first warms up imports and caches
+        root = write_image_folder(tmp_path / f"folder-{n}", classes=("a", "b"), per_class=n // 2, size=32)
+        tracemalloc.start()
+        data = load_domain(f"imagefolder:{root}", 32, 0, tmp_path / f"work-{n}")
+        for i, part in enumerate(split_source(data, 0)):
+            save_dataset(tmp_path / f"out-{n}-{i}", part)
+        peaks[n] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    pixels = 1600 * 32 * 32 * 3
+    assert peaks[1600] < 2 * peaks[400] and peaks[1600] - peaks[400] < pixels / 10, peaks
+
+
 def test_an_image_too_large_to_decode_safely_is_refused(tmp_path, monkeypatch):
     from tlpipe.data import imagefolder
 

@@ -178,13 +178,17 @@ def test_layer_sweep_fans_out_over_blocks_on_gpus_and_collects_the_points(tmp_pa
 
 @pytest.mark.parametrize("name, source_trained", [("transfer", {"pretrain", "adapt"}), ("retrain", {"champion", "adapt"}),
                                                    ("layer-sweep", {"pretrain"})])
-def test_source_augment_reaches_exactly_the_steps_that_train_on_source_images(tmp_path, name, source_trained):
+def test_augmentation_reaches_exactly_the_steps_that_train_on_those_images(tmp_path, name, source_trained):
     spec, _ = load_ir(compile_pipeline(name, tmp_path, Cluster()))
     tasks = tasks_of(spec)
     wired = {task for task, body in tasks.items()
              if body.get("inputs", {}).get("parameters", {}).get("source_augment") == pipeline_parameter("source_augment")}
     assert wired == source_trained
-    assert spec["root"]["inputDefinitions"]["parameters"]["source_augment"]["defaultValue"] == "none"
+    assert spec["root"]["inputDefinitions"]["parameters"]["source_augment"]["defaultValue"] == "auto"
+    if name != "layer-sweep":  # the labelled target images: finetune and target-only
+        target_wired = {task for task, body in tasks.items()
+                        if body.get("inputs", {}).get("parameters", {}).get("augment") == pipeline_parameter("target_augment")}
+        assert target_wired == {t for t in tasks if t.startswith("finetune") or t == "target-only"}, target_wired
 
 
 @pytest.mark.parametrize("name, evaluator", [("transfer", "evaluate"), ("retrain", "evaluate-retrain")])

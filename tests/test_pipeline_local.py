@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from conftest import write_image_folder
 from mlflow import MlflowClient
+from photos import make_folder
 
 from tlpipe.data import load_dataset
 
@@ -258,3 +259,21 @@ def test_layer_sweep_refuses_blocks_the_backbone_does_not_have(home):
     assert result.returncode == 2
     errors = [line for line in result.stderr.splitlines() if line.startswith("tlpipe: error:")]
     assert len(errors) == 1 and "blocks=[0, 9]: give whole numbers from 0 to 4" in errors[0], result.stderr[-2000:]
+
+
+def test_a_photo_folder_runs_through_the_pipeline(home, registry, tmp_path):
+    """2,000 synthetic 224 px JPEGs as the source and 600 shifted ones as the target, ingested at 32 px:
+    sharded artifacts, photo augmentation by default for both domains' training images."""
+    make_folder(tmp_path / "source", 2000, seed=0)
+    make_folder(tmp_path / "target", 600, seed=1, shift=1.0)
+    result = tlpipe_run(home, *TINY, f"source=imagefolder:{tmp_path / 'source'}",
+                        f"target=imagefolder:{tmp_path / 'target'}", "target_val_per_class=5", "model_name=photos")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "registered model: photos version 1 (alias champion)" in result.stdout
+    parent, steps = last_pipeline_run(registry)
+    by_step = {r.data.tags["tlpipe.step"]: r for r in steps}
+    counts = by_step["ingest"].data.metrics
+    assert counts["source_train_count"] + counts["source_val_count"] + counts["source_test_count"] == 2000
+    assert sum(counts[f"target_{s}_count"] for s in ("labelled", "val", "unlabelled", "test")) == 600
+    for step in ("pretrain", "finetune", "target-only", "adapt"):
+        assert by_step[step].data.params["augment"] == "photo", step

@@ -47,8 +47,10 @@ def data(tmp_path_factory):
     mp.undo()
 
 
-def start(step, data, out, run, epochs, home, checkpoint_root="", cwd=None):
+def start(step, data, out, run, epochs, home, checkpoint_root="", cwd=None, streamed=False):
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"} | {"TLPIPE_HOME": str(home)}
+    if streamed:  # DataLoader workers decode from the shards instead of the device holding the images
+        env["TLPIPE_RESIDENT_MB"] = "0"
     return subprocess.Popen([sys.executable, "-c", STEP, step, str(data), str(out), run, str(epochs), checkpoint_root],
                             env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -81,24 +83,29 @@ class S3Checkpoint:
 
 
 @pytest.mark.parametrize("step, epochs, where", [
-    ("pretrain", 8, "local"), ("adapt", 5, "local"), pytest.param("pretrain", 8, "s3", marks=pytest.mark.stack)])
+    ("pretrain", 8, "local"), ("adapt", 5, "local"), ("adapt", 5, "streamed"),
+    pytest.param("pretrain", 8, "s3", marks=pytest.mark.stack)])
 def test_a_killed_step_resumes_to_the_same_weights(data, step, epochs, where, request, tmp_path):
+    """"streamed": the loaders read through DataLoader workers; adaptation's two loaders are mid-epoch
+    (of their own epochs) at every checkpoint."""
     root, home = data
-    whole = start(step, root, root / f"{step}-{where}-whole", f"run-whole-{where}", epochs, home)
+    streamed = where == "streamed"
+    whole = start(step, root, root / f"{step}-{where}-whole", f"run-whole-{where}", epochs, home, streamed=streamed)
     assert whole.wait(300) == 0, whole.stdout.read()
 
     if where == "s3":
         request.getfixturevalue("stack")
         checkpoint_root = "s3://tlpipe/tests/resume"
-        checkpoint = S3Checkpoint(checkpoint_root, "run-killed", step)
+        checkpoint = S3Checkpoint(checkpoint_root, f"run-killed-{where}", step)
         homes = [tmp_path / "pod-1", tmp_path / "pod-2"]  # each attempt: a new pod, nothing on its disk
     else:
-        checkpoint_root, checkpoint = "", LocalCheckpoint(home, "run-killed", step)
+        checkpoint_root, checkpoint = "", LocalCheckpoint(home, f"run-killed-{where}", step)
         homes = [home, home]
     for h in homes:
         h.mkdir(parents=True, exist_ok=True)
     out = root / f"{step}-{where}-killed"
-    killed = start(step, root, out, "run-killed", epochs, homes[0], checkpoint_root, cwd=homes[0])
+    killed = start(step, root, out, f"run-killed-{where}", epochs, homes[0], checkpoint_root, cwd=homes[0],
+                   streamed=streamed)
     deadline = time.time() + 120
     while not checkpoint.exists():
         if killed.poll() is not None or time.time() > deadline:
@@ -114,7 +121,8 @@ def test_a_killed_step_resumes_to_the_same_weights(data, step, epochs, where, re
     if where == "s3":
         assert not any(homes[1].iterdir())
 
-    again = start(step, root, out, "run-killed", epochs, homes[1], checkpoint_root, cwd=homes[1])
+    again = start(step, root, out, f"run-killed-{where}", epochs, homes[1], checkpoint_root, cwd=homes[1],
+                  streamed=streamed)
     output = again.communicate(timeout=300)[0]
     assert again.returncode == 0, output
     assert f"resuming from the checkpoint after epoch {saved_epoch}/{epochs}" in output

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import free_port, tlpipe, write_image_folder
+from photos import make_folder
 
 from tlpipe import storage
 from tlpipe.data import check_spec, load_domain
@@ -217,3 +218,26 @@ def test_checkpoints_round_trip_through_s3(stack):
     assert checkpoint.restore() == 4 and torch.equal(fresh.weight, model.weight)
     checkpoint.remove()
     assert Checkpoint("s3://tlpipe/tests/checkpoints/run/step", {"model": fresh}).restore() == 0
+
+
+def test_a_photo_folder_on_s3_with_folder_markers_runs_through_the_pipeline(stack, tmp_path):
+    home, env = stack
+    make_folder(tmp_path / "source", 2000, seed=0)
+    make_folder(tmp_path / "target", 600, seed=1, shift=1.0)
+    storage.upload(tmp_path / "source", "s3://tlpipe/photos/source")
+    storage.upload(tmp_path / "target", "s3://tlpipe/photos/target")
+    for marker in ("photos/", "photos/source/", "photos/source/class_0/", "photos/target/", "photos/target/class_9/"):
+        storage.client().put_object(Bucket="tlpipe", Key=marker, Body=b"")
+    params = [*TINY, "source=imagefolder:s3://tlpipe/photos/source", "target=imagefolder:s3://tlpipe/photos/target",
+              "target_val_per_class=5", "model_name=photos-s3"]
+    result = tlpipe(home, "run", "--stack", "local", *[a for p in params for a in ("-p", p)])
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "registered model: photos-s3 version 1 (alias champion)" in result.stdout
+    import mlflow
+
+    client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
+    experiment = client.get_experiment_by_name("tlpipe").experiment_id
+    ingest = client.search_runs([experiment], "tags.`tlpipe.step` = 'ingest'", order_by=["start_time DESC"])[0]
+    counts = ingest.data.metrics
+    assert sum(counts[f"source_{split}_count"] for split in ("train", "val", "test")) == 2000
+    assert ingest.data.params["source"] == "imagefolder:s3://tlpipe/photos/source"

@@ -188,8 +188,9 @@ def check_parameters(values: dict) -> None:
         _check_blocks(values["blocks"], values.get("backbone", "small-cnn"), values.get("image_size", 32))
     if values.get("adapt_method") not in (None, *ADAPT_METHODS):
         raise TlpipeError(f"unknown adaptation method '{values['adapt_method']}'; use {', '.join(ADAPT_METHODS)}.")
-    if "source_augment" in values:
-        augment.get(values["source_augment"])
+    for name in ("source_augment", "target_augment"):
+        if name in values:
+            augment.check(values[name])
     if "target_val_per_class" in values:
         if values["target_val_per_class"] < 0:
             raise TlpipeError(f"target_val_per_class must be 0 or more, got {values['target_val_per_class']}.")

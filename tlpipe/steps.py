@@ -9,6 +9,7 @@ import functools
 import io
 import json
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -82,35 +83,37 @@ def ingest(
               "unseen_classes": unseen_classes, "attributes": attributes, "data_version": data_version}
     if image_size < 8:
         raise TlpipeError(f"image_size must be at least 8 pixels, got {image_size}.")
-    source_data = load_domain(source, image_size, seed)
-    target_data = load_domain(target, image_size, seed)
-    if source_data.classes != target_data.classes:
-        only_source = sorted(set(source_data.classes) - set(target_data.classes))
-        only_target = sorted(set(target_data.classes) - set(source_data.classes))
-        raise TlpipeError(
-            f"source and target classes differ: only in source {only_source}, only in target {only_target}; "
-            "both domains need the same class folders."
-        )
-    unseen = _unseen(unseen_classes, source_data.classes)
-    table = {}
-    if attributes or unseen or sorted(source_data.classes) == sorted(DIGITS):
-        table = signatures(source_data.classes, attributes)
-    source_train, source_val, source_test = split_source(source_data, seed, unseen)
-    parts = split_target(target_data, target_labels_per_class, target_val_per_class, seed, unseen)
-    if parts.val_short:
-        print(f"target_val_per_class={target_val_per_class}: classes {', '.join(parts.val_short)} have fewer held-out "
-              "images, so half of those validate and half test", flush=True)
-    shared = shared_with_source(source_data, np.concatenate([parts.val.ids, parts.test.ids]), source_train)
-    if shared:
-        print(f"{shared} of the {len(parts.val) + len(parts.test)} target validation and test images are exact "
-              "duplicates of source images (for built-in domains: drawn from the same glyph); all are held out of "
-              "source_train", flush=True)
-    splits = {"source_train": (source, source_train), "source_val": (source, source_val),
-              "source_test": (source, source_test), "target_labelled": (target, parts.labelled),
-              "target_val": (target, parts.val), "target_unlabelled": (target, parts.unlabelled),
-              "target_test": (target, parts.test)}
-    facts = {name: save_dataset(out[name], data, spec=spec, split=name, seed=seed, unseen=sorted(unseen), attributes=table)
-             for name, (spec, data) in splits.items()}
+    # Image folders are staged as shards here and copied into the split artifacts, never held in memory.
+    with tempfile.TemporaryDirectory(prefix="tlpipe-ingest-") as work:
+        source_data = load_domain(source, image_size, seed, work)
+        target_data = load_domain(target, image_size, seed, work)
+        if source_data.classes != target_data.classes:
+            only_source = sorted(set(source_data.classes) - set(target_data.classes))
+            only_target = sorted(set(target_data.classes) - set(source_data.classes))
+            raise TlpipeError(
+                f"source and target classes differ: only in source {only_source}, only in target {only_target}; "
+                "both domains need the same class folders."
+            )
+        unseen = _unseen(unseen_classes, source_data.classes)
+        table = {}
+        if attributes or unseen or sorted(source_data.classes) == sorted(DIGITS):
+            table = signatures(source_data.classes, attributes)
+        source_train, source_val, source_test = split_source(source_data, seed, unseen)
+        parts = split_target(target_data, target_labels_per_class, target_val_per_class, seed, unseen)
+        if parts.val_short:
+            print(f"target_val_per_class={target_val_per_class}: classes {', '.join(parts.val_short)} have fewer held-out "
+                  "images, so half of those validate and half test", flush=True)
+        shared = shared_with_source(source_data, np.concatenate([parts.val.ids, parts.test.ids]), source_train)
+        if shared:
+            print(f"{shared} of the {len(parts.val) + len(parts.test)} target validation and test images are exact "
+                  "duplicates of source images (for built-in domains: drawn from the same glyph); all are held out of "
+                  "source_train", flush=True)
+        splits = {"source_train": (source, source_train), "source_val": (source, source_val),
+                  "source_test": (source, source_test), "target_labelled": (target, parts.labelled),
+                  "target_val": (target, parts.val), "target_unlabelled": (target, parts.unlabelled),
+                  "target_test": (target, parts.test)}
+        facts = {name: save_dataset(out[name], data, spec=spec, split=name, seed=seed, unseen=sorted(unseen), attributes=table)
+                 for name, (spec, data) in splits.items()}
     if publish_to:
         for name in splits:
             facts[name]["published"] = publish(out[name], publish_to, pipeline_run, f"datasets/{name}")
@@ -151,10 +154,9 @@ def pretrain(
     validation: str = "",
 ) -> dict:
     """Trains backbone + head on the source; `validation` (source_val) is scored every epoch."""
-    augment.get(config.augment)
     data, meta = load_dataset(source_train)
     val, val_meta = load_dataset(validation) if validation else (None, None)
-    config = checkpointed(config, pipeline_run, "pretrain")
+    config = checkpointed(_augmenting(config, meta), pipeline_run, "pretrain")
     shared = {"backbone": backbone, "pretrained_weights": pretrained_weights or "none"}
     weights = read_weights(pretrained_weights) if pretrained_weights else None
     with tracking.step_run("pretrain", experiment, pipeline_run, {**shared, **_config_params(config)}, shared=shared,
@@ -194,7 +196,7 @@ def finetune(
     data, meta = load_dataset(target_labelled)
     source, source_meta = load_dataset(source_train) if uses_source else (None, None)
     val, val_meta = load_dataset(validation) if validation else (None, None)
-    config = checkpointed(config, pipeline_run, step_name)
+    config = checkpointed(_augmenting(config, meta), pipeline_run, step_name)
     params = {"strategy": strategy, **_config_params(config)}
     # The pipeline's strategy is the finetune step's; target-only's "scratch" describes only itself.
     shared = {"strategy": strategy} if step_name == "finetune" else None
@@ -228,14 +230,13 @@ def adapt(
     """Adapts the source model to the target domain; dann+finetune then fine-tunes on `target_labelled`
     for `finetune_epochs`. `validation` (target_val) is scored every epoch, only to be watched."""
     adaptation.check_method(method)
-    augment.get(config.augment)
     model, _ = load_model(source_model)
     source, source_meta = load_dataset(source_train)
     target, meta = load_dataset(target_unlabelled)
     labelled, labelled_meta = (load_dataset(target_labelled) if target_labelled and method == "dann+finetune"
                                else (None, None))
     val, val_meta = load_dataset(validation) if validation else (None, None)
-    config = checkpointed(config, pipeline_run, "adapt")
+    config = checkpointed(_augmenting(config, source_meta), pipeline_run, "adapt")
     tune_config = dataclasses.replace(config, epochs=finetune_epochs or config.epochs, checkpoint_dir="")
     params = {"method": method, **_config_params(config)}
     if labelled is not None:
@@ -596,6 +597,11 @@ def publish(directory: str, publish_to: str, pipeline_run: str, name: str) -> st
     return location
 
 
+def _augmenting(config: TrainConfig, meta: dict) -> TrainConfig:
+    """The config with its augmentation resolved for the images it trains on (`auto`: by their spec)."""
+    return dataclasses.replace(config, augment=augment.resolve(config.augment, meta["spec"]))
+
+
 def checkpointed(config: TrainConfig, pipeline_run: str, step: str) -> TrainConfig:
     """The config with the step's own checkpoint location: <root>/<pipeline run>/<step>.
 
@@ -627,5 +633,5 @@ def _log_model(out: str, meta: dict, data: ImageSet) -> None:
     input example."""
     from tlpipe.registry import log_trained_model
 
-    log_trained_model(out, data.images[:2], meta["method"])
+    log_trained_model(out, np.asarray(data.images[:2]), meta["method"])
 

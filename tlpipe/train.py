@@ -2,11 +2,10 @@
 
 A method supplies `step(p) -> (loss, metrics)` for training progress p in [0, 1); the loop owns the
 device, mixed precision, the optimizer step, the learning-rate annealing and the per-epoch logging.
-Data stays on the device as uint8 tensors; the loop syncs with the host once per epoch, not per step.
-With several processes (tlpipe.distributed) each rank takes its share of every global batch.
+Methods read their data with tlpipe.data.loader.Batches; the loop syncs with the host once per epoch,
+not per step. With several processes (tlpipe.distributed) each rank takes its share of every global batch.
 """
 
-import math
 import random
 import time
 from dataclasses import dataclass
@@ -15,10 +14,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from tlpipe import augment as augmentation
 from tlpipe import distributed
 from tlpipe.checkpoint import Checkpoint
-from tlpipe.errors import TlpipeError
 
 Metrics = dict[str, torch.Tensor]
 StepFn = Callable[[float], tuple[torch.Tensor, Metrics]]
@@ -55,55 +52,11 @@ def prepare(module: torch.nn.Module, config: TrainConfig) -> torch.nn.Module:
     return torch.compile(net) if config.compile else net
 
 
-def seed_everything(seed: int) -> torch.Generator:
-    """Seeds every RNG a step touches; returns a generator for batch order."""
+def seed_everything(seed: int) -> None:
+    """Seeds every RNG a step touches (batch order and augmentation follow the seed on their own)."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-    return torch.Generator().manual_seed(seed)
-
-
-class Batches:
-    """Endless shuffled minibatches over tensors that already live on the device; `augment` transforms
-    the first tensor (the images) of each batch."""
-
-    def __init__(self, *tensors: torch.Tensor, batch_size: int, generator: torch.Generator, augment: str = "none"):
-        self.tensors = tensors
-        self.augment = augmentation.get(augment)
-        self.n = len(tensors[0])
-        self.batch_size = min(batch_size, self.n)
-        self.generator = generator  # seeded alike on every rank: all ranks draw the same global batches
-        self.rank, self.world = distributed.rank_world()
-        if self.batch_size % self.world:
-            raise TlpipeError(f"batch size {self.batch_size} does not split evenly over {self.world} processes.")
-        self.order = torch.empty(0, dtype=torch.int64)
-        self.position = 0
-
-    def state_dict(self) -> dict:
-        return {"order": self.order, "position": self.position, "generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.order, self.position = state["order"], int(state["position"])
-        self.generator.set_state(state["generator"])
-
-    @property
-    def per_epoch(self) -> int:
-        return math.ceil(self.n / self.batch_size)
-
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> tuple[torch.Tensor, ...]:
-        if self.position + self.batch_size > len(self.order):
-            self.order = torch.randperm(self.n, generator=self.generator)
-            self.position = 0
-        index = self.order[self.position : self.position + self.batch_size].to(self.tensors[0].device, non_blocking=True)
-        self.position += self.batch_size
-        batch = [t[index] for t in self.tensors]
-        if self.augment is not None:
-            # The whole global batch, on every rank, so that all ranks' generators stay in step.
-            batch[0] = self.augment(batch[0], self.generator)
-        return tuple(t[self.rank :: self.world] for t in batch)
 
 
 def annealed_lr(p: float) -> float:

@@ -10,8 +10,6 @@ in random colours on a random background, blurred; seeded, and the same on every
 """
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from tlpipe.data.dataset import ImageSet, pixel_ids
 
@@ -21,6 +19,8 @@ CLASSES = [str(d) for d in range(10)]
 
 
 def digits() -> ImageSet:
+    import torch
+    import torch.nn.functional as F
     from sklearn.datasets import load_digits
 
     raw = load_digits()

@@ -6,7 +6,10 @@
 - `torchvision:<Name>:<root>`: a torchvision dataset whose files are already under <root>.
 """
 
+import atexit
+import functools
 import json
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -76,14 +79,23 @@ def data_versions(source: str, target: str, attributes: str = "") -> str:
     return json.dumps(versions, sort_keys=True)
 
 
-def load_domain(spec: str, image_size: int, seed: int) -> ImageSet:
+def load_domain(spec: str, image_size: int, seed: int, workdir: str | Path | None = None) -> ImageSet:
+    """The domain a spec names. Image folders are checked and written to shards under `workdir` (a
+    temporary folder kept until the process ends when none is given), from where the set reads its
+    images; built-in and torchvision domains are held in memory."""
     kind, location = _parse(spec)
-    if kind == "imagefolder" and storage.is_s3(location):
-        with tempfile.TemporaryDirectory() as tmp:
-            storage.download(location.rstrip("/") + "/", tmp)
-            return imagefolder.read_image_folder(tmp, image_size, shown_as=location)
     if kind == "imagefolder":
-        return imagefolder.read_image_folder(location, image_size)
+        work = Path(workdir) if workdir is not None else _process_tempdir()
+        work.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix="shards-", dir=work))
+        if storage.is_s3(location):
+            download = Path(tempfile.mkdtemp(prefix="download-", dir=work))
+            storage.download(location.rstrip("/") + "/", download)
+            try:
+                return imagefolder.read_image_folder(download, image_size, staging, shown_as=location)
+            finally:
+                shutil.rmtree(download)
+        return imagefolder.read_image_folder(location, image_size, staging)
     if kind == "torchvision":
         name, root = location.split(":", 1)
         return torchvision_datasets.read_torchvision(name, root, image_size)
@@ -91,6 +103,13 @@ def load_domain(spec: str, image_size: int, seed: int) -> ImageSet:
     if data.images.shape[1] != image_size:
         data = ImageSet(_resize(data.images, image_size), data.labels, data.classes, data.ids)
     return data
+
+
+@functools.cache
+def _process_tempdir() -> Path:
+    path = tempfile.mkdtemp(prefix="tlpipe-domains-")
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return Path(path)
 
 
 def _resize(images, size: int):

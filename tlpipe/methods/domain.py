@@ -16,9 +16,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from tlpipe.data import ImageSet
+from tlpipe.data.loader import Batches
 from tlpipe.errors import TlpipeError
 from tlpipe.models import Classifier
-from tlpipe.train import Batches, LogFn, TrainConfig, device, fit, prepare, seed_everything, sgd
+from tlpipe.train import LogFn, TrainConfig, fit, prepare, seed_everything, sgd
 
 Metrics = dict[str, torch.Tensor]
 
@@ -69,19 +70,12 @@ def adapt(
         raise TlpipeError(f"{name} needs labelled source images.")
     if len(target) == 0:
         raise TlpipeError(f"{name} needs unlabelled target images; the unlabelled target split is empty.")
-    generator = seed_everything(config.seed)
-    dev = device()
+    seed_everything(config.seed)
     model = copy.deepcopy(source_model).train()
     alignment = make_alignment(model).train()
     net = prepare(_Joint(model, alignment), config)
-    source_batches = Batches(
-        torch.from_numpy(source.images).to(dev),
-        torch.from_numpy(source.labels).to(dev),
-        batch_size=config.batch_size,
-        generator=generator,
-        augment=config.augment,
-    )
-    target_batches = Batches(torch.from_numpy(target.images).to(dev), batch_size=config.batch_size, generator=generator)
+    source_batches = Batches(source, config.batch_size, config.seed, "source", augment=config.augment)
+    target_batches = Batches(target, config.batch_size, config.seed, "target", labels=False)
     optimizer = sgd([{"params": model.parameters()}, {"params": alignment.parameters()}], config)
 
     def step(p: float):

@@ -21,7 +21,6 @@ Strategies:
 
 import copy
 
-import numpy as np
 import torch
 
 from tlpipe.data import ImageSet
@@ -100,9 +99,7 @@ def finetune(
     if name == "multitask":
         return multitask(source_model, source, labelled, arg, config, log)
     if name == "zero-shot":
-        both = ImageSet(np.concatenate([source.images, labelled.images]),
-                        np.concatenate([source.labels, labelled.labels]), source.classes,
-                        np.concatenate([source.ids, labelled.ids])) if len(labelled) else source
+        both = source.concatenate(labelled) if len(labelled) else source
         return zero_shot(source_model, both, arg, attributes or {}, config, log)
     if not labelled.is_labelled:
         raise TlpipeError("fine-tuning needs labelled target images; set target_labels_per_class to 1 or more.")

@@ -10,14 +10,14 @@ with the target head and keeps the source head as task "source", for the per-tas
 import copy
 import dataclasses
 
-import torch
 import torch.nn.functional as F
 from torch import nn
 
 from tlpipe.data import ImageSet
+from tlpipe.data.loader import Batches
 from tlpipe.errors import TlpipeError
 from tlpipe.models import Classifier
-from tlpipe.train import Batches, LogFn, TrainConfig, device, fit, prepare, seed_everything, sgd
+from tlpipe.train import LogFn, TrainConfig, fit, prepare, seed_everything, sgd
 
 
 class _Tasks(nn.Module):
@@ -44,7 +44,7 @@ def multitask(
         raise TlpipeError("multitask needs labelled source and target images.")
     if source_model.spec.progressive or source_model.spec.head != "linear":
         raise TlpipeError("strategy multitask needs a plain source model.")
-    generator = seed_everything(config.seed)
+    seed_everything(config.seed)
     spec = dataclasses.replace(copy.deepcopy(source_model.spec), tasks=["source"])
     model = Classifier(spec)  # a new target head; the trunk and the source head come from the source model
     own = source_model.state_dict()
@@ -53,11 +53,8 @@ def multitask(
                            **{k: v for k, v in model.state_dict().items() if k.startswith("head.")}})
     model.train()
     net = prepare(_Tasks(model), config)
-    on = device()
-    source_batches = Batches(torch.from_numpy(source.images).to(on), torch.from_numpy(source.labels).to(on),
-                             batch_size=config.batch_size, generator=generator)
-    target_batches = Batches(torch.from_numpy(labelled.images).to(on), torch.from_numpy(labelled.labels).to(on),
-                             batch_size=config.batch_size, generator=generator)
+    source_batches = Batches(source, config.batch_size, config.seed, "source")
+    target_batches = Batches(labelled, config.batch_size, config.seed, "target")
     optimizer = sgd(model.parameters(), config)
 
     def step(p: float):

@@ -6,12 +6,9 @@ import torch
 import torch.nn.functional as F
 
 from tlpipe.data import ImageSet
+from tlpipe.data.loader import Batches
 from tlpipe.models import Classifier
-from tlpipe.train import Batches, LogFn, TrainConfig, device, fit, prepare, seed_everything, sgd
-
-
-def on_device(data: ImageSet) -> tuple[torch.Tensor, torch.Tensor]:
-    return torch.from_numpy(data.images).to(device()), torch.from_numpy(data.labels).to(device())
+from tlpipe.train import LogFn, TrainConfig, fit, prepare, seed_everything, sgd
 
 
 def train_classifier(
@@ -23,9 +20,9 @@ def train_classifier(
     log: LogFn | None = None,
 ) -> dict[str, float]:
     """Cross-entropy training of `model` (in the train/eval modes its caller set) on `data`."""
-    generator = seed_everything(config.seed)
+    seed_everything(config.seed)
     net = prepare(model, config)
-    batches = Batches(*on_device(data), batch_size=config.batch_size, generator=generator, augment=config.augment)
+    batches = Batches(data, config.batch_size, config.seed, augment=config.augment)
     optimizer = sgd(param_groups if param_groups is not None else model.parameters(), config)
 
     def step(p: float):

@@ -17,9 +17,10 @@ import torch
 import torch.nn.functional as F
 
 from tlpipe.data import ImageSet
+from tlpipe.data.loader import Batches
 from tlpipe.errors import TlpipeError
 from tlpipe.models import Classifier
-from tlpipe.train import Batches, LogFn, TrainConfig, device, fit, prepare, seed_everything, sgd
+from tlpipe.train import LogFn, TrainConfig, device, fit, prepare, seed_everything, sgd
 
 HEADS = ("attributes", "embedding")
 
@@ -41,14 +42,13 @@ def zero_shot(
     seen = np.unique(train.labels)
     spec = dataclasses.replace(copy.deepcopy(source_model.spec), head=head, attributes=[table[c] for c in classes],
                                progressive=False, tasks=[])
-    generator = seed_everything(config.seed)
+    seed_everything(config.seed)
     model = Classifier(spec)
     model.preprocess.load_state_dict(source_model.preprocess.state_dict())
     model.blocks.load_state_dict(source_model.blocks.state_dict())
     model.train()
     net = prepare(model, config)
-    batches = Batches(torch.from_numpy(train.images).to(device()), torch.from_numpy(train.labels).to(device()),
-                      batch_size=config.batch_size, generator=generator)
+    batches = Batches(train, config.batch_size, config.seed)
     seen_index = torch.from_numpy(seen).to(device())
     position = torch.full((len(classes),), -1, dtype=torch.int64, device=device())
     position[seen_index] = torch.arange(len(seen), device=device())

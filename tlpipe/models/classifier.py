@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tlpipe.data.loader import image_batches
 from tlpipe.models.backbones import build_backbone
 
 
@@ -154,13 +155,12 @@ PIXELS_PER_BATCH = 2**22
 
 
 def scoring_batches(model: nn.Module, images):
-    """uint8 images (numpy or tensor, N x H x W x 3) in batches on the model's device, sized by
-    PIXELS_PER_BATCH; each batch is copied to the device only when it is scored."""
-    images = torch.as_tensor(images)
+    """uint8 images (numpy, tensor or ShardedImages, N x H x W x 3) in batches on the model's device,
+    sized by PIXELS_PER_BATCH; each batch is decoded and copied to the device only when it is scored."""
     device = next(model.parameters()).device
     size = max(1, PIXELS_PER_BATCH // (images.shape[1] * images.shape[2]))
-    for i in range(0, len(images), size):
-        yield images[i : i + size].to(device, non_blocking=True)
+    for batch in image_batches(images, size):
+        yield batch.to(device, non_blocking=True)
 
 
 @torch.inference_mode()

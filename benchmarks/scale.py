@@ -1,0 +1,173 @@
+"""Ingest and the training loader at scale: photo folders of N synthetic JPEGs at 224 px; prints
+markdown tables.
+
+    .venv/bin/python benchmarks/scale.py [--sizes 10000,50000,200000] [--s3 50000] [--loader 50000]
+
+For each N it writes a folder of N photo-like JPEGs (10 classes: smooth colour fields, shapes and
+grain, about the size of a real 224 px JPEG) and runs tlpipe's ingest step on it as the source, with a
+fixed 1,000-image folder as the target, in a child process, sampling the resident memory of that
+process and its children (the decoding workers) every 50 ms. --s3 uploads a folder of that size to
+the local stack (SeaweedFS, started here) and ingests it from s3://. Then, on the source_train
+artifact of the --loader run, it measures the training loader (decode + `photo` augmentation, no
+model) with 0, 1 and 2 worker processes, and ResNet-18's training step at 224 px on this machine.
+Space: about 3x the folder's size on the working disk (folder, staged shards, split artifacts).
+"""
+
+import argparse
+import datetime
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+from photos import make_folder
+
+CLASSES = 10  # as photos.py writes them
+SIZE = 224
+TARGET_IMAGES = 1000
+
+INGEST = """
+import sys
+from tlpipe import steps
+source, target, out = sys.argv[1:4]
+steps.ingest(source, target, 5, 0, 224, {n: f"{out}/{n}" for n in steps.SPLITS}, "scale", "scale")
+"""
+
+
+def size_of(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def run_measured(command: list[str], env: dict) -> tuple[float, int]:
+    """Wall time and peak resident memory (the process and all its children, sampled) of a command."""
+    started = time.perf_counter()
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    watched, peak = psutil.Process(process.pid), 0
+    while process.poll() is None:
+        try:
+            tree = [watched, *watched.children(recursive=True)]
+            peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
+        except psutil.Error:
+            pass
+        time.sleep(0.05)
+    seconds = time.perf_counter() - started
+    output = process.stdout.read()
+    if process.returncode:
+        sys.exit(f"ingest failed:\n{output}")
+    return seconds, peak
+
+
+def ingest(source: str, target: Path, out: Path, home: Path, extra_env: dict | None = None) -> tuple[float, int]:
+    env = {**os.environ, "TLPIPE_HOME": str(home), **(extra_env or {})}
+    env.pop("MLFLOW_TRACKING_URI", None) if not extra_env else None
+    return run_measured([sys.executable, "-c", INGEST, source, f"imagefolder:{target}", str(out)], env)
+
+
+def loader_rate(source_train: Path, workers: int, batches: int = 20, batch_size: int = 64) -> float:
+    """Images per second the training loader delivers (decode + photo augmentation) from a sharded set."""
+    from tlpipe.data import load_dataset, loader
+
+    loader.RESIDENT_BYTES = 0
+    data, _ = load_dataset(source_train)
+    stream = loader.Batches(data, batch_size, seed=0, augment="photo", workers=workers)
+    for _ in range(2):  # workers started, first batches in flight
+        next(stream)
+    started = time.perf_counter()
+    for _ in range(batches):
+        next(stream)
+    return batches * batch_size / (time.perf_counter() - started)
+
+
+def resnet18_rate(steps: int = 4, batch_size: int = 32) -> float:
+    """Images per second of ResNet-18 training steps (forward, backward, SGD) at 224 px on this machine."""
+    import torch
+    import torch.nn.functional as F
+
+    from tlpipe.models import Classifier, ModelSpec
+
+    torch.manual_seed(0)
+    model = Classifier(ModelSpec("resnet18", [str(i) for i in range(CLASSES)], SIZE)).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    images = torch.randint(0, 256, (batch_size, SIZE, SIZE, 3), dtype=torch.uint8)
+    labels = torch.randint(0, CLASSES, (batch_size,))
+
+    def step():
+        loss = F.cross_entropy(model(images), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    step()
+    started = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return steps * batch_size / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="10000,50000,200000", help="local folder sizes (comma-separated)")
+    parser.add_argument("--s3", type=int, default=50000, help="folder size to ingest from the local S3 stack (0: none)")
+    parser.add_argument("--loader", type=int, default=50000, help="the local size whose source_train the loader reads")
+    parser.add_argument("--work", default="", help="working folder (default: a temporary one, removed at the end)")
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",") if s]
+    work = Path(args.work or tempfile.mkdtemp(prefix="tlpipe-scale-"))
+    work.mkdir(parents=True, exist_ok=True)
+    print(f"# Scale benchmark\n\n{datetime.date.today()} · {platform.processor() or platform.machine()} · "
+          f"{len(os.sched_getaffinity(0))} CPUs · {psutil.virtual_memory().total / 2**30:.0f} GiB · "
+          f"Python {platform.python_version()}\n", flush=True)
+    target = work / "target"
+    make_folder(target, TARGET_IMAGES, seed=1)
+    rows, loader_rows = [], []
+    runs = [(n, "local") for n in sizes] + ([(args.s3, "s3")] if args.s3 else [])
+    for n, where in runs:
+        folder = work / f"source-{n}"
+        folder_bytes = make_folder(folder, n, seed=0)
+        out, home = work / f"out-{n}-{where}", work / f"home-{n}-{where}"
+        if where == "s3":
+            from tlpipe import stack, storage
+
+            os.environ["TLPIPE_HOME"] = str(home)
+            env = stack.up()
+            os.environ.update(env)
+            storage.upload(str(folder), f"s3://tlpipe/scale/{n}")
+            shutil.rmtree(folder)
+            seconds, peak = ingest(f"imagefolder:s3://tlpipe/scale/{n}", target, out, home, env)
+            stack.down()
+        else:
+            seconds, peak = ingest(f"imagefolder:{folder}", target, out, home)
+        artifact_bytes = size_of(out)
+        images = n + TARGET_IMAGES
+        rows.append(f"| {n:,} | {where} | {seconds:.0f} | {images / seconds:.0f} | {peak / 2**30:.2f} | "
+                    f"{folder_bytes / 2**20:.0f} | {artifact_bytes / 2**20:.0f} | "
+                    f"{artifact_bytes / (folder_bytes + size_of(target)):.2f} |")
+        print(rows[-1], flush=True)
+        if n == args.loader and where == "local":
+            for workers in (0, 1, 2):
+                loader_rows.append((workers, loader_rate(out / "source_train", workers)))
+                print(f"loader, {workers} workers: {loader_rows[-1][1]:.0f} images/s", flush=True)
+        shutil.rmtree(folder, ignore_errors=True)
+        shutil.rmtree(out, ignore_errors=True)
+        shutil.rmtree(home, ignore_errors=True)
+    print("\n## Ingest (source: N photos at 224 px; target: 1,000)\n")
+    print("| source images | from | seconds | images/s | peak RSS GiB | folder MiB | artifacts MiB | artifacts / folders |")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|")
+    print("\n".join(rows))
+    if loader_rows:
+        print(f"\n## Training loader on the {args.loader:,}-image source_train (decode + photo augmentation, batches of 64)\n")
+        print("| reader | images/s |\n|---|---:|")
+        for workers, rate in loader_rows:
+            print(f"| loader, {workers} worker process{'es' if workers != 1 else ''} | {rate:.0f} |")
+        print(f"| ResNet-18 training step at 224 px, batch 32 (this CPU) | {resnet18_rate():.1f} |")
+    if not args.work:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

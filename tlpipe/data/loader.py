@@ -1,0 +1,175 @@
+"""How training and scoring read an ImageSet, wherever its images live.
+
+`Batches` is the one way every method reads training data: endless shuffled minibatches, augmented,
+on the device. Each epoch's order and each image's augmentation seed are a function of (seed, stream,
+epoch) alone, so the loader's state is two numbers (epoch, step): a checkpoint holds them, and a
+resumed run reads the same remaining order with the same draws. With several processes each rank
+takes its share of every global batch: ranks read disjoint images whose union is the epoch.
+
+The images come from one of two places, with the same batches either way (tests check it):
+- held on the device: a set in memory, or a sharded set whose pixels fit in RESIDENT_BYTES (decoded
+  once; the built-in digit domains). A measured optimisation: no decoding after the first epoch.
+- decoded by DataLoader worker processes from the shards (tlpipe.data.shards), which also augment,
+  into pinned memory, a few batches ahead: memory does not grow with the dataset.
+"""
+
+import hashlib
+import os
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from tlpipe import augment as augmentation
+from tlpipe import distributed
+from tlpipe.data.dataset import ImageSet
+from tlpipe.data.shards import ShardedImages
+from tlpipe.errors import TlpipeError
+from tlpipe.train import device
+
+RESIDENT_BYTES = int(os.environ.get("TLPIPE_RESIDENT_MB", "1024")) * 2**20
+PREFETCH = 4  # batches each worker prepares ahead
+
+
+def default_workers() -> int:
+    """DataLoader worker processes: one per CPU this process may use, at most 8."""
+    return min(8, len(os.sched_getaffinity(0)))
+
+
+def epoch_plan(n: int, seed: int, stream: str, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The order of an epoch over n images and one augmentation seed per position."""
+    key = hashlib.blake2b(f"{seed}/{stream}/{epoch}".encode(), digest_size=8).digest()
+    generator = torch.Generator().manual_seed(int.from_bytes(key, "little") >> 1)
+    return torch.randperm(n, generator=generator), torch.randint(2**62, (n,), generator=generator)
+
+
+class _Plan:
+    """DataLoader batch sampler: this rank's (image, seed) pairs of every global batch, from (epoch, step) on."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, stream: str, epoch: int, step: int):
+        self.n, self.batch_size, self.seed, self.stream = n, batch_size, seed, stream
+        self.epoch, self.step = epoch, step
+        self.rank, self.world = distributed.rank_world()
+
+    def __iter__(self):
+        epoch, step = self.epoch, self.step
+        while True:
+            order, seeds = epoch_plan(self.n, self.seed, self.stream, epoch)
+            for b in range(step, self.n // self.batch_size):
+                span = slice(b * self.batch_size + self.rank, (b + 1) * self.batch_size, self.world)
+                yield list(zip(order[span].tolist(), seeds[span].tolist()))
+            epoch, step = epoch + 1, 0
+
+
+class _Decoded(Dataset):
+    """Decodes and augments a batch of (image, seed) pairs; in DataLoader workers."""
+
+    def __init__(self, images, labels: np.ndarray | None, augment: str):
+        self.images, self.labels, self.augment = images, labels, augmentation.get(augment)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitems__(self, plan: list[tuple[int, int]]):
+        rows = [row for row, _ in plan]
+        images = torch.from_numpy(np.stack([self.images[row] for row in rows]))
+        if self.augment is not None:
+            images = self.augment(images, torch.tensor([seed for _, seed in plan], dtype=torch.int64))
+        labels = torch.from_numpy(self.labels[rows]) if self.labels is not None else None
+        return images, labels
+
+
+def _as_is(batch):
+    return batch
+
+
+def resident(images) -> bool:
+    return not isinstance(images, ShardedImages) or int(np.prod(images.shape)) <= RESIDENT_BYTES
+
+
+class Batches:
+    """Endless shuffled minibatches of `data`'s images (and labels, unless labels=False) on the device,
+    augmented with `augment` (tlpipe.augment). `stream` names the sequence, so that two loaders of one
+    run (source and target) shuffle differently under one seed."""
+
+    def __init__(self, data: ImageSet, batch_size: int, seed: int, stream: str = "", augment: str = "none",
+                 labels: bool = True, workers: int | None = None):
+        if len(data) == 0:
+            raise TlpipeError("cannot train on an empty split.")
+        self.data, self.seed, self.stream, self.with_labels = data, seed, stream, labels
+        self.augment = augment
+        self.augment_fn = augmentation.get(augment)
+        self.n = len(data)
+        self.batch_size = min(batch_size, self.n)
+        rank, world = distributed.rank_world()
+        if self.batch_size % world:
+            raise TlpipeError(f"batch size {self.batch_size} does not split evenly over {world} processes.")
+        self.workers = default_workers() if workers is None else workers
+        self.epoch, self.step = 0, 0
+        self._iterator = None
+        self._plan: tuple[int, torch.Tensor, torch.Tensor] | None = None
+        self.on_device = resident(data.images)
+        if self.on_device:
+            self.images = torch.from_numpy(np.ascontiguousarray(np.asarray(data.images))).to(device())
+            self.labels = torch.from_numpy(data.labels).to(device())
+
+    @property
+    def per_epoch(self) -> int:
+        return self.n // self.batch_size
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "step": self.step}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.step = int(state["epoch"]), int(state["step"])
+        self._iterator = None  # workers restart from the loaded position
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> tuple[torch.Tensor, ...]:
+        images, labels = self._from_device() if self.on_device else self._from_workers()
+        self.step += 1
+        if self.step == self.per_epoch:
+            self.epoch, self.step = self.epoch + 1, 0
+        return (images, labels) if self.with_labels else (images,)
+
+    def _from_device(self):
+        if self._plan is None or self._plan[0] != self.epoch:
+            self._plan = (self.epoch, *epoch_plan(self.n, self.seed, self.stream, self.epoch))
+        _, order, seeds = self._plan
+        rank, world = distributed.rank_world()
+        span = slice(self.step * self.batch_size + rank, (self.step + 1) * self.batch_size, world)
+        index = order[span].to(self.images.device)
+        images = self.images[index]
+        if self.augment_fn is not None:
+            images = self.augment_fn(images, seeds[span])
+        return images, self.labels[index]
+
+    def _from_workers(self):
+        if self._iterator is None:
+            plan = _Plan(self.n, self.batch_size, self.seed, self.stream, self.epoch, self.step)
+            loader = DataLoader(_Decoded(self.data.images, self.data.labels, self.augment), batch_sampler=plan,
+                                collate_fn=_as_is, num_workers=self.workers, pin_memory=torch.cuda.is_available(),
+                                prefetch_factor=PREFETCH if self.workers else None)
+            self._iterator = iter(loader)
+        images, labels = next(self._iterator)
+        return images.to(device(), non_blocking=True), labels.to(device(), non_blocking=True)
+
+
+def image_batches(images, batch_size: int, workers: int | None = None):
+    """Consecutive uint8 NHWC batches of `images` (numpy, tensor or ShardedImages) as CPU tensors, in
+    order; sharded images are decoded by worker processes a few batches ahead."""
+    if not isinstance(images, ShardedImages):
+        images = torch.as_tensor(images)
+        for i in range(0, len(images), batch_size):
+            yield images[i : i + batch_size]
+        return
+    workers = default_workers() if workers is None else workers
+    workers = min(workers, (len(images) - 1) // batch_size)  # no worker processes for a batch or two
+    spans = [[(row, 0) for row in range(i, min(i + batch_size, len(images)))] for i in range(0, len(images), batch_size)]
+    loader = DataLoader(_Decoded(images, None, "none"), batch_sampler=spans, collate_fn=_as_is,
+                        num_workers=max(0, workers), pin_memory=torch.cuda.is_available(),
+                        prefetch_factor=PREFETCH if workers > 0 else None)
+    for batch, _ in loader:
+        yield batch
