@@ -19,7 +19,7 @@ def ingest_data(on, **arguments):
 
     version = on.light(data_version, cache=False, source=arguments["source"], target=arguments["target"],
                        attributes=arguments["attributes"])
-    return on.light(ingest, data_version=version.output, **arguments)
+    return on.ingest(ingest, data_version=version.output, **arguments)
 
 
 def closing_run(on, experiment):

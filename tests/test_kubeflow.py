@@ -47,7 +47,7 @@ def executor_of(spec: dict, task: str) -> str:
 
 def kind(task: str) -> str:
     base = task.rsplit("-", 1)[0] if task[-1].isdigit() else task
-    return "train" if base in TRAINING else "score" if base in SCORING else "light"
+    return "train" if base in TRAINING else "score" if base in SCORING else "ingest" if base == "ingest" else "light"
 
 
 def test_compiled_pipelines_are_up_to_date(tmp_path):
@@ -65,17 +65,18 @@ def test_compiled_ir_places_steps(tmp_path, name):
         gpus=2, gpu_resource="nvidia.com/gpu",
         node_selector={"cloud.google.com/gke-accelerator": "nvidia-l4"}, tolerations=(Toleration("gpu", "NoSchedule", "l4"),),
         train=Resources("6", "12", "24Gi", "48Gi"), light=Resources("500m", "", "1Gi", "2Gi"),
-        shm_size="4Gi", retries=5, s3_secret="team-s3", mlflow_secret="team-mlflow",
+        ingest=Resources("3", "6", "5Gi", "7Gi"), shm_size="4Gi", retries=5, s3_secret="team-s3",
+        mlflow_secret="team-mlflow",
     )
     spec, platform = load_ir(compile_pipeline(name, tmp_path, cluster))
     tasks = tasks_of(spec)
-    assert {kind(t) for t in tasks} == {"train", "score", "light"}
+    assert {kind(t) for t in tasks} == {"train", "score", "ingest", "light"}
     for task, body in tasks.items():
         executor = executor_of(spec, task)
         container = spec["deploymentSpec"]["executors"][executor]["container"]
         k8s = platform[executor]
         # Light steps never pull the CUDA image; scoring steps use it, on one GPU.
-        assert container["image"] == f"registry.example.com/tlpipe/{'cpu' if kind(task) == 'light' else 'trainer'}:1.2.3"
+        assert container["image"] == f"registry.example.com/tlpipe/{'cpu' if kind(task) in ('light', 'ingest') else 'trainer'}:1.2.3"
         resources = container["resources"]
         secrets = {(s["secretName"], e["secretKey"], e["envVar"], s["optional"]) for s in k8s["secretAsEnv"] for e in s["keyToEnv"]}
         assert ("team-s3", "AWS_SECRET_ACCESS_KEY", "AWS_SECRET_ACCESS_KEY", False) in secrets
@@ -95,6 +96,9 @@ def test_compiled_ir_places_steps(tmp_path, name):
             assert resources["accelerator"]["resourceCount"] == "1" and resources["resourceMemoryLimit"] == "48Gi"
             assert k8s["nodeSelector"]["labels"] == {"cloud.google.com/gke-accelerator": "nvidia-l4"}
             assert "emptyDirMounts" not in k8s and "retryPolicy" not in body
+        elif kind(task) == "ingest":
+            assert "accelerator" not in resources and "nodeSelector" not in k8s
+            assert resources["resourceCpuLimit"] == "6" and resources["resourceMemoryLimit"] == "7Gi"
         else:
             assert "accelerator" not in resources and "nodeSelector" not in k8s and "tolerations" not in k8s
             assert resources["resourceCpuRequest"] == "500m" and "resourceCpuLimit" not in resources
@@ -251,6 +255,18 @@ def test_scoring_on_cpu_gets_the_memory_asked_for(tmp_path, name):
         assert container["resources"]["resourceMemoryRequest"] == "24Gi"
         assert container["resources"]["resourceMemoryLimit"] == "40Gi"
         assert "nodeSelector" not in platform[executor]
+
+
+def test_ingest_gets_the_cpus_its_decoding_workers_use(tmp_path):
+    assert main(["compile", "transfer", "-o", str(tmp_path / "default")]) == 0
+    assert main(["compile", "transfer", "-o", str(tmp_path / "asked"), "--ingest-cpu", "16:32", "--ingest-memory", "6Gi:12Gi"]) == 0
+    for folder, (cpu, memory) in (("default", ("8", "8Gi")), ("asked", ("32", "12Gi"))):
+        spec, platform = load_ir(tmp_path / folder / "transfer.yaml")
+        container = spec["deploymentSpec"]["executors"][executor_of(spec, "ingest")]["container"]
+        assert container["image"] == CPU_IMAGE and "accelerator" not in container["resources"]
+        assert (container["resources"]["resourceCpuLimit"], container["resources"]["resourceMemoryLimit"]) == (cpu, memory)
+        data_version = spec["deploymentSpec"]["executors"][executor_of(spec, "data-version")]["container"]
+        assert data_version["resources"]["resourceCpuLimit"] == "2"  # the light steps keep the light placement
 
 
 def test_compile_cli_writes_and_checks_options(tmp_path, capsys):

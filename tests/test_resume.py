@@ -20,8 +20,9 @@ STEP = """
 import sys
 from tlpipe import steps
 from tlpipe.train import TrainConfig
-step, data, out, run, epochs, checkpoint_root = sys.argv[1:7]
-config = TrainConfig(epochs=int(epochs), batch_size=64, lr=0.01, seed=3, checkpoint_dir=checkpoint_root)
+step, data, out, run, epochs, checkpoint_root, minutes = sys.argv[1:8]
+config = TrainConfig(epochs=int(epochs), batch_size=64, lr=0.01, seed=3, checkpoint_dir=checkpoint_root,
+                     checkpoint_minutes=float(minutes))
 if step == "pretrain":
     steps.pretrain(f"{data}/source_train", out, "small-cnn", "", config, "resume", run)
 else:
@@ -47,11 +48,12 @@ def data(tmp_path_factory):
     mp.undo()
 
 
-def start(step, data, out, run, epochs, home, checkpoint_root="", cwd=None, streamed=False):
+def start(step, data, out, run, epochs, home, checkpoint_root="", cwd=None, streamed=False, minutes=0.0):
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"} | {"TLPIPE_HOME": str(home)}
     if streamed:  # DataLoader workers decode from the shards instead of the device holding the images
         env["TLPIPE_RESIDENT_MB"] = "0"
-    return subprocess.Popen([sys.executable, "-c", STEP, step, str(data), str(out), run, str(epochs), checkpoint_root],
+    return subprocess.Popen([sys.executable, "-c", STEP, step, str(data), str(out), run, str(epochs), checkpoint_root,
+                             str(minutes)],
                             env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -143,3 +145,35 @@ def test_a_half_written_checkpoint_is_never_taken_for_a_whole_one(tmp_path):
     fresh = torch.nn.Linear(2, 2)
     assert Checkpoint(str(tmp_path), {"model": fresh}).restore() == 3
     assert torch.equal(fresh.weight, model.weight)
+
+
+def test_a_step_killed_mid_epoch_resumes_at_the_step_it_saved(data):
+    """With checkpoint_minutes small, the streamed adapt step also checkpoints within its epochs; killed
+    after such a checkpoint, it resumes at the saved step of that epoch, with its loaders' remaining
+    order, and ends with the weights of the run that was never interrupted."""
+    root, home = data
+    epochs = 3
+    whole = start("adapt", root, root / "adapt-mid-whole", "run-mid-whole", epochs, home, streamed=True)
+    assert whole.wait(300) == 0, whole.stdout.read()
+
+    out, checkpoint = root / "adapt-mid-killed", LocalCheckpoint(home, "run-mid", "adapt")
+    killed = start("adapt", root, out, "run-mid", epochs, home, streamed=True, minutes=0.002)  # ~every 120 ms
+    deadline = time.time() + 120
+    while not (checkpoint.exists() and torch.load(checkpoint.path, weights_only=True)["progress"]["step"] > 0):
+        if killed.poll() is not None or time.time() > deadline:
+            killed.kill()
+            pytest.fail(f"no mid-epoch checkpoint before the step ended: {killed.communicate()[0][-3000:]}")
+        time.sleep(checkpoint.poll)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait(30)
+    saved = torch.load(checkpoint.path, weights_only=True)
+    within = f", step {saved['progress']['step']}/" if saved["progress"]["step"] else ""
+
+    again = start("adapt", root, out, "run-mid", epochs, home, streamed=True, minutes=0.002)  # a retry: same parameters
+    output = again.communicate(timeout=300)[0]
+    assert again.returncode == 0, output
+    assert f"resuming from the checkpoint after epoch {saved['epoch']}/{epochs}{within}" in output
+    resumed, _ = load_model(out)
+    reference, _ = load_model(root / "adapt-mid-whole")
+    for (name, a), b in zip(resumed.state_dict().items(), reference.state_dict().values()):
+        assert torch.equal(a, b), name

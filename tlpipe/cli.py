@@ -153,6 +153,7 @@ def _cluster(args):
         tolerations=tolerations,
         train=Resources(*_request_limit(args.train_cpu), *_request_limit(args.train_memory)),
         light=Resources(*_request_limit(args.light_cpu), *_request_limit(args.light_memory)),
+        ingest=Resources(*_request_limit(args.ingest_cpu), *_request_limit(args.ingest_memory)),
         score_on=args.score_on, score=Resources(*_request_limit(args.score_cpu), *_request_limit(args.score_memory)),
         shm_size=args.shm_size, retries=args.retries, s3_secret=args.s3_secret, mlflow_secret=args.mlflow_secret,
         checkpoint_root=args.checkpoint_root,
@@ -243,6 +244,10 @@ def _add_cluster_options(parser) -> None:
     group.add_argument("--light-cpu", default=f"{d.light.cpu_request}:{d.light.cpu_limit}", metavar="REQUEST[:LIMIT]",
                        help="ingest, evaluate, register")
     group.add_argument("--light-memory", default=f"{d.light.memory_request}:{d.light.memory_limit}", metavar="REQUEST[:LIMIT]")
+    group.add_argument("--ingest-cpu", default=f"{d.ingest.cpu_request}:{d.ingest.cpu_limit}", metavar="REQUEST[:LIMIT]",
+                       help="ingest decodes and checks images on one worker process per CPU of its limit")
+    group.add_argument("--ingest-memory", default=f"{d.ingest.memory_request}:{d.ingest.memory_limit}",
+                       metavar="REQUEST[:LIMIT]")
     group.add_argument("--score-on", choices=("gpu", "cpu"), default=d.score_on,
                        help="where evaluate and register score the models: one GPU of a training node, or CPU nodes "
                             "(default %(default)s; cpu when --gpus 0)")

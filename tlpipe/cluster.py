@@ -66,13 +66,15 @@ class Resources:
 @dataclass(frozen=True)
 class Cluster:
     image: str = DEFAULT_IMAGE  # training steps
-    light_image: str = CPU_IMAGE  # ingest, evaluate, register
+    light_image: str = CPU_IMAGE  # ingest and the bookkeeping steps; evaluate, register when they score on CPU
     gpus: int = 1  # per training step; 0 trains on CPU nodes
     gpu_resource: str = "nvidia.com/gpu"
     node_selector: dict[str, str] = field(default_factory=lambda: {"nvidia.com/gpu.present": "true"})
     tolerations: tuple[Toleration, ...] = (Toleration("nvidia.com/gpu"),)
     train: Resources = Resources("4", "8", "16Gi", "32Gi")
     light: Resources = Resources("1", "2", "2Gi", "4Gi")
+    # ingest decodes every image once, one worker process per CPU; its memory does not grow with the data.
+    ingest: Resources = Resources("4", "8", "4Gi", "8Gi")
     # evaluate and register run every model over the test split: on a GPU node (the trainer image, the
     # training steps' placement) or, with score_on="cpu" or gpus=0, on CPU nodes with `score` resources.
     score_on: str = "gpu"
@@ -145,6 +147,12 @@ class Placement:
         c = self.cluster
         task = self._task(component, c.light_image if c else "", cache, arguments)
         return task if c is None else self._common(task, c.light)
+
+    def ingest(self, component, **arguments):
+        """The ingest task: the CPU image, with the CPUs its decoding workers use (Cluster.ingest)."""
+        c = self.cluster
+        task = self._task(component, c.light_image if c else "", True, arguments)
+        return task if c is None else self._common(task, c.ingest)
 
     def score(self, component, cache: bool = True, **arguments):
         """A task that scores models on a whole split (evaluate, register): on one GPU with the trainer image,

@@ -12,6 +12,19 @@ from pathlib import Path
 RUN_ENV = "TLPIPE_PIPELINE_RUN"
 
 
+def cpus() -> int:
+    """The CPUs this process may use: its affinity, capped by a cgroup v2 CPU quota (a pod's CPU limit,
+    which os.cpu_count() and the affinity do not show)."""
+    count = len(os.sched_getaffinity(0))
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        if quota != "max":
+            count = min(count, max(1, int(quota) // int(period)))
+    except (OSError, ValueError):
+        pass
+    return count
+
+
 def home() -> Path:
     return Path(os.environ.get("TLPIPE_HOME", ".tlpipe")).resolve()
 

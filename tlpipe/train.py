@@ -32,6 +32,7 @@ class TrainConfig:
     seed: int = 0
     checkpoint_dir: str = ""  # local directory or s3:// prefix; empty: no checkpoints
     checkpoint_every: int = 1  # epochs
+    checkpoint_minutes: float = 10.0  # also mid-epoch, once this long has passed since the last one (0: never)
     nproc: int = 1  # data-parallel processes; 0: one per GPU
     augment: str = "none"  # of the labelled images a loop trains on (tlpipe.augment); in adaptation, the source's
     compile: bool = False  # torch.compile the network (CUDA)
@@ -78,25 +79,33 @@ def fit(
     checkpoint_every: int = 1,
     state: dict | None = None,
     images_per_step: int = 0,
+    checkpoint_minutes: float = 0.0,
 ) -> dict[str, float]:
     """Runs epochs x steps_per_epoch optimizer steps; returns the last epoch's mean metrics.
 
     With `checkpoint_dir`, saves the optimizer and `state` (models, batch iterators) every
-    `checkpoint_every` epochs and, if a checkpoint is there already, resumes from it. With
-    `images_per_step` (all ranks together), the metrics include images_per_second.
+    `checkpoint_every` epochs, and within an epoch once `checkpoint_minutes` have passed since the last
+    save (an epoch of a large dataset is long), and, if a checkpoint is there already, resumes from it,
+    mid-epoch included. With `images_per_step` (all ranks together), the metrics include images_per_second.
     """
     total = max(1, epochs * steps_per_epoch)
     base_lrs = [group["lr"] for group in optimizer.param_groups]
     use_amp = device().type == "cuda"
     last: dict[str, float] = {}
-    checkpoint = Checkpoint(checkpoint_dir, {"optimizer": optimizer, **(state or {})}) if checkpoint_dir else None
+    progress = _Progress()
+    checkpoint = (Checkpoint(checkpoint_dir, {"optimizer": optimizer, "progress": progress, **(state or {})})
+                  if checkpoint_dir else None)
     first = checkpoint.restore() if checkpoint else 0
-    if first:
-        print(f"resuming from the checkpoint after epoch {first}/{epochs}", flush=True)
+    if first or progress.step:
+        within = f", step {progress.step}/{steps_per_epoch}" if progress.step else ""
+        print(f"resuming from the checkpoint after epoch {first}/{epochs}{within}", flush=True)
+    saved_at = time.monotonic()
     for epoch in range(first, epochs):
         started = time.perf_counter()
-        sums: Metrics = {}
-        for i in range(steps_per_epoch):
+        sums = {name: value.to(device()) for name, value in progress.sums.items()}
+        start = progress.step
+        progress.reset()
+        for i in range(start, steps_per_epoch):
             p = (epoch * steps_per_epoch + i) / total
             for group, base in zip(optimizer.param_groups, base_lrs):
                 group["lr"] = base * annealed_lr(p)
@@ -107,12 +116,36 @@ def fit(
             optimizer.step()
             for name, value in metrics.items():
                 sums[name] = sums.get(name, 0) + value.detach().float()
+            if (checkpoint and checkpoint_minutes and distributed.is_main() and i + 1 < steps_per_epoch
+                    and time.monotonic() - saved_at >= checkpoint_minutes * 60):
+                progress.step, progress.sums = i + 1, sums
+                checkpoint.save(epoch)
+                progress.reset()
+                saved_at = time.monotonic()
         # The one host synchronisation of the epoch.
         last = {name: float(value) / steps_per_epoch for name, value in distributed.all_reduce_mean(sums).items()}
         if images_per_step:
-            last["images_per_second"] = images_per_step * steps_per_epoch / (time.perf_counter() - started)
+            last["images_per_second"] = images_per_step * (steps_per_epoch - start) / (time.perf_counter() - started)
         if log and distributed.is_main():
             log(epoch, last, (state or {}).get("model"))
         if checkpoint and distributed.is_main() and ((epoch + 1) % checkpoint_every == 0 or epoch + 1 == epochs):
             checkpoint.save(epoch + 1)
+            saved_at = time.monotonic()
     return last
+
+
+class _Progress:
+    """Where a checkpoint stands within an epoch: the steps done and the epoch's running metric sums
+    (rank 0's; on resume every rank starts from them, which moves only the logged means of that epoch)."""
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self) -> None:
+        self.step, self.sums = 0, {}
+
+    def state_dict(self) -> dict:
+        return {"step": self.step, "sums": self.sums}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step, self.sums = int(state["step"]), dict(state["sums"])

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from tlpipe import settings
 from tlpipe.data import shards
 from tlpipe.data.dataset import ImageSet
 from tlpipe.data.shards import ShardedImages
@@ -106,7 +107,7 @@ def _stored_in_order(root: Path, shown: str, files: list[str], size: int):
     """Each file's stored bytes, in order, decoded and checked in worker processes with at most a few
     batches in flight, so memory holds a few batches whatever the folder's size. Small folders are
     read in this process (starting workers costs more than they save)."""
-    workers = min(len(os.sched_getaffinity(0)), math.ceil(len(files) / INLINE_FILES))
+    workers = min(settings.cpus(), math.ceil(len(files) / INLINE_FILES))
     batches = ([(str(root / f), f"{shown}/{f}") for f in files[i : i + BATCH_FILES]]
                for i in range(0, len(files), BATCH_FILES))
     if workers <= 1:

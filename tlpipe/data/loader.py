@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from tlpipe import augment as augmentation
-from tlpipe import distributed
+from tlpipe import distributed, settings
 from tlpipe.data.dataset import ImageSet
 from tlpipe.data.shards import ShardedImages
 from tlpipe.errors import TlpipeError
@@ -32,8 +32,8 @@ PREFETCH = 4  # batches each worker prepares ahead
 
 
 def default_workers() -> int:
-    """DataLoader worker processes: one per CPU this process may use, at most 8."""
-    return min(8, len(os.sched_getaffinity(0)))
+    """DataLoader worker processes: the step's CPUs shared among its data-parallel ranks."""
+    return max(1, settings.cpus() // distributed.rank_world()[1])
 
 
 def epoch_plan(n: int, seed: int, stream: str, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:

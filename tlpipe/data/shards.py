@@ -27,7 +27,7 @@ from tlpipe.errors import TlpipeError
 
 SHARDS = "shards"
 TABLE = "samples.safetensors"
-CHUNK_BYTES = 64 * 2**20  # LitData's chunk size; a writer holds at most one chunk in memory
+CHUNK_BYTES = 32 * 2**20  # LitData's chunk size; its writer needs several times a chunk in memory
 
 
 def digest(stored: bytes) -> bytes:

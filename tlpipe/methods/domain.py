@@ -88,5 +88,6 @@ def adapt(
     steps_per_epoch = max(source_batches.per_epoch, target_batches.per_epoch)
     fit(step, optimizer, config.epochs, steps_per_epoch, log, config.checkpoint_dir, config.checkpoint_every,
         state={"model": model, "alignment": alignment, "source": source_batches, "target": target_batches},
-        images_per_step=source_batches.batch_size + target_batches.batch_size)
+        images_per_step=source_batches.batch_size + target_batches.batch_size,
+        checkpoint_minutes=config.checkpoint_minutes)
     return model.eval()

@@ -69,5 +69,6 @@ def multitask(
 
     fit(step, optimizer, config.epochs, target_batches.per_epoch, log, config.checkpoint_dir, config.checkpoint_every,
         state={"model": model, "source": source_batches, "target": target_batches},
-        images_per_step=source_batches.batch_size + target_batches.batch_size)
+        images_per_step=source_batches.batch_size + target_batches.batch_size,
+        checkpoint_minutes=config.checkpoint_minutes)
     return model

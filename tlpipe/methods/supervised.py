@@ -37,7 +37,8 @@ def train_classifier(
         return loss, metrics
 
     return fit(step, optimizer, config.epochs, batches.per_epoch, log, config.checkpoint_dir, config.checkpoint_every,
-               state={"model": model, "batches": batches}, images_per_step=batches.batch_size)
+               state={"model": model, "batches": batches}, images_per_step=batches.batch_size,
+               checkpoint_minutes=config.checkpoint_minutes)
 
 
 def pretrain(model: Classifier, source: ImageSet, config: TrainConfig, log: LogFn | None = None) -> dict[str, float]:

@@ -68,5 +68,6 @@ def zero_shot(
         return loss, {"loss": loss, "seen_accuracy": accuracy}
 
     fit(step, optimizer, config.epochs, batches.per_epoch, log, config.checkpoint_dir, config.checkpoint_every,
-        state={"model": model, "batches": batches}, images_per_step=batches.batch_size)
+        state={"model": model, "batches": batches}, images_per_step=batches.batch_size,
+        checkpoint_minutes=config.checkpoint_minutes)
     return model.eval()
