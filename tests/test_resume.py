@@ -57,6 +57,18 @@ def start(step, data, out, run, epochs, home, checkpoint_root="", cwd=None, stre
                             env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
+def kill_when(process, ready, poll: float, what: str) -> None:
+    """SIGKILLs the step as soon as ready() holds; fails the test if the step ends first or takes 2 minutes."""
+    deadline = time.time() + 120
+    while not ready():
+        if process.poll() is not None or time.time() > deadline:
+            process.kill()
+            pytest.fail(f"the step ended or took too long before {what}: {process.communicate()[0][-3000:]}")
+        time.sleep(poll)
+    process.send_signal(signal.SIGKILL)
+    process.wait(30)
+
+
 class LocalCheckpoint:
     poll = 0.05
 
@@ -108,14 +120,7 @@ def test_a_killed_step_resumes_to_the_same_weights(data, step, epochs, where, re
     out = root / f"{step}-{where}-killed"
     killed = start(step, root, out, f"run-killed-{where}", epochs, homes[0], checkpoint_root, cwd=homes[0],
                    streamed=streamed)
-    deadline = time.time() + 120
-    while not checkpoint.exists():
-        if killed.poll() is not None or time.time() > deadline:
-            killed.kill()
-            pytest.fail(f"the step ended or took too long before its first checkpoint: {killed.communicate()[0][-3000:]}")
-        time.sleep(checkpoint.poll)
-    killed.send_signal(signal.SIGKILL)
-    killed.wait(30)
+    kill_when(killed, checkpoint.exists, checkpoint.poll, "its first checkpoint")
     assert killed.returncode == -signal.SIGKILL
     assert not (out / "model.safetensors").exists()
     saved_epoch = checkpoint.epoch()
@@ -158,14 +163,8 @@ def test_a_step_killed_mid_epoch_resumes_at_the_step_it_saved(data):
 
     out, checkpoint = root / "adapt-mid-killed", LocalCheckpoint(home, "run-mid", "adapt")
     killed = start("adapt", root, out, "run-mid", epochs, home, streamed=True, minutes=0.002)  # ~every 120 ms
-    deadline = time.time() + 120
-    while not (checkpoint.exists() and torch.load(checkpoint.path, weights_only=True)["progress"]["step"] > 0):
-        if killed.poll() is not None or time.time() > deadline:
-            killed.kill()
-            pytest.fail(f"no mid-epoch checkpoint before the step ended: {killed.communicate()[0][-3000:]}")
-        time.sleep(checkpoint.poll)
-    killed.send_signal(signal.SIGKILL)
-    killed.wait(30)
+    kill_when(killed, lambda: checkpoint.exists() and torch.load(checkpoint.path, weights_only=True)["progress"]["step"],
+              checkpoint.poll, "a mid-epoch checkpoint")
     saved = torch.load(checkpoint.path, weights_only=True)
     within = f", step {saved['progress']['step']}/" if saved["progress"]["step"] else ""
 
