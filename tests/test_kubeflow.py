@@ -95,7 +95,8 @@ def test_compiled_ir_places_steps(tmp_path, name):
         elif kind(task) == "score":
             assert resources["accelerator"]["resourceCount"] == "1" and resources["resourceMemoryLimit"] == "48Gi"
             assert k8s["nodeSelector"]["labels"] == {"cloud.google.com/gke-accelerator": "nvidia-l4"}
-            assert "emptyDirMounts" not in k8s and "retryPolicy" not in body
+            assert k8s["emptyDirMounts"][0]["mountPath"] == "/dev/shm"  # for the workers that decode the split
+            assert "retryPolicy" not in body
         elif kind(task) == "ingest":
             assert "accelerator" not in resources and "nodeSelector" not in k8s
             assert resources["resourceCpuLimit"] == "6" and resources["resourceMemoryLimit"] == "7Gi"
@@ -255,6 +256,7 @@ def test_scoring_on_cpu_gets_the_memory_asked_for(tmp_path, name):
         assert container["resources"]["resourceMemoryRequest"] == "24Gi"
         assert container["resources"]["resourceMemoryLimit"] == "40Gi"
         assert "nodeSelector" not in platform[executor]
+        assert platform[executor]["emptyDirMounts"][0]["mountPath"] == "/dev/shm"
 
 
 def test_ingest_gets_the_cpus_its_decoding_workers_use(tmp_path):

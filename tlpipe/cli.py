@@ -255,7 +255,7 @@ def _add_cluster_options(parser) -> None:
                        help="evaluate and register when they score on CPU")
     group.add_argument("--score-memory", default=f"{d.score.memory_request}:{d.score.memory_limit}",
                        metavar="REQUEST[:LIMIT]", help="enough for the backbone over batches of the test split")
-    group.add_argument("--shm-size", default=d.shm_size, help="memory-backed /dev/shm of training steps")
+    group.add_argument("--shm-size", default=d.shm_size, help="memory-backed /dev/shm of training and scoring steps (DataLoader workers)")
     group.add_argument("--retries", type=int, default=d.retries, help="retries of a failed training step, backoff from 60 s")
     group.add_argument("--s3-secret", default=d.s3_secret, help="Secret with AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL_S3")
     group.add_argument("--mlflow-secret", default=d.mlflow_secret, help="Secret with MLFLOW_TRACKING_URI (and optional auth)")

@@ -129,13 +129,10 @@ class Placement:
         task = self._task(component, self.cluster.image if self.cluster else "", True, arguments)
         if self.cluster is None:
             return task
-        from kfp import kubernetes
-
         c = self.cluster
         if c.gpus:
             self._on_gpus(task, c.gpus)
-        # DataLoader workers share batches through /dev/shm, which is 64 MB in a pod by default.
-        kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory", size_limit=c.shm_size)
+        self._shared_memory(task)
         if c.retries:
             # Training resumes from its checkpoint, so a retry after preemption loses little.
             task.set_retry(num_retries=c.retries, backoff_duration=c.retry_backoff, backoff_factor=2,
@@ -161,8 +158,11 @@ class Placement:
         if c is None:
             return self._task(component, "", cache, arguments)
         if c.score_on == "cpu" or not c.gpus:
-            return self._common(self._task(component, c.light_image, cache, arguments), c.score)
+            task = self._task(component, c.light_image, cache, arguments)
+            self._shared_memory(task)
+            return self._common(task, c.score)
         task = self._task(component, c.image, cache, arguments)
+        self._shared_memory(task)
         self._on_gpus(task, 1)
         return self._common(task, c.train)
 
@@ -171,6 +171,14 @@ class Placement:
         if not cache:
             task.set_caching_options(False)
         return task
+
+    def _shared_memory(self, task) -> None:
+        """DataLoader workers (training, and scoring a sharded split) pass batches through /dev/shm, which
+        is 64 MB in a pod by default."""
+        from kfp import kubernetes
+
+        kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory",
+                                   size_limit=self.cluster.shm_size)
 
     def _on_gpus(self, task, gpus: int) -> None:
         from kfp import kubernetes
