@@ -99,10 +99,11 @@ def test_champion_reproduces_the_reported_accuracy(first_run, home, registry):
     evaluation = json.loads(evaluation_file.read_text())
     reported = next(r["accuracy"] for r in evaluation["results"] if r["name"] == evaluation["best"])
     test, _ = load_dataset(test_dir)
-    predicted = model.predict(test.images)
+    images = np.asarray(test.images)  # what a user hands the registered model: decoded pixels
+    predicted = model.predict(images)
     assert predicted.shape == (len(test),)
     assert (predicted == test.labels).mean() == pytest.approx(reported, abs=1e-12)
-    big = np.repeat(np.repeat(test.images[:4], 2, axis=1), 3, axis=2)  # any H and W: 64 x 96
+    big = np.repeat(np.repeat(images[:4], 2, axis=1), 3, axis=2)  # any H and W: 64 x 96
     assert model.predict(big).shape == (4,)
 
 
