@@ -61,7 +61,7 @@ class ImageSet:
         """Image i as stored in an artifact (its encoded bytes) and their SHA-256: sharded images keep
         the bytes they were ingested with; images in memory are encoded as PNG (lossless)."""
         if isinstance(self.images, ShardedImages):
-            return self.images.stored(i), self.images.stored_digest(i)
+            return self.images.stored(i)
         encoded = shards.encode_png(np.ascontiguousarray(self.images[i]))
         return encoded, shards.digest(encoded)
 
@@ -138,7 +138,7 @@ def load_dataset(directory: str | Path) -> tuple[ImageSet, dict]:
     directory = Path(directory)
     meta = dataset_meta(directory)
     table = shards.read_table(directory)
-    images = ShardedImages.of_folder(directory, int(meta["shape"][1]))
+    images = ShardedImages.of_folder(directory, int(meta["shape"][1]), len(table["ids"]))
     data = ImageSet(images, table["labels"], list(meta["classes"]), table["ids"])
     labels = data.labels
     bad = labels[(labels != UNLABELLED) & ((labels < 0) | (labels >= len(data.classes)))]

@@ -15,7 +15,6 @@ from array import array
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
 
 from tlpipe import settings
@@ -41,11 +40,6 @@ def class_folders(root: Path) -> list[Path]:
     if not folders:
         raise TlpipeError(f"image folder {root} has no class sub-folders; put each class's images in a folder named after it.")
     return folders
-
-
-def read_image(path: Path, size: int, shown_as: str | None = None) -> np.ndarray:
-    """Decodes one image to uint8 (size, size, 3), naming the file (or `shown_as`) in any error."""
-    return shards.decode(stored_image(str(path), size, shown_as))
 
 
 def stored_image(path: str, size: int, shown_as: str | None = None) -> bytes:
@@ -134,4 +128,4 @@ def read_image_folder(root: str | Path, size: int, staging: str | Path, shown_as
     for label, stored in zip(labels, _stored_in_order(root, (shown_as or str(root)).rstrip("/"), files, size)):
         writer.add(stored, label)
     table = writer.close()
-    return ImageSet(ShardedImages.of_folder(staging, size), table["labels"], classes, table["ids"])
+    return ImageSet(ShardedImages.of_folder(staging, size, len(table["ids"])), table["labels"], classes, table["ids"])

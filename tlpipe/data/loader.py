@@ -96,18 +96,16 @@ class Batches:
                  labels: bool = True, workers: int | None = None):
         if len(data) == 0:
             raise TlpipeError("cannot train on an empty split.")
-        self.data, self.seed, self.stream, self.with_labels = data, seed, stream, labels
-        self.augment = augment
-        self.augment_fn = augmentation.get(augment)
+        self.data, self.seed, self.stream, self.augment, self.with_labels = data, seed, stream, augment, labels
+        augmentation.get(augment)
         self.n = len(data)
         self.batch_size = min(batch_size, self.n)
-        rank, world = distributed.rank_world()
+        world = distributed.rank_world()[1]
         if self.batch_size % world:
             raise TlpipeError(f"batch size {self.batch_size} does not split evenly over {world} processes.")
         self.workers = default_workers() if workers is None else workers
         self.epoch, self.step = 0, 0
         self._iterator = None
-        self._plan: tuple[int, torch.Tensor, torch.Tensor] | None = None
         self.on_device = resident(data.images)
         if self.on_device:
             self.images = torch.from_numpy(np.ascontiguousarray(np.asarray(data.images))).to(device())
@@ -122,39 +120,36 @@ class Batches:
 
     def load_state_dict(self, state: dict) -> None:
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
-        self._iterator = None  # workers restart from the loaded position
+        self._iterator = None  # the plan (and the workers) restart from the loaded position
 
     def __iter__(self):
         return self
 
     def __next__(self) -> tuple[torch.Tensor, ...]:
-        images, labels = self._from_device() if self.on_device else self._from_workers()
+        if self._iterator is None:
+            self._iterator = self._batches(_Plan(self.n, self.batch_size, self.seed, self.stream, self.epoch, self.step))
+        images, labels = next(self._iterator)
         self.step += 1
         if self.step == self.per_epoch:
             self.epoch, self.step = self.epoch + 1, 0
         return (images, labels) if self.with_labels else (images,)
 
-    def _from_device(self):
-        if self._plan is None or self._plan[0] != self.epoch:
-            self._plan = (self.epoch, *epoch_plan(self.n, self.seed, self.stream, self.epoch))
-        _, order, seeds = self._plan
-        rank, world = distributed.rank_world()
-        span = slice(self.step * self.batch_size + rank, (self.step + 1) * self.batch_size, world)
-        index = order[span].to(self.images.device)
-        images = self.images[index]
-        if self.augment_fn is not None:
-            images = self.augment_fn(images, seeds[span])
-        return images, self.labels[index]
-
-    def _from_workers(self):
-        if self._iterator is None:
-            plan = _Plan(self.n, self.batch_size, self.seed, self.stream, self.epoch, self.step)
-            loader = DataLoader(_Decoded(self.data.images, self.data.labels, self.augment), batch_sampler=plan,
-                                collate_fn=_as_is, num_workers=self.workers, pin_memory=torch.cuda.is_available(),
-                                prefetch_factor=PREFETCH if self.workers else None)
-            self._iterator = iter(loader)
-        images, labels = next(self._iterator)
-        return images.to(device(), non_blocking=True), labels.to(device(), non_blocking=True)
+    def _batches(self, plan: "_Plan"):
+        """The plan's batches on the device: gathered from the images held there, or decoded by workers."""
+        if self.on_device:
+            augment = augmentation.get(self.augment)
+            for pairs in plan:
+                index = torch.tensor([row for row, _ in pairs], device=self.images.device)
+                images = self.images[index]
+                if augment is not None:
+                    images = augment(images, torch.tensor([seed for _, seed in pairs], dtype=torch.int64))
+                yield images, self.labels[index]
+            return
+        loader = DataLoader(_Decoded(self.data.images, self.data.labels, self.augment), batch_sampler=plan,
+                            collate_fn=_as_is, num_workers=self.workers, pin_memory=torch.cuda.is_available(),
+                            prefetch_factor=PREFETCH if self.workers else None)
+        for images, labels in loader:
+            yield images.to(device(), non_blocking=True), labels.to(device(), non_blocking=True)
 
 
 def image_batches(images, batch_size: int, workers: int | None = None):
@@ -167,7 +162,7 @@ def image_batches(images, batch_size: int, workers: int | None = None):
         return
     workers = default_workers() if workers is None else workers
     workers = min(workers, (len(images) - 1) // batch_size)  # no worker processes for a batch or two
-    spans = [[(row, 0) for row in range(i, min(i + batch_size, len(images)))] for i in range(0, len(images), batch_size)]
+    spans = ([(row, 0) for row in range(i, min(i + batch_size, len(images)))] for i in range(0, len(images), batch_size))
     loader = DataLoader(_Decoded(images, None, "none"), batch_sampler=spans, collate_fn=_as_is,
                         num_workers=max(0, workers), pin_memory=torch.cuda.is_available(),
                         prefetch_factor=PREFETCH if workers > 0 else None)

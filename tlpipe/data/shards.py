@@ -2,7 +2,7 @@
 
 A shard folder holds LitData chunks (`shards/`: index.json and chunk-*.bin, each image's stored
 JPEG or PNG bytes) and a table (`samples.safetensors`: per image its id, label and the SHA-256 of its
-stored bytes). LitData writes chunks as they fill, so writing never holds more than a chunk, and
+stored bytes). LitData writes chunks as they fill, so writing holds a few chunks' worth at most, and
 reads any image by position; the table is 56 bytes an image (56 MB for a million) and is all a
 split or a hash needs. Every read checks the bytes against the table, so a damaged artifact stops the
 step that reads it with its path, and decoding happens where the pixels are used (DataLoader workers).
@@ -77,6 +77,7 @@ class ShardWriter:
                  "labels": np.frombuffer(self._labels, dtype=np.int64).copy(),
                  "digests": np.frombuffer(bytes(self._digests), dtype=np.uint8).reshape(-1, 32)}
         save_file(table, str(self.directory / TABLE))
+        _Store.forget(self.directory)  # a folder written again is opened again
         return table
 
 
@@ -87,7 +88,7 @@ def read_table(directory: str | Path) -> dict[str, np.ndarray]:
 class _Store:
     """One shard folder opened for reading, once per process."""
 
-    _open: dict[tuple[int, str, int], "_Store"] = {}
+    _open: dict[tuple[int, str], "_Store"] = {}
 
     def __init__(self, directory: str):
         from litdata import StreamingDataset
@@ -98,22 +99,27 @@ class _Store:
 
     @classmethod
     def get(cls, directory: str) -> "_Store":
-        # A forked worker opens its own; a folder written again is opened again.
-        key = (os.getpid(), directory, os.stat(Path(directory) / TABLE).st_mtime_ns)
+        key = (os.getpid(), directory)  # a forked worker opens its own
         if key not in cls._open:
             cls._open[key] = cls(directory)
         return cls._open[key]
 
-    def read(self, position: int) -> bytes:
+    @classmethod
+    def forget(cls, directory: str | Path) -> None:
+        cls._open.pop((os.getpid(), str(Path(directory).resolve())), None)
+
+    def read(self, position: int) -> tuple[bytes, bytes]:
+        """The image's stored bytes, checked against its SHA-256, and that SHA-256."""
         try:
             stored = self.dataset[int(position)]["image"]
         except Exception as error:  # whatever a damaged chunk makes LitData raise
             raise TlpipeError(f"image {position} in {self.directory} cannot be read from its shard ({error!r}); the "
                               "dataset artifact is damaged: ingest it again.") from None
-        if digest(stored) != self.digests[position].tobytes():
+        recorded = self.digests[position].tobytes()
+        if digest(stored) != recorded:
             raise TlpipeError(f"image {position} in {self.directory} does not match its recorded SHA-256; the "
                               "dataset artifact is damaged: ingest it again.")
-        return stored
+        return stored, recorded
 
 
 class ShardedImages:
@@ -131,8 +137,8 @@ class ShardedImages:
         self.size = size
 
     @classmethod
-    def of_folder(cls, directory: str | Path, size: int) -> "ShardedImages":
-        n = len(read_table(directory)["ids"])
+    def of_folder(cls, directory: str | Path, size: int, n: int) -> "ShardedImages":
+        """All n images of one shard folder."""
         rows = np.stack([np.zeros(n, np.int64), np.arange(n, dtype=np.int64)], axis=1)
         return cls((str(Path(directory).resolve()),), rows, size)
 
@@ -143,14 +149,10 @@ class ShardedImages:
     def __len__(self) -> int:
         return len(self.rows)
 
-    def stored(self, i: int) -> bytes:
-        """The i-th image's stored (encoded) bytes, checked."""
+    def stored(self, i: int) -> tuple[bytes, bytes]:
+        """The i-th image's stored (encoded) bytes, checked, and their SHA-256."""
         folder, position = self.rows[i]
         return _Store.get(self.folders[folder]).read(int(position))
-
-    def stored_digest(self, i: int) -> bytes:
-        folder, position = self.rows[i]
-        return _Store.get(self.folders[folder]).digests[position].tobytes()
 
     def digests(self) -> np.ndarray:
         """(N, 32) SHA-256 digests of the stored bytes, from the tables (no image is read)."""
@@ -162,7 +164,7 @@ class ShardedImages:
 
     def __getitem__(self, index):
         if isinstance(index, (int, np.integer)):
-            return decode(self.stored(int(index)))
+            return decode(self.stored(int(index))[0])
         return ShardedImages(self.folders, self.rows[index], self.size)
 
     def __array__(self, dtype=None, copy=None):
