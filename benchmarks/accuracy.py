@@ -3,6 +3,9 @@
     .venv/bin/python benchmarks/accuracy.py [--pairs digits:digits-m syn-digits:digits digits-m:digits]
                                             [--seeds 0 1 2] [--jobs 2] [--source-augment colour]
                                             [--out benchmarks/results/accuracy.md] [--units units.jsonl]
+                                            [--strategies full ...] [--methods DANN MCC ...]
+                                            [--backbone timm:resnet50 --pretrained-weights timm:resnet50.a1_in1k
+                                             --image-size 224 --bottleneck 256 --backbone-lr 0.1]
 
 Uses the library calls, splits and defaults of the transfer pipeline (without KFP and MLflow), and the
 target-oracle upper bound: the same network trained on all target training images (labelled and
@@ -10,7 +13,8 @@ unlabelled) with their labels. Every figure is accuracy on the target test split
 choice has seen; "val" is the target validation split (10 images per class), the one the pipeline
 chooses by. "selected on validation" is what the pipeline would register: per seed, the method with the
 best validation accuracy among source-only, target-only, fine-tuned (`full`), DANN and DANN+finetune
-(the first listed on ties), reported on the test split. "gap closed" is the share of the source-only ->
+(the first listed on ties), reported on the test split (only when all of them ran). With
+--pretrained-weights, the source model, target-only and the oracle all start from those weights. "gap closed" is the share of the source-only ->
 target-oracle gap a method closes: (method - source-only) / (oracle - source-only), on the means;
 negative means negative transfer.
 """
@@ -35,12 +39,13 @@ from tlpipe.evaluate import score
 from tlpipe.methods import adapt as adaptation
 from tlpipe.methods.finetune import finetune
 from tlpipe.methods.supervised import pretrain
-from tlpipe.models import Classifier, ModelSpec
+from tlpipe.models import Classifier, ModelSpec, read_weights
 from tlpipe.train import TrainConfig
 
 PAIRS = ["digits:digits-m", "syn-digits:digits", "digits-m:digits"]
 STRATEGIES = ["full", "freeze:2", "linear-probe", "l2sp:0.01"]
-UNSUPERVISED = {"DANN": "dann", "CDAN+E": "cdan+e", "DAN": "dan", "Deep CORAL": "coral"}
+UNSUPERVISED = {"DANN": "dann", "CDAN+E": "cdan+e", "DAN": "dan", "Deep CORAL": "coral", "MCC": "mcc",
+                "CDAN+MCC": "cdan+mcc"}
 # The models a default pipeline run scores: the selection picks among these, by validation accuracy.
 PIPELINE_MODELS = ["source-only", "target-only", "finetune full", "DANN", "DANN+finetune"]
 SELECTED = "selected on validation"
@@ -51,8 +56,8 @@ def run_unit(args, pair: str, seed: int) -> dict[str, tuple[float, float]]:
     if args.jobs > 1:
         torch.set_num_threads(1)  # the units share the cores
     source_name, target_name = pair.split(":")
-    source = load_domain(source_name, 32, seed)
-    target = load_domain(target_name, 32, seed)
+    source = load_domain(source_name, args.image_size, seed)
+    target = load_domain(target_name, args.image_size, seed)
     source_train = split_source(source, seed)[0]
     parts = split_target(target, args.k, args.val, seed)
     labelled, unlabelled = parts.labelled, parts.unlabelled
@@ -61,25 +66,37 @@ def run_unit(args, pair: str, seed: int) -> dict[str, tuple[float, float]]:
     # Source augmentation applies where source images are trained on (pretraining, adaptation) and to
     # the oracle, whose training recipe is the source model's on target labels.
     source_config = lambda epochs: dataclasses.replace(config(epochs), augment=args.source_augment)  # noqa: E731
+    weights = read_weights(args.pretrained_weights) if args.pretrained_weights else None
+    new_model = lambda: Classifier(ModelSpec(args.backbone, source.classes, args.image_size), weights,  # noqa: E731
+                                   args.pretrained_weights)
     torch.manual_seed(seed)
-    source_model = Classifier(ModelSpec(args.backbone, source.classes, 32))
+    source_model = new_model()
     pretrain(source_model, source_train, source_config(args.source_epochs))
     results = {"source-only": both(source_model)}
-    results["target-only"] = both(finetune(source_model, labelled, "scratch", config(args.finetune_epochs)))
-    for strategy in STRATEGIES:
+    results["target-only"] = both(finetune(source_model, labelled, "scratch", config(args.finetune_epochs),
+                                           initial_weights=weights, initial_source=args.pretrained_weights))
+    for strategy in args.strategies:
         results[f"finetune {strategy}"] = both(finetune(source_model, labelled, strategy, config(args.finetune_epochs)))
     adapted = {}
-    for name, method in UNSUPERVISED.items():
-        adapted[name] = adaptation.adapt(method, source_model, source_train, unlabelled, source_config(args.adapt_epochs))
-        results[name] = both(adapted[name])
-    # dann+finetune is DANN, then full fine-tuning on the k labels: the DANN model above is its first half.
-    results["DANN+finetune"] = both(finetune(adapted["DANN"], labelled, "full", config(args.finetune_epochs)))
+    adapt_config = lambda: dataclasses.replace(source_config(args.adapt_epochs), bottleneck=args.bottleneck,  # noqa: E731
+                                               backbone_lr=args.backbone_lr)
+    for name in args.methods:
+        if name in UNSUPERVISED:
+            adapted[name] = adaptation.adapt(UNSUPERVISED[name], source_model, source_train, unlabelled, adapt_config())
+            results[name] = both(adapted[name])
+    if "DANN+finetune" in args.methods:
+        # dann+finetune is DANN, then full fine-tuning on the k labels: the DANN model is its first half.
+        dann = adapted.get("DANN") or adaptation.adapt("dann", source_model, source_train, unlabelled, adapt_config())
+        results["DANN+finetune"] = both(finetune(dann, labelled, "full", config(args.finetune_epochs)))
     # Oracle: every target training image (labelled and unlabelled) with its true label.
     oracle_train = target.subset(np.flatnonzero(np.isin(target.ids, np.concatenate([labelled.ids, unlabelled.ids]))))
     torch.manual_seed(seed)
-    oracle = Classifier(ModelSpec(args.backbone, source.classes, 32))
+    oracle = new_model()
     pretrain(oracle, oracle_train, source_config(args.source_epochs))
     results["target oracle"] = both(oracle)
+    if not all(m in results for m in PIPELINE_MODELS):
+        print(f"done: {pair} seed {seed}", file=sys.stderr, flush=True)
+        return results
     chosen = max(PIPELINE_MODELS, key=lambda m: results[m][0])
     results[SELECTED] = results[chosen]
     print(f"done: {pair} seed {seed} (validation chose {chosen})", file=sys.stderr, flush=True)
@@ -120,7 +137,15 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--k", type=int, default=10, help="target labels per class")
     parser.add_argument("--val", type=int, default=10, help="target validation images per class")
-    parser.add_argument("--backbone", default="small-cnn")
+    parser.add_argument("--backbone", default="small-cnn", help="small-cnn, a torchvision name or timm:<model>")
+    parser.add_argument("--pretrained-weights", default="", help="as the pipeline's pretrained_weights (a file, s3://, "
+                                                                 "a torchvision enum, hf-hub:<repo>, timm:<model>.<tag>)")
+    parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--strategies", nargs="*", default=STRATEGIES, help="fine-tuning rows (default: %(default)s)")
+    parser.add_argument("--methods", nargs="*", default=[*UNSUPERVISED, "DANN+finetune"],
+                        help="adaptation rows (default: %(default)s)")
+    parser.add_argument("--bottleneck", type=int, default=0, help="adaptation's bottleneck width (0: none)")
+    parser.add_argument("--backbone-lr", type=float, default=1.0, help="adaptation's backbone rate as a fraction of lr")
     parser.add_argument("--source-epochs", type=int, default=30)
     parser.add_argument("--finetune-epochs", type=int, default=30)
     parser.add_argument("--adapt-epochs", type=int, default=120)
@@ -163,7 +188,9 @@ def main() -> None:
         machine = (f"{platform.machine()}, {os.cpu_count()} cores, "
                    f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}, torch {torch.__version__}")
         header = (f"# Accuracy benchmark\n\nCommand: `.venv/bin/python {command}`  \n"
-                  f"Settings: k={args.k} labels and {args.val} validation images per class, {args.backbone}, epochs source/finetune/adapt "
+                  f"Settings: k={args.k} labels and {args.val} validation images per class, {args.backbone} "
+                  f"({args.pretrained_weights or 'random start'}, {args.image_size} px), adaptation bottleneck "
+                  f"{args.bottleneck} and backbone rate x{args.backbone_lr}, epochs source/finetune/adapt "
                   f"{args.source_epochs}/{args.finetune_epochs}/{args.adapt_epochs}, source augmentation {args.source_augment}, "
                   f"seeds {args.seeds}  \n"
                   f"Machine: {machine}  \nDate: {time.strftime('%Y-%m-%d', time.gmtime())}  \n"

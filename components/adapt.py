@@ -23,11 +23,16 @@ def adapt(
     source_augment: str,
     experiment: str,
     model: Output[Model],
+    bottleneck: int = 0,
+    backbone_lr: float = 1.0,
+    sdat_rho: float = 0.02,
 ):
-    """Adapts the source model to the unlabelled target domain (DANN, CDAN+E, DAN, Deep CORAL), or with
-    dann+finetune adapts and then fine-tunes on the labelled target images for finetune_epochs. source_augment
-    applies to the source images (tlpipe.augment: auto, none, colour, photo). target_val is scored each epoch, only to be
-    watched: adaptation chooses nothing by it."""
+    """Adapts the source model to the unlabelled target domain (DANN, CDAN+E, DAN, Deep CORAL, MCC, CDAN+MCC;
+    +sdat for the adversarial ones, at radius sdat_rho), or with dann+finetune adapts and then fine-tunes on the
+    labelled target images for finetune_epochs. source_augment applies to the source images (tlpipe.augment: auto,
+    none, colour, photo). bottleneck (a width; 0: none) and backbone_lr (the backbone's rate as a fraction of lr)
+    are the recipe for pretrained backbones. target_val is scored each epoch, only to be watched: adaptation
+    chooses nothing by it."""
     from tlpipe import steps
     from tlpipe.tracking import current_pipeline_run
     from tlpipe.errors import exit_on_user_error
@@ -35,7 +40,7 @@ def adapt(
 
     config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, checkpoint_dir=checkpoint_root,
                          checkpoint_every=checkpoint_every, nproc=nproc,
-                         augment=source_augment)
+                         augment=source_augment, bottleneck=bottleneck, backbone_lr=backbone_lr, sdat_rho=sdat_rho)
     facts = exit_on_user_error(steps.adapt)(
         source_model.path, source_train.path, target_unlabelled.path, model.path, method, config, experiment, current_pipeline_run(),
         target_labelled.path, finetune_epochs, target_val.path,

@@ -32,6 +32,9 @@ def build(cluster: Cluster | None = None):
         pretrained_weights: str = "",
         strategy: str = "full",
         adapt_method: str = "dann",
+        adapt_bottleneck: int = 0,
+        adapt_backbone_lr: float = 1.0,
+        sdat_rho: float = 0.02,
         source_augment: str = "auto",
         target_augment: str = "auto",
         source_epochs: int = 30,
@@ -73,7 +76,8 @@ def build(cluster: Cluster | None = None):
                 adapt,
                 source_model=start.outputs["model"], source_train=data.outputs["source_train"],
                 target_unlabelled=data.outputs["target_unlabelled"], target_labelled=data.outputs["target_labelled"],
-                target_val=data.outputs["target_val"], method=adapt_method, epochs=adapt_epochs, finetune_epochs=finetune_epochs, source_augment=source_augment,
+                target_val=data.outputs["target_val"], method=adapt_method, bottleneck=adapt_bottleneck,
+                backbone_lr=adapt_backbone_lr, sdat_rho=sdat_rho, epochs=adapt_epochs, finetune_epochs=finetune_epochs, source_augment=source_augment,
                 **train,
             )
             scores = on.score(

@@ -90,8 +90,10 @@ def test_a_weights_enum_name_reads_the_torch_cache_file(tmp_path, monkeypatch):
     from torchvision.models import mobilenet_v3_small
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     name = "MobileNet_V3_Small_Weights.IMAGENET1K_V1"
-    with pytest.raises(TlpipeError, match="is not in the torch cache .*never downloads"):
+    cache = tmp_path / "hub" / "checkpoints" / "mobilenet_v3_small-047dcff4.pth"
+    with pytest.raises(TlpipeError, match=f"is not in the cache \\({cache}\\) and HF_HUB_OFFLINE is set.*tlpipe weights mirror {name}"):
         read_weights(name)
     torch.manual_seed(2)
     reference = mobilenet_v3_small(weights=None)  # stands in for the file torch.hub would have downloaded

@@ -19,8 +19,8 @@ pytestmark = pytest.mark.e2e
 TINY = ["source_epochs=2", "finetune_epochs=2", "adapt_epochs=2", "target_labels_per_class=5"]
 
 
-def tlpipe_run(home: Path, *params: str, pipeline: str = "transfer") -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"} | {"TLPIPE_HOME": str(home)}
+def tlpipe_run(home: Path, *params: str, pipeline: str = "transfer", env: dict | None = None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"} | {"TLPIPE_HOME": str(home)} | (env or {})
     args = [arg for p in params for arg in ("-p", p)]
     return subprocess.run([sys.executable, "-m", "tlpipe.cli", "run", pipeline, *args], env=env, capture_output=True,
                           text=True, timeout=900)
@@ -278,3 +278,29 @@ def test_a_photo_folder_runs_through_the_pipeline(home, registry, tmp_path):
     assert sum(counts[f"target_{s}_count"] for s in ("labelled", "val", "unlabelled", "test")) == 600
     for step in ("pretrain", "finetune", "target-only", "adapt"):
         assert by_step[step].data.params["augment"] == "photo", step
+
+
+def test_a_timm_backbone_with_hub_weights_runs_through_the_pipeline(home, registry, tmp_path):
+    """timm:test_resnet started from timm's pretrained tag, read offline from a test-populated Hugging Face
+    cache; adapted by CDAN+MCC with SDAT, a bottleneck and the backbone at 0.1x the rate."""
+    import timm
+    import torch
+    from test_weights import put_in_hf_cache
+
+    torch.manual_seed(0)
+    hub_id = timm.models.get_pretrained_cfg("test_resnet.r160_in1k").hf_hub_id
+    reference = timm.create_model("test_resnet", num_classes=1000)
+    put_in_hf_cache(tmp_path / "hf", hub_id, {"model.safetensors": reference.state_dict()})
+    result = tlpipe_run(home, *TINY, "backbone=timm:test_resnet", "pretrained_weights=timm:test_resnet.r160_in1k",
+                        "adapt_method=cdan+mcc+sdat", "adapt_bottleneck=32", "adapt_backbone_lr=0.1",
+                        "model_name=timm", env={"HF_HUB_CACHE": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert ("every model starts from timm:test_resnet.r160_in1k; target-only is those weights with a new head"
+            in result.stdout)
+    parent, steps = last_pipeline_run(registry)
+    by_step = {r.data.tags["tlpipe.step"]: r for r in steps}
+    assert by_step["pretrain"].data.params["backbone"] == "timm:test_resnet"
+    adapt = by_step["adapt"].data.params
+    assert (adapt["method"], adapt["bottleneck"], adapt["backbone_lr"]) == ("cdan+mcc+sdat", "32", "0.1")
+    assert "train_mcc_loss" in by_step["adapt"].data.metrics
+    assert "registered model: timm version 1 (alias champion)" in result.stdout

@@ -88,6 +88,28 @@ def test_pretrained_weights_load_from_s3(stack, tmp_path):
     torch.testing.assert_close(state["conv1.weight"], reference.conv1.weight)
 
 
+def test_weights_mirror_copies_hub_weights_to_s3_for_an_air_gapped_run(stack, tmp_path):
+    import timm
+    from test_weights import put_in_hf_cache
+
+    from tlpipe.models import Classifier, ModelSpec
+
+    home, _ = stack
+    torch.manual_seed(4)
+    reference = timm.create_model("resnet18", num_classes=1000)
+    put_in_hf_cache(tmp_path / "hf", "team/r18", {"model.safetensors": reference.state_dict()})
+    cache = {"HF_HUB_CACHE": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
+    result = tlpipe(home, "weights", "mirror", "hf-hub:team/r18", "s3://tlpipe/tests/mirror", "--stack", "local", env=cache)
+    assert result.returncode == 0, result.stderr[-2000:]
+    mirrored = "s3://tlpipe/tests/mirror/hf-hub--team--r18.safetensors"
+    assert f"mirrored hf-hub:team/r18 to {mirrored}" in result.stdout
+    model = Classifier(ModelSpec("timm:resnet18", ["a", "b"], 32), read_weights(mirrored), mirrored)
+    torch.testing.assert_close(model.trunk.layer2[1].conv2.weight, reference.layer2[1].conv2.weight)
+    missing = tlpipe(home, "weights", "mirror", "hf-hub:team/r18", "s3://no-such-bucket/w", "--stack", "local", env=cache)
+    errors = [line for line in missing.stderr.splitlines() if line.startswith("tlpipe: error:")]
+    assert missing.returncode == 2 and len(errors) == 1 and "no-such-bucket" in errors[0], missing.stderr[-2000:]
+
+
 def test_pipeline_tracks_on_the_server_and_keeps_models_in_s3(stack):
     home, env = stack
     params = [*TINY, "publish_to=s3://tlpipe/published"]

@@ -272,6 +272,16 @@ def _add_server_options(parser) -> None:
     parser.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE", help="pipeline parameter")
 
 
+def cmd_weights(args) -> None:
+    from tlpipe.models.weights import mirror
+
+    if args.stack == "local":
+        from tlpipe import stack
+
+        stack.activate()
+    print(f"mirrored {args.name} to {mirror(args.name, args.destination)}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tlpipe", description="Transfer learning as a production pipeline.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -314,6 +324,13 @@ def build_parser() -> argparse.ArgumentParser:
     shot.add_argument("--out", default=".", help="directory of the PNGs (default: here)")
     shot.add_argument("--widths", type=int, nargs="+", default=[1400, 700], help="window widths (default 1400 700)")
     shot.set_defaults(func=cmd_screenshot)
+    weights = commands.add_parser("weights", help="pretrained weights: mirror a hub checkpoint for machines with no network")
+    weights_actions = weights.add_subparsers(dest="action", required=True)
+    mirror = weights_actions.add_parser("mirror", help="copy hub weights (downloaded or cached) to S3 as safetensors")
+    mirror.add_argument("name", help="ResNet50_Weights.IMAGENET1K_V2, hf-hub:<repo id> or timm:<model>.<tag>")
+    mirror.add_argument("destination", help="s3://bucket/prefix (or a folder); pass the file it prints as pretrained_weights")
+    mirror.add_argument("--stack", choices=["local"], help="use the local stack's S3")
+    mirror.set_defaults(func=cmd_weights)
     stack = commands.add_parser("stack", help="the local S3 (SeaweedFS) + MLflow server stack")
     stack.add_argument("action", choices=["up", "down", "status", "env"])
     stack.set_defaults(func=cmd_stack)

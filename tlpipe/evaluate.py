@@ -46,6 +46,7 @@ class Evaluation:
     tasks: list[dict] = field(default_factory=list)
     selected_by: str = "target-val"  # a key of tlpipe.selection.CRITERIA
     val_count: int = 0
+    pretrained_weights: str = ""  # where every model's backbone started ("": random initialisation)
 
     def result(self, name: str) -> Result:
         return next(r for r in self.results if r.name == name)
@@ -162,6 +163,7 @@ def format_table(evaluation: Evaluation) -> str:
         lines.append(f"{r.name:<14} {r.role:<10} {val} {r.accuracy:>8.2%}{cells}{mark}")
     lines.append(f"selected by {selection_note(evaluation)}; test acc: target test split, "
                  f"{evaluation.test_count} images, reported only")
+    lines.append(start_note(evaluation))
     if distances:
         lines.append("A-dist: proxy A-distance between source and target test features (0: indistinguishable, 2: separable)")
     if zero_shot:
@@ -172,6 +174,14 @@ def format_table(evaluation: Evaluation) -> str:
         single = f"{t['single_task']:.2%} ({t['single_task_model']})" if t["single_task"] is not None else "n/a"
         lines.append(f"task {t['task']:<8} {t['model']}: multi-task {t['multi_task']:.2%}, single-task {single}")
     return "\n".join(lines)
+
+
+def start_note(evaluation: Evaluation) -> str:
+    """Where the models started, so that a reader knows what the target-only baseline already had."""
+    if evaluation.pretrained_weights:
+        return (f"every model starts from {evaluation.pretrained_weights}; target-only is those weights with a new head, "
+                "trained on the target labels (no source images)")
+    return "every model starts from random weights; target-only is trained on the target labels alone"
 
 
 def selection_note(evaluation: Evaluation) -> str:
@@ -276,7 +286,7 @@ img {{ max-width: 100%; height: auto; }}
 <h2>Accuracy: target validation and test splits</h2>
 <div class="scroll"><table><tr><th>model</th><th>role</th><th>validation</th><th>test ({evaluation.test_count} images)</th>{head}</tr>{''.join(rows)}</table></div>
 <p>Selected: <b>{esc(evaluation.best)}</b>, by {esc(selection_note(evaluation))}. The test split only reports: no
-model or epoch was chosen by it.{distance_note}</p>
+model or epoch was chosen by it.{distance_note} {esc(start_note(evaluation)).capitalize()}.</p>
 {GATE_MARK}
 <h2>Test accuracy per class</h2>
 <div class="scroll"><table><tr><th>model</th>{class_head}</tr>{''.join(class_rows)}</table></div>

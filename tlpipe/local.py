@@ -20,7 +20,8 @@ from tlpipe.data.spec import BUILTIN, spec_location
 from tlpipe.errors import ERROR_FILE_ENV, TlpipeError
 from tlpipe.evaluate import Evaluation
 from tlpipe.methods.finetune import parse_strategy
-from tlpipe.models.backbones import BACKBONES, build_backbone
+from tlpipe.models.backbones import build_backbone, check_backbone
+from tlpipe.models.weights import hub_file, is_hub_name
 from tlpipe.registry import Gate, Registration
 from tlpipe.steps import ADAPT_METHODS, COMPUTE_MARK
 
@@ -159,7 +160,12 @@ def preflight(arguments: dict, defaults: dict, on_cluster: bool = False) -> list
             location = spec_location(values[key])
             check_spec(values[key], read=not location or reachable(key, location))
     weights = values.get("pretrained_weights")
-    if weights and reachable("pretrained_weights", weights):
+    if weights and is_hub_name(weights):
+        if on_cluster:
+            skipped.append(f"pretrained_weights {weights} (the pods download it, or find it in their cache)")
+        else:
+            hub_file(weights)  # downloaded into its cache now (or found there), or one sentence on why not
+    elif weights and reachable("pretrained_weights", weights):
         if storage.is_s3(weights):
             storage.check_bucket(weights)
         elif not Path(weights).is_file():
@@ -182,8 +188,10 @@ def check_parameters(values: dict) -> None:
         if name == "zero-shot" and not values.get("attributes") and not builtin:
             raise TlpipeError("zero-shot strategies need an attribute table for these classes: set -p attributes=<file.csv> "
                               "(class,<attribute>,...).")
-    if values.get("backbone") not in (None, *BACKBONES):
-        raise TlpipeError(f"unknown backbone '{values['backbone']}'; choose one of {', '.join(BACKBONES)}.")
+    if "backbone" in values:
+        check_backbone(values["backbone"])
+    if values.get("adapt_bottleneck", 0) < 0 or values.get("adapt_backbone_lr", 1.0) < 0 or values.get("sdat_rho", 1.0) <= 0:
+        raise TlpipeError("adapt_bottleneck and adapt_backbone_lr must be 0 or more, and sdat_rho more than 0.")
     if "blocks" in values:
         _check_blocks(values["blocks"], values.get("backbone", "small-cnn"), values.get("image_size", 32))
     if values.get("adapt_method") not in (None, *ADAPT_METHODS):

@@ -167,7 +167,8 @@ def pretrain(
         model = Classifier(spec, weights, pretrained_weights)
         final = distributed.run(config.nproc, supervised.pretrain, model, data, config,
                                 log=tracking.EpochLogger("pretrain", config.epochs, val))
-        saved = save_model(out, model, method="source-only", trained_on=meta["content_hash"], device=str(device()))
+        saved = save_model(out, model, method="source-only", trained_on=meta["content_hash"], device=str(device()),
+                           pretrained_weights=pretrained_weights)
         mlflow.log_metrics({f"final_{k}": v for k, v in final.items()})
         _log_model(out, saved, data)
     _done(config)
@@ -192,9 +193,12 @@ def finetune(
     uses_source = finetuning.uses_source(strategy)
     if uses_source and not source_train:
         raise TlpipeError(f"fine-tuning strategy '{strategy}' trains on the source images too; give it source_train.")
-    model, _ = load_model(source_model)
+    model, model_meta = load_model(source_model)
     data, meta = load_dataset(target_labelled)
     source, source_meta = load_dataset(source_train) if uses_source else (None, None)
+    # Target-only starts where the source model started: from its pretrained weights, with a new head.
+    pretrained = model_meta.get("pretrained_weights", "") if strategy == "scratch" else ""
+    initial = read_weights(pretrained) if pretrained else None
     val, val_meta = load_dataset(validation) if validation else (None, None)
     config = checkpointed(_augmenting(config, meta), pipeline_run, step_name)
     params = {"strategy": strategy, **_config_params(config)}
@@ -205,9 +209,11 @@ def finetune(
                     (val_meta, validation, "validation"))
         tuned = distributed.run(config.nproc, finetuning.finetune, model, data, strategy, config,
                                 log=tracking.EpochLogger(step_name, config.epochs, val), source=source,
-                                attributes=meta.get("attributes", {}).get("table"))
+                                attributes=meta.get("attributes", {}).get("table"), initial_weights=initial,
+                                initial_source=pretrained)
         method = "target-only" if strategy == "scratch" else f"finetune:{strategy}"
-        saved = save_model(out, tuned, method=method, trained_on=meta["content_hash"])
+        saved = save_model(out, tuned, method=method, trained_on=meta["content_hash"],
+                           pretrained_weights=model_meta.get("pretrained_weights", ""))
         _log_model(out, saved, data)
     _done(config)
     return _model_facts(saved)
@@ -238,7 +244,7 @@ def adapt(
     val, val_meta = load_dataset(validation) if validation else (None, None)
     config = checkpointed(_augmenting(config, source_meta), pipeline_run, "adapt")
     tune_config = dataclasses.replace(config, epochs=finetune_epochs or config.epochs, checkpoint_dir="")
-    params = {"method": method, **_config_params(config)}
+    params = {"method": method, **_config_params(config, adaptation=True)}
     if labelled is not None:
         params["finetune_epochs"] = tune_config.epochs
     total_epochs = config.epochs + (tune_config.epochs if labelled is not None else 0)
@@ -294,6 +300,7 @@ def evaluate(
         val_split = tracking.log_split(val_meta, target_val, "validation") if val_meta else None
         evaluation = compare(models, test, best_of, meta.get("unseen", []), val, criterion, source_validation, unlabelled)
         evaluation.tasks = _task_rows(models, evaluation, source)
+        evaluation.pretrained_weights = next((m["pretrained_weights"] for _, m in loaded.values() if m.get("pretrained_weights")), "")
         tsne = None
         if source is not None and len(source):
             source_sample, target_sample = analysis.domain_sample(source), analysis.domain_sample(test)
@@ -616,9 +623,14 @@ def _done(config: TrainConfig) -> None:
     Checkpoint(config.checkpoint_dir, {}).remove()
 
 
-def _config_params(config: TrainConfig) -> dict:
-    """The training settings as a step's parameters; where checkpoints lie is not one."""
-    return {k: v for k, v in vars(config).items() if k != "checkpoint_dir"}
+ADAPTATION_SETTINGS = ("backbone_lr", "bottleneck", "sdat_rho")
+
+
+def _config_params(config: TrainConfig, adaptation: bool = False) -> dict:
+    """The training settings as a step's parameters; where checkpoints lie is not one, nor the
+    adaptation settings in steps that do not adapt."""
+    skip = {"checkpoint_dir", *(() if adaptation else ADAPTATION_SETTINGS)}
+    return {k: v for k, v in vars(config).items() if k not in skip}
 
 
 def _log_inputs(*splits: tuple[dict | None, str, str]) -> None:

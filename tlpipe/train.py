@@ -36,6 +36,12 @@ class TrainConfig:
     nproc: int = 1  # data-parallel processes; 0: one per GPU
     augment: str = "none"  # of the labelled images a loop trains on (tlpipe.augment); in adaptation, the source's
     compile: bool = False  # torch.compile the network (CUDA)
+    # Adaptation (tlpipe.methods.domain): the backbone's learning rate as a fraction of lr (the head's and the
+    # discriminator's), a bottleneck layer of this width between backbone and head (0: none), and SDAT's
+    # neighbourhood radius for methods named with +sdat.
+    backbone_lr: float = 1.0
+    bottleneck: int = 0
+    sdat_rho: float = 0.02
 
 
 def device() -> torch.device:

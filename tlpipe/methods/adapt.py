@@ -1,17 +1,20 @@
-"""The adapt step's methods by name: alignment without target labels, and DANN followed by
-few-shot fine-tuning on the k labelled target images."""
+"""The adapt step's methods by name: alignment without target labels (`<adversarial method>+sdat`:
+sharpness-aware, tlpipe.methods.sdat), and DANN followed by few-shot fine-tuning on the k labelled
+target images."""
 
 import dataclasses
 
 from tlpipe.data import ImageSet
 from tlpipe.errors import TlpipeError
-from tlpipe.methods import cdan, coral, dan, dann
+from tlpipe.methods import cdan, coral, dan, dann, mcc
 from tlpipe.methods.finetune import finetune
 from tlpipe.models import Classifier
 from tlpipe.train import LogFn, TrainConfig
 
-UNSUPERVISED = {"dann": dann.adapt, "cdan+e": cdan.adapt, "dan": dan.adapt, "coral": coral.adapt}
-METHODS = (*UNSUPERVISED, "dann+finetune")
+UNSUPERVISED = {"dann": dann.adapt, "cdan+e": cdan.adapt, "dan": dan.adapt, "coral": coral.adapt, "mcc": mcc.adapt,
+                "cdan+mcc": mcc.adapt_cdan}
+ADVERSARIAL = ("dann", "cdan+e", "cdan+mcc")  # the methods SDAT applies to
+METHODS = (*UNSUPERVISED, *(f"{m}+sdat" for m in ADVERSARIAL), "dann+finetune")
 
 
 def check_method(method: str) -> None:
@@ -26,6 +29,8 @@ def adapt(method: str, source_model: Classifier, source: ImageSet, target: Image
     check_method(method)
     if method in UNSUPERVISED:
         return UNSUPERVISED[method](source_model, source, target, config, log)
+    if method.endswith("+sdat"):
+        return UNSUPERVISED[method.removesuffix("+sdat")](source_model, source, target, config, log, sdat=True)
     if labelled is None or not labelled.is_labelled or len(labelled) == 0:
         raise TlpipeError("dann+finetune needs labelled target images; set target_labels_per_class to 1 or more.")
     adapted = dann.adapt(source_model, source, target, config, log)

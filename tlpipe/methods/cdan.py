@@ -65,7 +65,7 @@ class CdanLoss(domain.Alignment):
 
 
 def adapt(source_model: Classifier, source: ImageSet, target: ImageSet, config: TrainConfig,
-          log: LogFn | None = None) -> Classifier:
+          log: LogFn | None = None, sdat: bool = False) -> Classifier:
     """CDAN+E from `source_model` on labelled `source` and unlabelled `target` images."""
     return domain.adapt(source_model, source, target, lambda m: CdanLoss(m.feature_dim, len(m.spec.classes)), config,
-                        log, "CDAN+E")
+                        log, "CDAN+E", sdat=sdat)

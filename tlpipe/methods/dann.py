@@ -71,6 +71,6 @@ class DannLoss(Alignment):
 
 
 def adapt(source_model: Classifier, source: ImageSet, target: ImageSet, config: TrainConfig,
-          log: LogFn | None = None) -> Classifier:
+          log: LogFn | None = None, sdat: bool = False) -> Classifier:
     """DANN from `source_model` on labelled `source` and unlabelled `target` images."""
-    return domain.adapt(source_model, source, target, lambda m: DannLoss(m.feature_dim), config, log, "DANN")
+    return domain.adapt(source_model, source, target, lambda m: DannLoss(m.feature_dim), config, log, "DANN", sdat=sdat)

@@ -5,9 +5,15 @@ source and unlabelled target images together; the methods (DANN, CDAN+E, DAN, De
 only in that loss, an `Alignment` module. Its weight ramps up with training progress p following
 Ganin's lambda_p = 2 / (1 + exp(-10 p)) - 1, so that the classifier forms before alignment pulls on
 it; the learning rate anneals as mu0 / (1 + 10 p)^0.75 (tlpipe.train).
+
+The recipe for pretrained backbones (the DANN and CDAN papers', Transfer-Learning-Library's) is a
+config away: `bottleneck` puts a new linear + batch-norm + ReLU layer between backbone and a new head,
+and `backbone_lr` trains the backbone at a fraction of the rate of the head and the alignment module.
+With `sdat`, the classification loss is minimised sharpness-aware (tlpipe.methods.sdat).
 """
 
 import copy
+import dataclasses
 import math
 from typing import Callable
 
@@ -18,6 +24,7 @@ from torch import nn
 from tlpipe.data import ImageSet
 from tlpipe.data.loader import Batches
 from tlpipe.errors import TlpipeError
+from tlpipe.methods.sdat import SharpnessAware
 from tlpipe.models import Classifier
 from tlpipe.train import LogFn, TrainConfig, fit, prepare, seed_everything, sgd
 
@@ -54,6 +61,26 @@ class _Joint(nn.Module):
         return source_logits, loss, metrics
 
 
+def with_bottleneck(source_model: Classifier, width: int) -> Classifier:
+    """A copy of `source_model`; with `width` (and none there yet), its backbone under a new bottleneck
+    layer and a new head, which the adaptation trains on the source labels."""
+    if not width or source_model.spec.bottleneck:
+        return copy.deepcopy(source_model)
+    model = Classifier(dataclasses.replace(copy.deepcopy(source_model.spec), bottleneck=width))
+    backbone = {k: v for k, v in source_model.state_dict().items() if not k.startswith(("head.", "tasks."))}
+    model.load_state_dict(backbone, strict=False)
+    return model
+
+
+def parameter_groups(model: Classifier, alignment: Alignment, config: TrainConfig) -> list[dict]:
+    """The backbone at config.backbone_lr x the rate; bottleneck, head and alignment module at the rate."""
+    backbone = list(model.blocks.parameters())
+    ids = {id(p) for p in backbone}
+    rest = [p for p in model.parameters() if id(p) not in ids]
+    return [{"params": backbone, "lr": config.lr * config.backbone_lr}, {"params": rest},
+            {"params": list(alignment.parameters())}]
+
+
 def adapt(
     source_model: Classifier,
     source: ImageSet,
@@ -62,25 +89,30 @@ def adapt(
     config: TrainConfig,
     log: LogFn | None = None,
     name: str = "adaptation",
+    sdat: bool = False,
 ) -> Classifier:
     """Trains a copy of `source_model` on labelled `source` and unlabelled `target` images with the
     classification loss plus the loss of `make_alignment(model)` (built after seeding, so that its
-    initial weights follow the seed)."""
+    initial weights follow the seed); with `sdat`, sharpness-aware on the classification loss."""
     if not source.is_labelled:
         raise TlpipeError(f"{name} needs labelled source images.")
     if len(target) == 0:
         raise TlpipeError(f"{name} needs unlabelled target images; the unlabelled target split is empty.")
     seed_everything(config.seed)
-    model = copy.deepcopy(source_model).train()
+    model = with_bottleneck(source_model, config.bottleneck).train()
     alignment = make_alignment(model).train()
     net = prepare(_Joint(model, alignment), config)
     source_batches = Batches(source, config.batch_size, config.seed, "source", augment=config.augment)
     target_batches = Batches(target, config.batch_size, config.seed, "target", labels=False)
-    optimizer = sgd([{"params": model.parameters()}, {"params": alignment.parameters()}], config)
+    optimizer = sgd(parameter_groups(model, alignment, config), config)
+    if sdat:
+        optimizer = SharpnessAware(optimizer, model.parameters(), config.sdat_rho)
 
     def step(p: float):
         source_images, labels = next(source_batches)
         (target_images,) = next(target_batches)
+        if sdat:  # the unwrapped model: this pass only finds the ascent direction, no data-parallel sync
+            optimizer.perturb(F.cross_entropy(model(source_images), labels))
         class_logits, alignment_loss, metrics = net(source_images, target_images, ganin_lambda(p))
         classification = F.cross_entropy(class_logits, labels)
         return classification + alignment_loss, {"loss": classification, **metrics}

@@ -10,8 +10,8 @@ Strategies:
 - `copy:<k>` / `copy+:<k>`: Yosinski et al. (2014)'s AnB / AnB+: the first k blocks are copied from the
   source model, the other blocks and the head start fresh; copy keeps the copied blocks frozen,
   copy+ fine-tunes them with the rest (all at the base rate). k = 0 is target-only.
-- `scratch`: no transfer: a freshly initialised model of the same architecture (the target-only
-  baseline).
+- `scratch`: no transfer from the source: a fresh model of the same architecture, from the same
+  pretrained weights as the source model when it had some (the target-only baseline).
 - `progressive`: a progressive network over the frozen source model (tlpipe.methods.progressive).
 - `multitask[:<w>]`: source and target trained jointly, shared trunk, a head each; w weighs the
   source task's loss (default 1) (tlpipe.methods.multitask).
@@ -88,9 +88,12 @@ def finetune(
     log: LogFn | None = None,
     source: ImageSet | None = None,
     attributes: dict[str, list[float]] | None = None,
+    initial_weights: dict | None = None,
+    initial_source: str = "",
 ) -> Classifier:
     """`source` (the labelled source training images) is needed by multitask and zero-shot, and
-    `attributes` ({class: signature}) by zero-shot."""
+    `attributes` ({class: signature}) by zero-shot. `initial_weights` (pretrained backbone weights, read
+    from `initial_source`) are where scratch starts."""
     name, arg = parse_strategy(strategy)
     if name == "progressive":
         return progressive(source_model, labelled, config, log)
@@ -108,7 +111,7 @@ def finetune(
         if k > len(source_model.blocks):
             raise TlpipeError(f"strategy {strategy} asks for more blocks than the backbone has ({len(source_model.blocks)}).")
         torch.manual_seed(config.seed)
-        model = Classifier(copy.deepcopy(source_model.spec))
+        model = Classifier(copy.deepcopy(source_model.spec), initial_weights if name == "scratch" else None, initial_source)
         for fresh, learned in zip(model.blocks[:k], source_model.blocks[:k]):
             fresh.load_state_dict(learned.state_dict())
         freeze_blocks(model, k if name == "copy" else 0)

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tlpipe.data.loader import image_batches
+from tlpipe.errors import TlpipeError
 from tlpipe.models.backbones import build_backbone
 
 
@@ -34,6 +35,7 @@ class ModelSpec:
     attributes: list[list[float]] = field(default_factory=list)  # per class, for the zero-shot heads
     progressive: bool = False
     tasks: list[str] = field(default_factory=list)  # extra linear heads of multi-task models (same classes)
+    bottleneck: int = 0  # width of a linear + batch-norm + ReLU layer between backbone and head (0: none)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -110,11 +112,17 @@ class Classifier(nn.Module):
         self.spec = spec
         self.preprocess = Preprocess(spec.input_size, spec.mean, spec.std)
         self.blocks = backbone.blocks
-        self.head = _head(spec, backbone.feature_dim)
-        self.feature_dim = backbone.feature_dim
-        self.tasks = nn.ModuleDict({task: nn.Linear(backbone.feature_dim, len(spec.classes)) for task in spec.tasks})
+        self.trunk = backbone.trunk  # a timm model runs its own forward
+        self.feature_dim = spec.bottleneck or backbone.feature_dim  # what the head and the alignment losses see
+        self.bottleneck = (nn.Sequential(nn.Linear(backbone.feature_dim, spec.bottleneck), nn.BatchNorm1d(spec.bottleneck),
+                                         nn.ReLU(inplace=True)) if spec.bottleneck else None)
+        self.head = _head(spec, self.feature_dim)
+        self.tasks = nn.ModuleDict({task: nn.Linear(self.feature_dim, len(spec.classes)) for task in spec.tasks})
         self.column1, self.adapters = None, None
         if spec.progressive:
+            if self.trunk is not None:
+                raise TlpipeError(f"progressive networks need a backbone of sequential blocks; {spec.backbone} is not one "
+                                  "(use small-cnn or a torchvision backbone).")
             self.column1 = build_backbone(spec.backbone, spec.input_size).blocks.requires_grad_(False).eval()
             with torch.no_grad():
                 laterals = self._column1(torch.zeros(2, spec.input_size, spec.input_size, 3, dtype=torch.uint8))
@@ -134,7 +142,13 @@ class Classifier(nn.Module):
         return self
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
+        x = self._backbone_features(images)
+        return x if self.bottleneck is None else self.bottleneck(x)
+
+    def _backbone_features(self, images: torch.Tensor) -> torch.Tensor:
         x = self.preprocess(images)
+        if self.trunk is not None:
+            return self.trunk(x)
         if self.column1 is None:
             for block in self.blocks:
                 x = block(x)
