@@ -23,8 +23,8 @@ def finetune(
     source_train: Input[Dataset] = None,
     augment: str = "auto",
 ):
-    """Fine-tunes the source model on the few labelled target images (strategy `scratch`: no transfer;
-    multitask and zero-shot also train on source_train, which the other strategies do not take); target_val is
+    """Fine-tunes the source model on the few labelled target images (strategy `scratch`: no transfer from
+    the source, a new model from the source model's pretrained weights, if it had any; multitask and zero-shot also train on source_train, which the other strategies do not take); target_val is
     scored each epoch. augment (tlpipe.augment: auto, none, colour, photo) applies to the labelled target images."""
     from tlpipe import steps
     from tlpipe.tracking import current_pipeline_run

@@ -53,6 +53,18 @@ def test_report_and_table_carry_a_distances_per_class_and_the_tsne_picture(tmp_p
     write_report(tmp_path / "r.html", evaluation, "t", {}, tsne)
     page = (tmp_path / "r.html").read_text()
     assert "A-distance" in page and "t-SNE" in page and page.count("data:image/png;base64,") == 2
+    assert "Every model starts from random weights; target-only is trained on the target labels alone." in page
+
+
+def test_table_and_report_say_target_only_started_from_the_pretrained_weights(tmp_path):
+    model = trained_source()
+    evaluation = compare({"source-only": (model, "baseline"), "target-only": (model, "baseline")}, colour_set(seed=2),
+                         val=colour_set(seed=3))
+    evaluation.pretrained_weights = "ResNet50_Weights.IMAGENET1K_V2"
+    note = "starts from ResNet50_Weights.IMAGENET1K_V2; target-only is those weights with a new head"
+    assert f"every model {note}" in format_table(evaluation)
+    write_report(tmp_path / "r.html", evaluation, "t", {})
+    assert f"Every model {note}" in (tmp_path / "r.html").read_text()
 
 
 def test_tsne_has_a_panel_per_model_and_a_legend_of_domains_and_classes():

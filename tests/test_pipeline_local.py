@@ -304,3 +304,5 @@ def test_a_timm_backbone_with_hub_weights_runs_through_the_pipeline(home, regist
     assert (adapt["method"], adapt["bottleneck"], adapt["backbone_lr"]) == ("cdan+mcc+sdat", "32", "0.1")
     assert "train_mcc_loss" in by_step["adapt"].data.metrics
     assert "registered model: timm version 1 (alias champion)" in result.stdout
+    # A serving environment built from the registered model gets timm.
+    assert f"timm=={timm.__version__}" in Path(mlflow.pyfunc.get_model_dependencies("models:/timm@champion")).read_text()

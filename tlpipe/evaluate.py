@@ -176,12 +176,14 @@ def format_table(evaluation: Evaluation) -> str:
     return "\n".join(lines)
 
 
-def start_note(evaluation: Evaluation) -> str:
+def start_note(evaluation: Evaluation, sentence: bool = False) -> str:
     """Where the models started, so that a reader knows what the target-only baseline already had."""
     if evaluation.pretrained_weights:
-        return (f"every model starts from {evaluation.pretrained_weights}; target-only is those weights with a new head, "
+        note = (f"every model starts from {evaluation.pretrained_weights}; target-only is those weights with a new head, "
                 "trained on the target labels (no source images)")
-    return "every model starts from random weights; target-only is trained on the target labels alone"
+    else:
+        note = "every model starts from random weights; target-only is trained on the target labels alone"
+    return f"E{note[1:]}." if sentence else note
 
 
 def selection_note(evaluation: Evaluation) -> str:
@@ -286,7 +288,7 @@ img {{ max-width: 100%; height: auto; }}
 <h2>Accuracy: target validation and test splits</h2>
 <div class="scroll"><table><tr><th>model</th><th>role</th><th>validation</th><th>test ({evaluation.test_count} images)</th>{head}</tr>{''.join(rows)}</table></div>
 <p>Selected: <b>{esc(evaluation.best)}</b>, by {esc(selection_note(evaluation))}. The test split only reports: no
-model or epoch was chosen by it.{distance_note} {esc(start_note(evaluation)).capitalize()}.</p>
+model or epoch was chosen by it.{distance_note} {esc(start_note(evaluation, sentence=True))}</p>
 {GATE_MARK}
 <h2>Test accuracy per class</h2>
 <div class="scroll"><table><tr><th>model</th>{class_head}</tr>{''.join(class_rows)}</table></div>

@@ -247,8 +247,16 @@ def log_model(model_dir: str | Path, input_example: np.ndarray | None = None, na
         code_paths=[str(package)],
         signature=SIGNATURE,
         input_example=input_example,
-        pip_requirements=REQUIREMENTS,
+        pip_requirements=requirements(model_dir),
     )
+
+
+def requirements(model_dir: str | Path) -> list[str]:
+    """REQUIREMENTS, and timm at this environment's version for a timm backbone."""
+    from importlib.metadata import version
+
+    backbone = json.loads((Path(model_dir) / "model.json").read_text())["spec"]["backbone"]
+    return REQUIREMENTS + ([f"timm=={version('timm')}"] if backbone.startswith("timm:") else [])
 
 
 def log_trained_model(model_dir: str | Path, input_example: np.ndarray, method: str) -> str:
