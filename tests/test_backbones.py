@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 import timm
 import torch
+from safetensors.torch import save_file
 
 from tlpipe.errors import TlpipeError
 from tlpipe.methods.finetune import finetune, freeze_blocks
 from tlpipe.methods.supervised import pretrain
-from tlpipe.models import Classifier, ModelSpec, load_model, save_model
+from tlpipe.models import Classifier, ModelSpec, load_model, read_weights, save_model
 from tlpipe.train import TrainConfig
 
 from test_methods import colour_set
@@ -78,14 +79,16 @@ def test_a_timm_model_saves_loads_and_copies_with_its_blocks(tmp_path):
     assert next(twin.blocks[0].parameters()) is twin.trunk.conv_stem.weight
 
 
-def test_timm_weights_load_in_timm_key_names_and_the_head_is_new():
+def test_timm_weights_load_from_a_file_in_timm_key_names_and_the_head_is_new(tmp_path):
     torch.manual_seed(1)
     reference = timm.create_model("resnet18", num_classes=1000)
-    model = Classifier(spec("resnet18"), reference.state_dict(), "test-made").eval()
+    save_file(reference.state_dict(), str(tmp_path / "r18.safetensors"))
+    weights = read_weights(tmp_path / "r18.safetensors")
+    model = Classifier(spec("resnet18"), weights, "r18.safetensors").eval()
     torch.testing.assert_close(model.trunk.layer3[0].conv1.weight, reference.layer3[0].conv1.weight)
     assert model.head.out_features == 3
     with pytest.raises(TlpipeError, match="do not fit timm:convnext_atto"):
-        Classifier(spec("convnext_atto"), reference.state_dict(), "test-made")
+        Classifier(spec("convnext_atto"), weights, "r18.safetensors")
 
 
 def test_vit_weights_are_resampled_to_the_image_size():
