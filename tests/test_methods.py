@@ -192,6 +192,9 @@ def test_a_bottleneck_goes_between_the_source_backbone_and_a_new_head():
     for a, b in zip(source.blocks.parameters(), adapted.blocks.parameters()):
         torch.testing.assert_close(a, b)
     assert adapted.features(torch.zeros(2, 32, 32, 3, dtype=torch.uint8)).shape == (2, 24)
+    # Fine-tuning an adapted model (dann+finetune) trains its bottleneck with the head.
+    tuned = finetune(adapted, colour_set(seed=1), "full", TrainConfig(epochs=1, batch_size=16))
+    assert not torch.equal(tuned.bottleneck[0].weight, adapted.bottleneck[0].weight)
 
 
 @pytest.mark.parametrize("method", ["mcc", "cdan+mcc", "dann+sdat", "cdan+mcc+sdat"])
