@@ -139,7 +139,8 @@ def _bad_folders(tmp_path, case):
         ("classes", "source and target classes differ: only in source ['c'], only in target ['d']"),
         ("k-shot", "outside the held-out 30%, fewer than target_labels_per_class=50"),
         ("strategy", "unknown fine-tuning strategy 'freeze:two'"),
-        ("adapt", "unknown adaptation method 'mmd'; use dann, cdan+e, dan, coral, dann+finetune"),
+        ("adapt", "unknown adaptation method 'mmd'; use dann, cdan+e, dan, coral, mcc, cdan+mcc, dann+sdat, cdan+e+sdat, "
+                  "cdan+mcc+sdat, dann+finetune"),
         ("augment", "unknown augmentation 'sepia'; use none, colour"),
         ("select", "unknown select_by 'test'; use auto, target-val, source-val, im, snd"),
         ("gate", "gate_alpha must be above 0 and at most 1, got 0.0"),
