@@ -183,7 +183,7 @@ def start_note(evaluation: Evaluation, sentence: bool = False) -> str:
                 "trained on the target labels (no source images)")
     else:
         note = "every model starts from random weights; target-only is trained on the target labels alone"
-    return f"E{note[1:]}." if sentence else note
+    return f"{note[0].upper()}{note[1:]}." if sentence else note
 
 
 def selection_note(evaluation: Evaluation) -> str:

@@ -74,10 +74,8 @@ def with_bottleneck(source_model: Classifier, width: int) -> Classifier:
 
 def parameter_groups(model: Classifier, alignment: Alignment, config: TrainConfig) -> list[dict]:
     """The backbone at config.backbone_lr x the rate; bottleneck, head and alignment module at the rate."""
-    backbone = list(model.blocks.parameters())
-    ids = {id(p) for p in backbone}
-    rest = [p for p in model.parameters() if id(p) not in ids]
-    return [{"params": backbone, "lr": config.lr * config.backbone_lr}, {"params": rest},
+    return [{"params": list(model.blocks.parameters()), "lr": config.lr * config.backbone_lr},
+            {"params": model.head_parameters()},
             {"params": list(alignment.parameters())}]
 
 

@@ -125,9 +125,7 @@ def finetune(
         raise TlpipeError(f"strategy freeze:{frozen} asks for more blocks than the backbone has ({n_blocks}).")
     freeze_blocks(model, frozen)
     backbone = [p for p in model.blocks.parameters() if p.requires_grad]
-    in_blocks = {id(p) for p in model.blocks.parameters()}
-    # The layers above the backbone: the head, and the bottleneck an adapted model has.
-    head_group = {"params": [p for p in model.parameters() if id(p) not in in_blocks and p.requires_grad]}
+    head_group = {"params": [p for p in model.head_parameters() if p.requires_grad]}
     backbone_group = {"params": backbone, "lr": config.lr * backbone_lr_scale}
     penalty = None
     if name == "l2sp":

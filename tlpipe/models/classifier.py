@@ -162,6 +162,11 @@ class Classifier(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(images))
 
+    def head_parameters(self) -> list[nn.Parameter]:
+        """The parameters above the backbone's blocks: the head, and the bottleneck an adapted model has."""
+        in_blocks = {id(p) for p in self.blocks.parameters()}
+        return [p for p in self.parameters() if id(p) not in in_blocks]
+
 
 # Pixels scored at once (images x height x width): 4096 images at 32 px, 83 at 224 px, so that scoring
 # needs about the same memory at any image size, on a GPU or in a small CPU pod.

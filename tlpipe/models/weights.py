@@ -81,9 +81,7 @@ def _hf_hub(name: str, repo: str, filename: str | None = None) -> Path:
     for file in (filename,) if filename else HUB_FILES:
         try:
             return Path(hf_hub_download(repo_id, file, revision=revision or None, local_files_only=offline()))
-        except EntryNotFoundError as error:  # the repository has no such file: try the next format
-            last_error = error
-        except LocalEntryNotFoundError as error:  # not cached, and offline or the hub unreachable
+        except EntryNotFoundError as error:  # no such file there (Local...: not cached, offline): try the next
             last_error = error
         except RepositoryNotFoundError:
             raise TlpipeError(f"{name}: there is no Hugging Face Hub repository {repo_id} (or it needs a token: HF_TOKEN).") from None
@@ -151,13 +149,14 @@ def mirror(name: str, destination: str) -> str:
         storage.check_bucket(destination)  # before a download that may be large
     state = read_weights(name)
     target = f"{destination.rstrip('/')}/{re.sub(r'[^A-Za-z0-9._-]+', '--', name)}.safetensors"
+    # clone: safetensors refuses tensors that share memory, which some checkpoints have
+    state = {k: v.contiguous().clone() for k, v in state.items()}
+    if not storage.is_s3(target):
+        Path(target).parent.mkdir(parents=True, exist_ok=True)
+        save_file(state, target)
+        return target
     with tempfile.TemporaryDirectory() as tmp:
         local = Path(tmp) / Path(target).name
-        # clone: safetensors refuses tensors that share memory, which some checkpoints have
-        save_file({k: v.contiguous().clone() for k, v in state.items()}, str(local))
-        if storage.is_s3(target):
-            storage.upload(local, target)
-        else:
-            Path(target).parent.mkdir(parents=True, exist_ok=True)
-            Path(target).write_bytes(local.read_bytes())
+        save_file(state, str(local))
+        storage.upload(local, target)
     return target
