@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 import psutil
-from photos import make_folder
+from tlpipe.data.examples import make_folder
 
 CLASSES = 10  # as photos.py writes them
 SIZE = 224
@@ -33,9 +33,10 @@ TARGET_IMAGES = 1000
 
 INGEST = """
 import sys
-from tlpipe import steps
+from tlpipe.steps.common import SPLITS
+from tlpipe.steps.ingest import ingest
 source, target, out = sys.argv[1:4]
-steps.ingest(source, target, 5, 0, 224, {n: f"{out}/{n}" for n in steps.SPLITS}, "scale", "scale")
+ingest(source, target, 5, 0, 224, {n: f"{out}/{n}" for n in SPLITS}, "scale", "scale")
 """
 
 

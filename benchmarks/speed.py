@@ -20,9 +20,10 @@ import torch
 import torch.nn.functional as F
 
 from tlpipe.data import ImageSet
+from tlpipe.distributed import device
 from tlpipe.methods.supervised import train_classifier
 from tlpipe.models import Classifier, ModelSpec
-from tlpipe.train import TrainConfig, device
+from tlpipe.train import TrainConfig
 
 CLASSES = [str(i) for i in range(10)]
 

@@ -33,15 +33,13 @@ def adapt(
     none, colour, photo). bottleneck (a width; 0: none) and backbone_lr (the backbone's rate as a fraction of lr)
     are the recipe for pretrained backbones. target_val is scored each epoch, only to be watched: adaptation
     chooses nothing by it."""
-    from tlpipe import steps
-    from tlpipe.tracking import current_pipeline_run
     from tlpipe.errors import exit_on_user_error
+    from tlpipe.steps.adapt import adapt
+    from tlpipe.tracking import current_pipeline_run
     from tlpipe.train import TrainConfig
 
-    config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, checkpoint_dir=checkpoint_root,
-                         checkpoint_every=checkpoint_every, nproc=nproc,
-                         augment=source_augment, bottleneck=bottleneck, backbone_lr=backbone_lr, sdat_rho=sdat_rho)
-    facts = exit_on_user_error(steps.adapt)(
+    config = TrainConfig.from_step(locals(), augment=source_augment)
+    facts = exit_on_user_error(adapt)(
         source_model.path, source_train.path, target_unlabelled.path, model.path, method, config, experiment, current_pipeline_run(),
         target_labelled.path, finetune_epochs, target_val.path,
     )

@@ -22,15 +22,13 @@ def champion(
     model: Output[Model],
 ):
     """Retraining's starting model: the registry's champion, or a source model trained now when there is none."""
-    from tlpipe import steps
-    from tlpipe.tracking import current_pipeline_run
     from tlpipe.errors import exit_on_user_error
+    from tlpipe.steps.champion import start_model
+    from tlpipe.tracking import current_pipeline_run
     from tlpipe.train import TrainConfig
 
-    config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, checkpoint_dir=checkpoint_root,
-                         checkpoint_every=checkpoint_every, nproc=nproc,
-                         augment=source_augment)
-    facts = exit_on_user_error(steps.start_model)(
+    config = TrainConfig.from_step(locals(), augment=source_augment)
+    facts = exit_on_user_error(start_model)(
         source_train.path, model.path, model_name, backbone, pretrained_weights, config, experiment, current_pipeline_run()
     )
     model.metadata.update(facts)

@@ -25,26 +25,10 @@ def evaluate(
 ):
     """Scores baselines and candidates on the target validation and test splits, selects one by
     `select_by` (never by the test split), and reports."""
-    from tlpipe import steps
-    from tlpipe.tracking import current_pipeline_run
-    from tlpipe.errors import exit_on_user_error
+    from components.outputs import evaluate_into
 
-    result = exit_on_user_error(steps.evaluate)(
-        target_test.path,
-        baselines={"source-only": source_only.path, "target-only": target_only.path},
-        candidates={"finetuned": finetuned.path, "adapted": adapted.path},
-        evaluation_out=evaluation.path,
-        report_out=report.path,
-        best_model_out=best_model.path,
-        experiment=experiment,
-        pipeline_run=current_pipeline_run(),
-        source_test=source_test.path,
-        target_val=target_val.path,
-        source_val=source_val.path,
-        target_unlabelled=target_unlabelled.path,
-        select_by=select_by,
-    )
-    steps.describe_evaluation(result, evaluation, metrics, confusion, best_model)
+    evaluate_into({"source-only": source_only.path, "target-only": target_only.path},
+                  {"finetuned": finetuned.path, "adapted": adapted.path}, "all", locals())
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
@@ -67,24 +51,8 @@ def evaluate_retrain(
 ):
     """Scores the retrained candidates against the model they started from; selects a candidate by
     `select_by`."""
-    from tlpipe import steps
-    from tlpipe.tracking import current_pipeline_run
-    from tlpipe.errors import exit_on_user_error
+    from components.outputs import evaluate_into
+    from tlpipe.steps.evaluate import baseline_name
 
-    result = exit_on_user_error(steps.evaluate)(
-        target_test.path,
-        baselines={steps.baseline_name(start_model.path): start_model.path},
-        candidates={"finetuned": finetuned.path, "adapted": adapted.path},
-        evaluation_out=evaluation.path,
-        report_out=report.path,
-        best_model_out=best_model.path,
-        experiment=experiment,
-        pipeline_run=current_pipeline_run(),
-        best_of="candidates",
-        source_test=source_test.path,
-        target_val=target_val.path,
-        source_val=source_val.path,
-        target_unlabelled=target_unlabelled.path,
-        select_by=select_by,
-    )
-    steps.describe_evaluation(result, evaluation, metrics, confusion, best_model)
+    evaluate_into({baseline_name(start_model.path): start_model.path},
+                  {"finetuned": finetuned.path, "adapted": adapted.path}, "candidates", locals())

@@ -26,14 +26,13 @@ def finetune(
     """Fine-tunes the source model on the few labelled target images (strategy `scratch`: no transfer from
     the source, a new model from the source model's pretrained weights, if it had any; multitask and zero-shot also train on source_train, which the other strategies do not take); target_val is
     scored each epoch. augment (tlpipe.augment: auto, none, colour, photo) applies to the labelled target images."""
-    from tlpipe import steps
-    from tlpipe.tracking import current_pipeline_run
     from tlpipe.errors import exit_on_user_error
+    from tlpipe.steps.finetune import finetune
+    from tlpipe.tracking import current_pipeline_run
     from tlpipe.train import TrainConfig
 
-    config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, checkpoint_dir=checkpoint_root,
-                         checkpoint_every=checkpoint_every, nproc=nproc, augment=augment)
-    facts = exit_on_user_error(steps.finetune)(
+    config = TrainConfig.from_step(locals())
+    facts = exit_on_user_error(finetune)(
         source_model.path, target_labelled.path, model.path, strategy, config, experiment, current_pipeline_run(), step_name,
         source_train.path if source_train else "", target_val.path,
     )

@@ -39,9 +39,9 @@ def ingest(
     """Resolves and validates both domains and writes the seven disjoint splits, decided by each image's
     stable identity and the seed (unseen classes only in the test splits). `data_version` (the
     data_version step's answer) is what makes caching ingest safe: the cache key changes with the data."""
-    from tlpipe import steps
-    from tlpipe.tracking import current_pipeline_run
     from tlpipe.errors import exit_on_user_error
+    from tlpipe.steps.ingest import ingest
+    from tlpipe.tracking import current_pipeline_run
 
     outputs = {
         "source_train": source_train,
@@ -52,7 +52,7 @@ def ingest(
         "target_unlabelled": target_unlabelled,
         "target_test": target_test,
     }
-    facts = exit_on_user_error(steps.ingest)(
+    facts = exit_on_user_error(ingest)(
         source, target, target_labels_per_class, seed, image_size,
         out={name: artifact.path for name, artifact in outputs.items()},
         experiment=experiment, pipeline_run=current_pipeline_run(), publish_to=publish_to, unseen_classes=unseen_classes,

@@ -24,14 +24,13 @@ def layer_transfer(
 ):
     """Copies the first `blocks` blocks of the source model, frozen and (separately) fine-tuned, trains the
     rest on the labelled target images and scores both on the target test split."""
-    from tlpipe import steps
-    from tlpipe.tracking import current_pipeline_run
     from tlpipe.errors import exit_on_user_error
+    from tlpipe.steps.layers import layer_transfer
+    from tlpipe.tracking import current_pipeline_run
     from tlpipe.train import TrainConfig
 
-    config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, checkpoint_dir=checkpoint_root,
-                         checkpoint_every=checkpoint_every, nproc=nproc)
-    rows = exit_on_user_error(steps.layer_transfer)(
+    config = TrainConfig.from_step(locals())
+    rows = exit_on_user_error(layer_transfer)(
         source_model.path, target_labelled.path, target_test.path, point.path, blocks, config, experiment, current_pipeline_run(),
     )
     point.metadata.update({"blocks": blocks, **{r["mode"]: r["accuracy"] for r in rows}})
@@ -45,9 +44,9 @@ def layer_sweep_report(
     report: Output[HTML],
 ):
     """One table and one plot of target accuracy against the number of blocks copied."""
-    from tlpipe import steps
-    from tlpipe.tracking import current_pipeline_run
     from tlpipe.errors import exit_on_user_error
+    from tlpipe.steps.layers import layer_sweep_report
+    from tlpipe.tracking import current_pipeline_run
 
-    exit_on_user_error(steps.layer_sweep_report)([p.path for p in points], sweep.path, report.path, experiment,
+    exit_on_user_error(layer_sweep_report)([p.path for p in points], sweep.path, report.path, experiment,
                                                  current_pipeline_run())

@@ -22,11 +22,11 @@ def register(
     test on the target test split shows it better. `report` is the evaluation report with the gate's verdict."""
     from dataclasses import asdict
 
-    from tlpipe import steps
-    from tlpipe.tracking import current_pipeline_run
     from tlpipe.errors import exit_on_user_error
+    from tlpipe.steps.register import register
+    from tlpipe.tracking import current_pipeline_run
 
-    result = exit_on_user_error(steps.register)(
+    result = exit_on_user_error(register)(
         best_model.path, evaluation.path, target_test.path, model_name, experiment, current_pipeline_run(), registration.path,
         publish_to, gate_alpha, gate_margin, evaluation_report.path, report.path,
     )

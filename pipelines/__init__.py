@@ -1,14 +1,9 @@
 """KFP pipelines (DAGs of the components in components/), by the name users give on the command line.
 
-Each module has build(cluster=None): the pipeline for kfp.local, or compiled for a Kubeflow cluster.
+Each module has build(cluster=None): the pipeline for kfp.local, or compiled for a Kubeflow cluster; the
+command line finds them by pyproject's `tlpipe.pipelines` entry points (tlpipe.cluster.pipelines).
 Every pipeline's steps sit inside `closing_run`, and every pipeline reads its data through `ingest_data`.
 """
-
-
-def registry() -> dict:
-    from pipelines import layer_sweep, retrain, transfer
-
-    return {"transfer": transfer.build, "retrain": retrain.build, "layer-sweep": layer_sweep.build}
 
 
 def ingest_data(on, **arguments):

@@ -1,19 +1,12 @@
 import os
-import socket
-import subprocess
-import sys
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
+from helpers import tlpipe
 
 from tlpipe import storage
 
 torch.set_num_threads(2)
-# benchmarks/photos.py writes the synthetic photo folders that the photo-folder tests ingest.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 
 @pytest.fixture
@@ -23,31 +16,6 @@ def tlpipe_home(tmp_path, monkeypatch):
     monkeypatch.setenv("TLPIPE_HOME", str(home))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     return home
-
-
-def write_image_folder(root, classes=("a", "b", "c"), per_class=8, size=16, seed=0, mode="RGB"):
-    """A small image folder whose classes differ in colour, so that a model can learn them."""
-    rng = np.random.default_rng(seed)
-    for label, name in enumerate(classes):
-        folder = root / name
-        folder.mkdir(parents=True, exist_ok=True)
-        for i in range(per_class):
-            pixels = rng.integers(0, 60, (size, size, 3), dtype=np.uint8)
-            pixels[..., label % 3] += 180
-            Image.fromarray(pixels).convert(mode).save(folder / f"{i}.png")
-    return root
-
-
-def tlpipe(home: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_"))}
-    return subprocess.run([sys.executable, "-m", "tlpipe.cli", *args], env={**base, "TLPIPE_HOME": str(home), **(env or {})},
-                          capture_output=True, text=True, timeout=900)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

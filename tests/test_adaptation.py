@@ -3,12 +3,12 @@
 import numpy as np
 import pytest
 import torch
-from test_methods import colour_set, trained_source
+from helpers import colour_set, trained_source
 
 from tlpipe.errors import TlpipeError
 from tlpipe.methods import adapt as adaptation
-from tlpipe.methods.cdan import CdanLoss, MultilinearMap, entropy_weights
 from tlpipe.methods import domain
+from tlpipe.methods.cdan import CdanLoss, MultilinearMap, entropy_weights
 from tlpipe.methods.coral import CoralLoss, coral
 from tlpipe.methods.dan import DanLoss, mk_mmd
 from tlpipe.methods.finetune import finetune

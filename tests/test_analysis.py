@@ -1,11 +1,20 @@
 """Proxy A-distance, the t-SNE picture, per-class and confusion outputs, and the layer-sweep table."""
 
 import numpy as np
-from test_methods import colour_set, trained_source
+from helpers import colour_set, trained_source
 
-from tlpipe.analysis import (domain_distances, domain_features, domain_sample, format_layer_sweep, layer_sweep_png, proxy_a_distance,
-                             tsne_figure, tsne_png)
-from tlpipe.evaluate import compare, confusion_png, format_table, per_class_csv, write_report
+from tlpipe.analysis import (
+    domain_distances,
+    domain_features,
+    domain_sample,
+    format_layer_sweep,
+    layer_sweep_png,
+    proxy_a_distance,
+    tsne_figure,
+    tsne_png,
+)
+from tlpipe.evaluate import compare
+from tlpipe.report import confusion_png, format_table, per_class_csv, write_report
 
 PNG = b"\x89PNG"
 

@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from tlpipe import augment, distributed
-from tlpipe.data import ImageSet, load_dataset, load_domain, save_dataset
-from tlpipe.data import loader
+from tlpipe.data import ImageSet, load_dataset, load_domain, loader, save_dataset
 from tlpipe.data.loader import Batches
 from tlpipe.errors import TlpipeError
 from tlpipe.methods.supervised import pretrain
-from tlpipe.models import Classifier, ModelSpec, predict
+from tlpipe.models import Classifier, ModelSpec
+from tlpipe.scoring import predict
 from tlpipe.train import TrainConfig
 
 
@@ -118,6 +118,7 @@ def test_workers_over_shards_give_the_batches_the_device_gives(tmp_path, monkeyp
                            next(Batches(data, 8, seed=5, stream="target"))[1])
 
 
+@pytest.mark.slow
 def test_ranks_read_disjoint_shares_of_every_global_batch_whose_union_is_the_epoch(monkeypatch, tmp_path):
     data = grey_images_that_encode_their_index(64)
     monkeypatch.setattr(loader, "RESIDENT_BYTES", 0)
@@ -138,6 +139,7 @@ def test_ranks_read_disjoint_shares_of_every_global_batch_whose_union_is_the_epo
         assert torch.equal(shares[0][step][1], y[0::2]) and torch.equal(shares[1][step][1], y[1::2])
 
 
+@pytest.mark.slow
 def test_a_colour_augmented_source_model_reads_inverted_recoloured_digits():
     digits = load_domain("digits", 32, 0)
     train, test = digits.subset(range(0, 1200)), digits.subset(range(1200, len(digits)))

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import timm
 import torch
+from helpers import colour_set
 from safetensors.torch import save_file
 
 from tlpipe.errors import TlpipeError
@@ -14,8 +15,6 @@ from tlpipe.methods.finetune import finetune, freeze_blocks
 from tlpipe.methods.supervised import pretrain
 from tlpipe.models import Classifier, ModelSpec, load_model, read_weights, save_model
 from tlpipe.train import TrainConfig
-
-from test_methods import colour_set
 
 # One small model of each family users fine-tune, and the blocks timm's coarse groups give it:
 # stem + stages (ResNet, ConvNeXt + its final norm), stem + transformer blocks, stem + stages.

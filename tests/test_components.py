@@ -16,8 +16,10 @@ from components.pretrain import pretrain
 from components.register import register
 from tlpipe.data import load_dataset
 from tlpipe.models import load_model
+from tlpipe.steps.common import SPLITS
 
-from tlpipe.steps import SPLITS
+pytestmark = pytest.mark.slow  # the component tier: every component of the DAG run in a chain
+
 TRAIN = dict(epochs=1, batch_size=64, lr=0.01, seed=0, checkpoint_root="", checkpoint_every=1, nproc=1, experiment="tests")
 
 
@@ -107,7 +109,9 @@ def test_evaluate_scores_every_model_and_copies_the_one_selected_on_validation(c
     report = Path(chain["report"].path).read_text()
     assert "data:image/png;base64," in report and best["name"] in report
     # Proxy A-distances (source test vs target test) for every model, and the t-SNE picture.
-    assert all(-2 <= r["a_distance"] <= 2 for r in evaluation["results"])
+    # digits and digits-m are told apart by colour alone: features of a digits-trained model separate them.
+    distances = {r["name"]: r["a_distance"] for r in evaluation["results"]}
+    assert all(d is not None for d in distances.values()) and distances["source-only"] > 0.5, distances
     assert "A-distance" in report and "t-SNE" in report
 
 
@@ -126,7 +130,9 @@ def test_evaluate_logs_analysis_artifacts_to_mlflow(chain):
     assert table["columns"][:4] == ["model", "role", "val_accuracy", "test_accuracy"]
     assert [row[0] for row in table["data"]] == ["source-only", "target-only", "finetuned", "adapted"]
     _, _, steps = _runs()
-    assert -2 <= steps["adapt"].data.metrics["a_distance"] <= 2
+    evaluation = json.loads(Path(chain["evaluation"].path).read_text())
+    adapted = next(r for r in evaluation["results"] if r["name"] == "adapted")
+    assert steps["adapt"].data.metrics["a_distance"] == pytest.approx(adapted["a_distance"], abs=1e-9)
 
 
 def test_layer_sweep_components_train_both_modes_and_plot(chain, tmp_path, monkeypatch):

@@ -2,7 +2,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import write_image_folder
+from helpers import write_image_folder
 
 from tlpipe.data import ImageSet, check_spec, load_dataset, load_domain, save_dataset, split_source, split_target
 from tlpipe.data.builtin import digits, digits_m, syn_digits
@@ -48,6 +48,7 @@ def test_syn_digits_are_rendered_seeded_balanced_and_readable():
     assert load_domain("syn-digits", 32, 0).images.shape == (2000, 32, 32, 3)
 
 
+@pytest.mark.slow
 def test_syn_digits_look_like_their_class():
     """A classifier trained on rendered digits reads scikit-learn's handwritten ones far above chance."""
     import torch
@@ -144,15 +145,16 @@ def test_no_built_in_pair_shares_a_glyph_between_source_train_and_target_held_ou
 
 
 def test_exact_duplicates_across_folders_stay_out_of_source_train(tmp_path, tlpipe_home, capsys):
-    from tlpipe import steps
+    from tlpipe.steps.common import SPLITS
+    from tlpipe.steps.ingest import ingest
 
     source = write_image_folder(tmp_path / "source", per_class=40, seed=1)
     target = write_image_folder(tmp_path / "target", per_class=40, seed=2)
     for name in ("a", "b", "c"):  # the target has copies of 20 source images per class, renamed
         for i in range(20):
             (target / name / f"copy-{i}.png").write_bytes((source / name / f"{i}.png").read_bytes())
-    out = {name: str(tmp_path / "out" / name) for name in steps.SPLITS}
-    steps.ingest(f"imagefolder:{source}", f"imagefolder:{target}", 3, 0, 16, out, "dup", "run-dup",
+    out = {name: str(tmp_path / "out" / name) for name in SPLITS}
+    ingest(f"imagefolder:{source}", f"imagefolder:{target}", 3, 0, 16, out, "dup", "run-dup",
                  target_val_per_class=2)
     loaded = {name: load_dataset(path)[0] for name, path in out.items()}
     held_out = np.concatenate([loaded["target_val"].ids, loaded["target_test"].ids])

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from tlpipe import distributed, steps, tracking
+from tlpipe import distributed, tracking
 from tlpipe.data import load_domain, save_dataset
 from tlpipe.errors import TlpipeError
 from tlpipe.evaluate import score
@@ -15,7 +15,10 @@ from tlpipe.methods import dann
 from tlpipe.methods.finetune import finetune
 from tlpipe.methods.supervised import pretrain
 from tlpipe.models import Classifier, ModelSpec, load_model
+from tlpipe.steps.pretrain import pretrain as pretrain_step
 from tlpipe.train import TrainConfig
+
+pytestmark = pytest.mark.slow  # several training processes per test
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +57,7 @@ def test_full_training_on_two_processes_matches_one_within_two_points(digits):
         model = Classifier(ModelSpec("small-cnn", train.classes, 16)).train()
         final = distributed.run(nproc, pretrain, model, train, TrainConfig(epochs=6, batch_size=64, seed=0))
         results[nproc] = (score(model, test).accuracy, final)
-    (acc1, final1), (acc2, final2) = results[1], results[2]
+    (acc1, _), (acc2, final2) = results[1], results[2]
     assert acc1 > 0.8 and abs(acc1 - acc2) <= 0.02, (acc1, acc2)
     assert final2["images_per_second"] > 0
     print(f"test accuracy: 1 process {acc1:.4f}, 2 processes {acc2:.4f}")
@@ -74,7 +77,7 @@ def test_only_rank_0_logs_and_writes(digits, tmp_path, monkeypatch, capfd):
     train, _ = digits
     save_dataset(tmp_path / "train", train, spec="digits")
     config = TrainConfig(epochs=4, batch_size=64, seed=0, nproc=2)
-    steps.pretrain(str(tmp_path / "train"), str(tmp_path / "model"), "small-cnn", "", config, "ddp", "run-1")
+    pretrain_step(str(tmp_path / "train"), str(tmp_path / "model"), "small-cnn", "", config, "ddp", "run-1")
     out = capfd.readouterr().out
     assert out.count("[pretrain] epoch") == 4  # rank 1 prints nothing
     client = tracking.configure()

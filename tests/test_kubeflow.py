@@ -2,6 +2,7 @@
 and `tlpipe submit` / `tlpipe schedule` against a local fake of the KFP v2beta1 REST API."""
 
 import filecmp
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,17 @@ REPO = Path(__file__).resolve().parents[1]
 TRAINING = {"pretrain", "finetune", "adapt", "champion", "layer-transfer"}
 SCORING = {"evaluate", "evaluate-retrain", "register"}
 LIGHT = {"data-version", "strategy-uses-source", "ingest", "close-run", "layer-sweep-report"}
+
+
+_COMPILED: dict[str, Path] = {}
+
+
+def compiled(name: str, cluster: Cluster = Cluster()) -> Path:
+    """The pipeline compiled for `cluster`, once per test session (compiling takes seconds)."""
+    key = f"{name} {cluster!r}"
+    if key not in _COMPILED:
+        _COMPILED[key] = compile_pipeline(name, tempfile.mkdtemp(prefix="tlpipe-ir-"), cluster)
+    return _COMPILED[key]
 
 
 def load_ir(path: Path) -> tuple[dict, dict]:
@@ -52,7 +64,7 @@ def kind(task: str) -> str:
 
 def test_compiled_pipelines_are_up_to_date(tmp_path):
     for name in pipelines():
-        fresh = compile_pipeline(name, tmp_path, Cluster())
+        fresh = compiled(name)
         committed = REPO / "pipelines" / "compiled" / f"{name}.yaml"
         assert committed.exists(), f"{committed} is missing: run `tlpipe compile`"
         assert filecmp.cmp(fresh, committed, shallow=False), f"{committed} is stale: run `tlpipe compile`"
@@ -68,7 +80,7 @@ def test_compiled_ir_places_steps(tmp_path, name):
         ingest=Resources("3", "6", "5Gi", "7Gi"), shm_size="4Gi", retries=5, s3_secret="team-s3",
         mlflow_secret="team-mlflow",
     )
-    spec, platform = load_ir(compile_pipeline(name, tmp_path, cluster))
+    spec, platform = load_ir(compiled(name, cluster))
     tasks = tasks_of(spec)
     assert {kind(t) for t in tasks} == {"train", "score", "ingest", "light"}
     for task, body in tasks.items():
@@ -144,7 +156,7 @@ def conditions_of(spec: dict) -> dict:
 
 @pytest.mark.parametrize("name", ["transfer", "retrain"])
 def test_only_strategies_that_train_on_the_source_download_source_train(tmp_path, name):
-    spec, _ = load_ir(compile_pipeline(name, tmp_path, Cluster()))
+    spec, _ = load_ir(compiled(name, Cluster()))
     uses_source = "inputs.parameter_values['pipelinechannel--strategy-uses-source-Output'] == true"
     finetunes = {(shown, conditions): "source_train" in body["inputs"]["artifacts"]
                  for shown, conditions, body in conditions_of(spec) if shown in ("finetune", "target-only")}
@@ -156,7 +168,7 @@ def test_only_strategies_that_train_on_the_source_download_source_train(tmp_path
 
 @pytest.mark.parametrize("name", ["transfer", "retrain", "layer-sweep"])
 def test_every_step_runs_inside_an_exit_handler_that_closes_the_mlflow_run(tmp_path, name):
-    spec, _ = load_ir(compile_pipeline(name, tmp_path, Cluster()))
+    spec, _ = load_ir(compiled(name, Cluster()))
     root = spec["root"]["dag"]["tasks"]
     assert set(root) == {"exit-handler-1", "close-run"}
     close = root["close-run"]
@@ -166,7 +178,7 @@ def test_every_step_runs_inside_an_exit_handler_that_closes_the_mlflow_run(tmp_p
 
 
 def test_layer_sweep_fans_out_over_blocks_on_gpus_and_collects_the_points(tmp_path):
-    spec, platform = load_ir(compile_pipeline("layer-sweep", tmp_path, Cluster(gpus=1)))
+    spec, platform = load_ir(compiled("layer-sweep", Cluster(gpus=1)))
     (loop_name,) = [t for t in tasks_of(spec, steps_only=False) if t.startswith("for-loop-")]
     loop = tasks_of(spec, steps_only=False)[loop_name]
     assert loop["parameterIterator"]["items"] == {"inputParameter": "pipelinechannel--blocks"}
@@ -184,7 +196,7 @@ def test_layer_sweep_fans_out_over_blocks_on_gpus_and_collects_the_points(tmp_pa
 @pytest.mark.parametrize("name, source_trained", [("transfer", {"pretrain", "adapt"}), ("retrain", {"champion", "adapt"}),
                                                    ("layer-sweep", {"pretrain"})])
 def test_augmentation_reaches_exactly_the_steps_that_train_on_those_images(tmp_path, name, source_trained):
-    spec, _ = load_ir(compile_pipeline(name, tmp_path, Cluster()))
+    spec, _ = load_ir(compiled(name, Cluster()))
     tasks = tasks_of(spec)
     wired = {task for task, body in tasks.items()
              if body.get("inputs", {}).get("parameters", {}).get("source_augment") == pipeline_parameter("source_augment")}
@@ -198,7 +210,7 @@ def test_augmentation_reaches_exactly_the_steps_that_train_on_those_images(tmp_p
 
 @pytest.mark.parametrize("name, evaluator", [("transfer", "evaluate"), ("retrain", "evaluate-retrain")])
 def test_evaluate_selects_on_validation_and_register_gates_with_the_pipeline_parameters(tmp_path, name, evaluator):
-    spec, _ = load_ir(compile_pipeline(name, tmp_path, Cluster()))
+    spec, _ = load_ir(compiled(name, Cluster()))
     tasks = tasks_of(spec)
     artifacts = tasks[evaluator]["inputs"]["artifacts"]
     for split in ("target_val", "source_val", "target_unlabelled", "target_test"):
@@ -234,7 +246,7 @@ def test_compiled_ir_holds_no_secret_values(tmp_path, monkeypatch):
 
 
 def test_cpu_cluster_requests_no_gpu(tmp_path):
-    spec, platform = load_ir(compile_pipeline("transfer", tmp_path, Cluster(gpus=0)))
+    spec, platform = load_ir(compiled("transfer", Cluster(gpus=0)))
     executor = executor_of(spec, "pretrain")
     assert "accelerator" not in spec["deploymentSpec"]["executors"][executor]["container"]["resources"]
     assert "tolerations" not in platform[executor] and "emptyDirMounts" in platform[executor]
@@ -301,6 +313,7 @@ def kfp_server(tmp_path, monkeypatch):
         yield server
 
 
+@pytest.mark.slow
 def test_submit_sends_the_compiled_pipeline_and_parameters(kfp_server, capsys):
     code = main(["submit", "transfer", "--host", kfp_server.url, "--token", "tok-1", "--experiment", "nightly",
                  "-p", "target_labels_per_class=5", "-p", "strategy=l2sp:0.01", "--gpus", "2"])
@@ -329,6 +342,7 @@ def test_submit_sends_the_compiled_pipeline_and_parameters(kfp_server, capsys):
     assert second["pipeline_spec"]["pipeline_spec"] == next(committed)
 
 
+@pytest.mark.slow
 def test_submit_errors_are_one_sentence(kfp_server, capsys, tmp_path):
     assert main(["submit", "transfer", "--host", kfp_server.url, "--token", "wrong"]) == 2
     assert "refused the credentials (HTTP 401)" in capsys.readouterr().err
@@ -347,6 +361,7 @@ def test_submit_errors_are_one_sentence(kfp_server, capsys, tmp_path):
     assert not kfp_server.runs
 
 
+@pytest.mark.slow
 def test_submit_and_schedule_check_before_anything_reaches_the_cluster(kfp_server, capsys, monkeypatch, tmp_path,
                                                                       request):
     from tlpipe import storage
@@ -385,6 +400,7 @@ def test_submit_and_schedule_check_before_anything_reaches_the_cluster(kfp_serve
     assert len(kfp_server.runs) == 1
 
 
+@pytest.mark.slow
 def test_schedule_create_list_delete(kfp_server, capsys, monkeypatch):
     monkeypatch.setenv("KF_PIPELINES_ENDPOINT", kfp_server.url)
     monkeypatch.setenv("KF_PIPELINES_TOKEN", "tok-1")

@@ -2,33 +2,16 @@
 import numpy as np
 import pytest
 import torch
+from helpers import colour_set, trained_source
 
 from tlpipe.data import ImageSet
 from tlpipe.errors import TlpipeError
 from tlpipe.methods import dann, domain
 from tlpipe.methods.finetune import finetune, l2sp_penalty, parse_strategy
 from tlpipe.methods.supervised import pretrain
-from tlpipe.models import Classifier, ModelSpec, predict
+from tlpipe.models import Classifier, ModelSpec
+from tlpipe.scoring import predict
 from tlpipe.train import TrainConfig, annealed_lr
-
-
-def colour_set(n_per_class=16, seed=0, shift=0):
-    """Three classes told apart by which colour channel is bright; `shift` brightens everything."""
-    rng = np.random.default_rng(seed)
-    images, labels = [], []
-    for label in range(3):
-        x = rng.integers(0, 60, (n_per_class, 32, 32, 3)).astype(np.int64) + shift
-        x[..., label] += 150
-        images.append(np.clip(x, 0, 255).astype(np.uint8))
-        labels += [label] * n_per_class
-    return ImageSet(np.concatenate(images), np.array(labels), ["r", "g", "b"])
-
-
-def trained_source():
-    torch.manual_seed(0)
-    model = Classifier(ModelSpec("small-cnn", ["r", "g", "b"], 32))
-    pretrain(model, colour_set(), TrainConfig(epochs=3, batch_size=16))
-    return model
 
 
 def test_gradient_reversal_negates_and_scales_gradients():

@@ -6,7 +6,8 @@ import torch
 from safetensors.torch import save_file
 
 from tlpipe.errors import TlpipeError
-from tlpipe.models import Classifier, ModelSpec, load_model, predict, read_weights, save_model
+from tlpipe.models import Classifier, ModelSpec, load_model, read_weights, save_model
+from tlpipe.scoring import predict
 
 
 def spec(backbone="small-cnn", size=32):
@@ -24,12 +25,12 @@ def test_save_and_load_give_the_same_predictions(tmp_path):
 
 
 def test_scoring_batches_hold_the_same_pixels_at_any_image_size(monkeypatch):
-    from tlpipe.models import classifier
+    from tlpipe import scoring
 
-    monkeypatch.setattr(classifier, "PIXELS_PER_BATCH", 32 * 32 * 8)
+    monkeypatch.setattr(scoring, "PIXELS_PER_BATCH", 32 * 32 * 8)
     model = Classifier(spec()).eval()
-    small = list(classifier.scoring_batches(model, np.zeros((20, 32, 32, 3), dtype=np.uint8)))
-    large = list(classifier.scoring_batches(model, np.zeros((20, 64, 64, 3), dtype=np.uint8)))
+    small = list(scoring.scoring_batches(model, np.zeros((20, 32, 32, 3), dtype=np.uint8)))
+    large = list(scoring.scoring_batches(model, np.zeros((20, 64, 64, 3), dtype=np.uint8)))
     assert [len(b) for b in small] == [8, 8, 4] and [len(b) for b in large] == [2] * 10
     images = np.random.default_rng(0).integers(0, 255, (20, 64, 64, 3), dtype=np.uint8)
     whole = model.head(model.features(torch.from_numpy(images))).argmax(1)

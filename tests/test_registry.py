@@ -83,7 +83,7 @@ def test_gate_promotes_only_a_model_shown_better(models):
 def test_mcnemar_p_is_the_exact_one_sided_binomial_tail(b, c, p):
     from scipy.stats import binomtest
 
-    from tlpipe.evaluate import mcnemar_p
+    from tlpipe.registry import mcnemar_p
 
     assert mcnemar_p(b, c) == pytest.approx(p, rel=1e-12)
     if b + c:
@@ -91,7 +91,7 @@ def test_mcnemar_p_is_the_exact_one_sided_binomial_tail(b, c, p):
 
 
 def test_gate_needs_significance_and_the_margin():
-    from tlpipe.evaluate import PairedComparison
+    from tlpipe.registry import PairedComparison
 
     one_better = PairedComparison(500, 0.802, 0.800, 1, 0, 0.5)
     clearly = PairedComparison(500, 0.86, 0.80, 35, 5, 1e-6)
@@ -151,6 +151,7 @@ def _register_medium(home, root, accuracy, queue):
     queue.put(result.promoted)
 
 
+@pytest.mark.slow
 def test_a_racing_register_waits_for_the_gate_and_never_displaces_a_better_champion(models, tlpipe_home):
     root, accuracy, _ = models
     register(models, "weak", "run-weak")  # the champion both racers beat
@@ -200,6 +201,7 @@ def test_a_lock_released_while_the_store_reads_it_is_taken_not_an_error(tlpipe_h
     assert not client.search_registered_models("name = 'gated.gate-lock'")
 
 
+@pytest.mark.slow
 def test_rollback_moves_champion_back_and_listing_shows_lineage(models, tlpipe_home):
     register(models, "weak", "run-1")
     register(models, "strong", "run-2")
@@ -248,6 +250,7 @@ with registry.gate_lock(client, "gated", timeout=60) as lease:
 """
 
 
+@pytest.mark.slow
 def test_a_gate_that_works_longer_than_its_lease_keeps_the_lock(tlpipe_home, tmp_path):
     """The first step holds the gate for 4 leases while a second step waits: the second enters only
     after the first left, and the first never deletes the second's lock."""

@@ -13,22 +13,29 @@ import time
 import pytest
 import torch
 
-from tlpipe import steps, storage
+from tlpipe import storage
 from tlpipe.models import load_model
+from tlpipe.steps.common import SPLITS
+from tlpipe.steps.ingest import ingest
+from tlpipe.steps.pretrain import pretrain
 
 STEP = """
 import sys
-from tlpipe import steps
+from tlpipe.steps.adapt import adapt
+from tlpipe.steps.pretrain import pretrain
 from tlpipe.train import TrainConfig
+
 step, data, out, run, epochs, checkpoint_root, minutes = sys.argv[1:8]
 config = TrainConfig(epochs=int(epochs), batch_size=64, lr=0.01, seed=3, checkpoint_dir=checkpoint_root,
                      checkpoint_minutes=float(minutes))
 if step == "pretrain":
-    steps.pretrain(f"{data}/source_train", out, "small-cnn", "", config, "resume", run)
+    pretrain(f"{data}/source_train", out, "small-cnn", "", config, "resume", run)
 else:
-    steps.adapt(f"{data}/source_model", f"{data}/source_train", f"{data}/target_unlabelled", out, "dann", config,
-                "resume", run)
+    adapt(f"{data}/source_model", f"{data}/source_train", f"{data}/target_unlabelled", out, "dann", config,
+          "resume", run)
 """
+
+pytestmark = pytest.mark.slow  # steps killed and resumed in subprocesses
 
 
 @pytest.fixture(scope="module")
@@ -38,11 +45,11 @@ def data(tmp_path_factory):
     mp = pytest.MonkeyPatch()
     mp.setenv("TLPIPE_HOME", str(home))
     mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-    names = steps.SPLITS
-    steps.ingest("digits", "digits-m", 5, 0, 32, {n: str(root / n) for n in names}, "resume", "setup")
+    names = SPLITS
+    ingest("digits", "digits-m", 5, 0, 32, {n: str(root / n) for n in names}, "resume", "setup")
     from tlpipe.train import TrainConfig
 
-    steps.pretrain(str(root / "source_train"), str(root / "source_model"), "small-cnn", "", TrainConfig(epochs=1),
+    pretrain(str(root / "source_train"), str(root / "source_model"), "small-cnn", "", TrainConfig(epochs=1),
                    "resume", "setup")
     yield root, home
     mp.undo()

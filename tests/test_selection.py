@@ -9,9 +9,10 @@ import torch
 from tlpipe import selection
 from tlpipe.data import ImageSet
 from tlpipe.errors import TlpipeError
-from tlpipe.evaluate import compare, format_table
+from tlpipe.evaluate import compare
 from tlpipe.methods.supervised import pretrain
 from tlpipe.models import Classifier, ModelSpec
+from tlpipe.report import format_table
 from tlpipe.train import TrainConfig
 
 

@@ -4,11 +4,11 @@ started by `tlpipe stack up` on free loopback ports and stopped at the end. Noth
 import numpy as np
 import pytest
 import torch
-from conftest import free_port, tlpipe, write_image_folder
-from photos import make_folder
+from helpers import free_port, put_in_hf_cache, tlpipe, write_image_folder
 
 from tlpipe import storage
 from tlpipe.data import check_spec, load_domain
+from tlpipe.data.examples import make_folder
 from tlpipe.errors import TlpipeError
 from tlpipe.models import read_weights
 
@@ -90,7 +90,6 @@ def test_pretrained_weights_load_from_s3(stack, tmp_path):
 
 def test_weights_mirror_copies_hub_weights_to_s3_for_an_air_gapped_run(stack, tmp_path):
     import timm
-    from test_weights import put_in_hf_cache
 
     from tlpipe.models import Classifier, ModelSpec
 

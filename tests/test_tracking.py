@@ -65,14 +65,15 @@ def test_the_exit_handler_closes_the_parent_run_and_fails_steps_left_open(client
 def test_steps_log_into_the_runs_kubeflows_mlflow_integration_created(client, tmp_path, monkeypatch):
     """KFP 2.17's MLflow plugin creates the pipeline's parent run and a nested run per task, and hands
     the task's run to the pod as MLFLOW_RUN_ID: the step logs there instead of opening runs of its own."""
-    from tlpipe import steps
+    from tlpipe.steps.common import SPLITS
+    from tlpipe.steps.ingest import ingest
 
     experiment = client.create_experiment("kfp-chosen")
     kfp_parent = client.create_run(experiment, run_name="kfp-pipeline-run").info.run_id
     kfp_task = client.create_run(experiment, run_name="ingest", tags={"mlflow.parentRunId": kfp_parent}).info.run_id
     monkeypatch.setenv("MLFLOW_RUN_ID", kfp_task)
-    out = {name: str(tmp_path / name) for name in steps.SPLITS}
-    facts = steps.ingest("digits", "digits-m", 5, 0, 32, out, "tlpipe", "run-kfp", target_val_per_class=10)
+    out = {name: str(tmp_path / name) for name in SPLITS}
+    facts = ingest("digits", "digits-m", 5, 0, 32, out, "tlpipe", "run-kfp", target_val_per_class=10)
 
     task, parent = client.get_run(kfp_task), client.get_run(kfp_parent)
     assert task.data.params["source"] == "digits" and task.data.metrics["target_val_count"] == 100

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import colour_set, trained_source
 
-from tlpipe import steps
 from tlpipe.data import ImageSet, load_dataset
 from tlpipe.data.attributes import DIGITS, read_table, signatures
 from tlpipe.errors import TlpipeError
@@ -14,9 +14,9 @@ from tlpipe.methods.finetune import finetune, parse_strategy
 from tlpipe.methods.multitask import _Tasks
 from tlpipe.methods.supervised import pretrain
 from tlpipe.models import Classifier, ModelSpec, load_model, save_model
+from tlpipe.steps.common import SPLITS
+from tlpipe.steps.ingest import ingest
 from tlpipe.train import TrainConfig
-
-from test_methods import colour_set, trained_source
 
 
 def test_new_strategies_parse_and_bad_ones_are_refused():
@@ -115,12 +115,12 @@ def test_attribute_table_from_csv_and_its_errors(tmp_path):
 @pytest.fixture(scope="module")
 def unseen_ingest(tmp_path_factory):
     root = tmp_path_factory.mktemp("zs")
-    names = steps.SPLITS
+    names = SPLITS
     out = {n: str(root / n) for n in names}
     mp = pytest.MonkeyPatch()
     mp.setenv("TLPIPE_HOME", str(root / "home"))
     mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-    steps.ingest("digits", "digits", 5, 0, 16, out, "zs", "run-1", unseen_classes="7, 8,9")
+    ingest("digits", "digits", 5, 0, 16, out, "zs", "run-1", unseen_classes="7, 8,9")
     mp.undo()
     return {n: load_dataset(out[n]) for n in names}
 
@@ -141,11 +141,11 @@ def test_zero_shot_training_splits_never_hold_an_unseen_class(unseen_ingest):
 
 
 def test_unseen_classes_are_checked(tmp_path):
-    out = {n: str(tmp_path / n) for n in steps.SPLITS}
+    out = {n: str(tmp_path / n) for n in SPLITS}
     with pytest.raises(TlpipeError, match=r"unseen_classes \['x'\] are not classes"):
-        steps.ingest("digits", "digits", 5, 0, 16, out, "zs", "run-1", unseen_classes="x")
+        ingest("digits", "digits", 5, 0, 16, out, "zs", "run-1", unseen_classes="x")
     with pytest.raises(TlpipeError, match="at least two classes seen"):
-        steps.ingest("digits", "digits", 5, 0, 16, out, "zs", "run-1", unseen_classes="0,1,2,3,4,5,6,7,8")
+        ingest("digits", "digits", 5, 0, 16, out, "zs", "run-1", unseen_classes="0,1,2,3,4,5,6,7,8")
 
 
 COLOURS = {"r": [1, 0, 0], "g": [0, 1, 0], "b": [0, 0, 1], "rg": [1, 1, 0], "gb": [0, 1, 1], "rb": [1, 0, 1],

@@ -7,32 +7,16 @@ import http.server
 import subprocess
 import sys
 import threading
-from pathlib import Path
 
 import pytest
 import timm
 import torch
-from safetensors.torch import load_file, save_file
+from helpers import put_in_hf_cache
+from safetensors.torch import load_file
 
 from tlpipe.errors import TlpipeError
 from tlpipe.models import Classifier, ModelSpec, read_weights
 from tlpipe.models import weights as hub
-
-COMMIT = "0123456789abcdef0123456789abcdef01234567"
-
-
-def put_in_hf_cache(cache: Path, repo: str, files: dict[str, dict]) -> None:
-    """Lays files out as huggingface_hub keeps a downloaded repository: refs/main names a snapshot."""
-    folder = cache / f"models--{repo.replace('/', '--')}"
-    snapshot = folder / "snapshots" / COMMIT
-    snapshot.mkdir(parents=True)
-    for name, state in files.items():
-        if name.endswith(".safetensors"):
-            save_file(state, str(snapshot / name))
-        else:
-            torch.save(state, snapshot / name)
-    (folder / "refs").mkdir()
-    (folder / "refs" / "main").write_text(COMMIT)
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import torch
 
 from tlpipe.data import ImageSet
 from tlpipe.models import Classifier
-from tlpipe.models.classifier import scoring_batches
+from tlpipe.scoring import scoring_batches
 
 # Images per domain whose features the A-distance uses: a seeded sample, so that its cost (features and a
 # logistic regression) stays the same however large the test splits grow.

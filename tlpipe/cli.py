@@ -22,7 +22,7 @@ def _params(pairs: list[str]) -> dict[str, str]:
 def cmd_run(args) -> None:
     from tlpipe import local
     from tlpipe.analysis import format_layer_sweep
-    from tlpipe.evaluate import format_table
+    from tlpipe.report import format_table
 
     if args.stack == "local":
         from tlpipe import stack
@@ -179,7 +179,7 @@ def _check_before_submit(args) -> None:
     """The checks `tlpipe run` makes, before anything reaches the cluster: a mistake found on the
     cluster costs a GPU pod and Kubeflow's retries."""
     from tlpipe import remote
-    from tlpipe.local import preflight
+    from tlpipe.preflight import preflight
 
     given = _params(args.param)
     for note in preflight(*remote.arguments_and_defaults(args.pipeline, given, _cluster(args)), on_cluster=True):

@@ -110,7 +110,7 @@ class Placement:
     def __init__(self, cluster: Cluster | None):
         self.cluster = cluster
         self._components = {}
-        # Locally "" (checkpoints under $TLPIPE_HOME, tlpipe.steps.checkpointed); on a cluster, S3.
+        # Locally "" (checkpoints under $TLPIPE_HOME, tlpipe.steps.common.checkpointed); on a cluster, S3.
         self.checkpoint_root = cluster.checkpoint_root if cluster else ""
 
     def _component(self, component, image: str):
@@ -209,11 +209,18 @@ class Placement:
         return task
 
 
-def pipelines() -> dict:
-    """Pipeline builders by name: build(cluster) returns the KFP pipeline."""
-    from pipelines import registry
+PIPELINES_GROUP = "tlpipe.pipelines"
 
-    return registry()
+
+def pipelines() -> dict:
+    """Pipeline builders by name (build(cluster) returns the KFP pipeline), as the installed DAG packages
+    declare them (pyproject's `tlpipe.pipelines` entry points): the library never imports a DAG package
+    by name, and a team's own pipelines join the command line by declaring theirs."""
+    from importlib.metadata import entry_points
+
+    found = {point.name: point for point in entry_points(group=PIPELINES_GROUP)}
+    names = [n for n in ("transfer", "retrain", "layer-sweep") if n in found] + sorted(set(found) - {"transfer", "retrain", "layer-sweep"})
+    return {name: found[name].load() for name in names}
 
 
 def pipeline(name: str, cluster: Cluster | None = None):

@@ -19,6 +19,11 @@ import torch.multiprocessing as mp
 from tlpipe.errors import TlpipeError
 
 
+def device() -> torch.device:
+    """Where this process computes: its rank's GPU when there is one, else the CPU."""
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+
+
 def processes(nproc: int) -> int:
     """nproc as given, or 0 for one per visible GPU (1 on CPU): matches the GPU limit a cluster gives."""
     if nproc < 0:

@@ -166,7 +166,7 @@ def arguments_and_defaults(pipeline: str, given: dict[str, str], cluster: Cluste
     from kfp.components import load_component_from_file
 
     from tlpipe.cluster import pipeline as build_pipeline
-    from tlpipe.local import pipeline_arguments
+    from tlpipe.preflight import pipeline_arguments
 
     if pipeline.endswith((".yaml", ".yml")):
         if not Path(pipeline).is_file():

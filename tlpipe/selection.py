@@ -15,7 +15,7 @@ import torch
 
 from tlpipe.data import ImageSet
 from tlpipe.errors import TlpipeError
-from tlpipe.models import probabilities
+from tlpipe.scoring import accuracy, probabilities
 
 CRITERIA = {
     "target-val": "target validation accuracy",
@@ -75,9 +75,7 @@ def scores(criterion: str, models: dict, target_val: ImageSet | None, source_val
         if source_val is None or not len(source_val):
             raise TlpipeError("select_by=source-val needs source validation images, and the source validation split is "
                               "empty; choose im or snd.")
-        from tlpipe.evaluate import score
-
-        return {name: score(model, source_val).accuracy for name, model in models.items()}
+        return {name: accuracy(model, source_val) for name, model in models.items()}
     if target_unlabelled is None or len(target_unlabelled) < 2:
         raise TlpipeError(f"select_by={criterion} needs unlabelled target images, and there are fewer than 2.")
     measure = information_maximisation if criterion == "im" else soft_neighbourhood_density

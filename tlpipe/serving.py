@@ -17,7 +17,7 @@ class TlpipeClassifier(PythonModel):
         self.model.eval()
 
     def predict(self, context, model_input, params=None):
-        from tlpipe.models import predict
+        from tlpipe.scoring import predict
 
         images = np.asarray(model_input)
         if images.ndim != 4 or images.shape[-1] != 3:

@@ -6,6 +6,7 @@ Methods read their data with tlpipe.data.loader.Batches; the loop syncs with the
 not per step. With several processes (tlpipe.distributed) each rank takes its share of every global batch.
 """
 
+import dataclasses
 import random
 import time
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ import torch
 
 from tlpipe import distributed
 from tlpipe.checkpoint import Checkpoint
+from tlpipe.distributed import device
 
 Metrics = dict[str, torch.Tensor]
 StepFn = Callable[[float], tuple[torch.Tensor, Metrics]]
@@ -43,9 +45,13 @@ class TrainConfig:
     bottleneck: int = 0
     sdat_rho: float = 0.02
 
-
-def device() -> torch.device:
-    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    @classmethod
+    def from_step(cls, parameters: dict, **overrides) -> "TrainConfig":
+        """A training step's config from its component's parameters, taken by field name (checkpoint_root
+        is where checkpoint_dir lies); `overrides` name the rest (e.g. augment=source_augment)."""
+        fields = {f.name for f in dataclasses.fields(cls)}
+        given = {k: v for k, v in parameters.items() if k in fields}
+        return cls(**given, checkpoint_dir=parameters.get("checkpoint_root", ""), **overrides)
 
 
 def prepare(module: torch.nn.Module, config: TrainConfig) -> torch.nn.Module:

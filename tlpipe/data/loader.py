@@ -24,8 +24,8 @@ from tlpipe import augment as augmentation
 from tlpipe import distributed, settings
 from tlpipe.data.dataset import ImageSet
 from tlpipe.data.shards import ShardedImages
+from tlpipe.distributed import device
 from tlpipe.errors import TlpipeError
-from tlpipe.train import device
 
 RESIDENT_BYTES = int(os.environ.get("TLPIPE_RESIDENT_MB", "1024")) * 2**20
 PREFETCH = 4  # batches each worker prepares ahead

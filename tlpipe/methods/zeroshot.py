@@ -18,9 +18,10 @@ import torch.nn.functional as F
 
 from tlpipe.data import ImageSet
 from tlpipe.data.loader import Batches
+from tlpipe.distributed import device
 from tlpipe.errors import TlpipeError
 from tlpipe.models import Classifier
-from tlpipe.train import LogFn, TrainConfig, device, fit, prepare, seed_everything, sgd
+from tlpipe.train import LogFn, TrainConfig, fit, prepare, seed_everything, sgd
 
 HEADS = ("attributes", "embedding")
 

@@ -1,4 +1,5 @@
-"""Synthetic photo folders: what the scale benchmark and the photo-folder tests ingest.
+"""Example photo folders made offline: what the quick start, the scale benchmark and the photo-folder
+tests ingest (`tlpipe examples photos DIR`).
 
 Photo-like JPEGs at 224 px in class sub-folders: a smooth colour field whose hue tells the class
 apart, shapes and grain, compressing to about the size of a real photo at that size. `shift` changes

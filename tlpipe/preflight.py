@@ -1,0 +1,130 @@
+"""Before a pipeline runs (locally, or submitted to a cluster): its NAME=VALUE parameters cast to their
+types, their values checked, and what is cheap to check now and expensive after training started
+(data, weights, buckets, the tracking server)."""
+
+import json
+from pathlib import Path
+
+from tlpipe import augment, selection, storage, tracking
+from tlpipe.cluster import check_cluster_checkpoint_root
+from tlpipe.data import check_spec
+from tlpipe.data.spec import BUILTIN, spec_location
+from tlpipe.errors import TlpipeError
+from tlpipe.methods import adapt as adaptation
+from tlpipe.methods.finetune import parse_strategy
+from tlpipe.models.backbones import build_backbone, check_backbone
+from tlpipe.models.weights import hub_file, is_hub_name
+from tlpipe.registry import Gate
+
+
+def _json_list(value: str) -> list:
+    parsed = json.loads(value)
+    if not isinstance(parsed, list):
+        raise ValueError(value)
+    return parsed
+
+
+_CASTS = {"Integer": int, "Float": float, "String": str, "Boolean": lambda v: v.lower() in ("1", "true", "yes"),
+          "List": _json_list}
+
+
+def pipeline_arguments(pipeline, given: dict[str, str]) -> dict:
+    """Casts NAME=VALUE strings to the pipeline's parameter types; unknown names are an error."""
+    inputs = pipeline.component_spec.inputs
+    arguments = {}
+    for name, value in given.items():
+        if name not in inputs:
+            raise TlpipeError(f"pipeline {pipeline.name} has no parameter '{name}'; its parameters are {', '.join(inputs)}.")
+        kind = inputs[name].type
+        try:
+            arguments[name] = _CASTS.get(kind, str)(value)
+        except ValueError:  # json.JSONDecodeError is one
+            example = " (JSON, e.g. [0,1,2])" if kind == "List" else ""
+            raise TlpipeError(f"parameter {name}={value!r} is not a valid {kind.lower()}{example}.") from None
+    return arguments
+
+
+def preflight(arguments: dict, defaults: dict, on_cluster: bool = False) -> list[str]:
+    """Checks that are cheap now and expensive to find out after training started.
+
+    `on_cluster` (tlpipe submit and schedule): the data and services are the cluster's. Parameters are
+    checked all the same; S3 locations are checked when this machine has S3 credentials; paths and the
+    tracking server, which the pods see and this machine may not, are not. Returns what was not checked.
+    """
+    values = {**defaults, **arguments}
+    check_parameters(values)
+    if on_cluster and "checkpoint_root" in values:
+        check_cluster_checkpoint_root(values["checkpoint_root"])
+    skipped = []
+    s3 = not on_cluster or storage.has_credentials()
+
+    def reachable(name: str, location: str) -> bool:
+        """Whether `location` can be checked from here; notes it in `skipped` if not."""
+        if not on_cluster:
+            return True
+        if storage.is_s3(location):
+            if not s3:
+                skipped.append(f"{name} {location} (no S3 credentials here)")
+            return s3
+        skipped.append(f"{name} {location} (a path the pods read)")
+        return False
+
+    for key in ("source", "target"):
+        if key in values:
+            location = spec_location(values[key])
+            check_spec(values[key], read=not location or reachable(key, location))
+    weights = values.get("pretrained_weights")
+    if weights and is_hub_name(weights):
+        if on_cluster:
+            skipped.append(f"pretrained_weights {weights} (the pods download it, or find it in their cache)")
+        else:
+            hub_file(weights)  # downloaded into its cache now (or found there), or one sentence on why not
+    elif weights and reachable("pretrained_weights", weights):
+        if storage.is_s3(weights):
+            storage.check_bucket(weights)
+        elif not Path(weights).is_file():
+            raise TlpipeError(f"pretrained weights file {weights} does not exist.")
+    for key in ("publish_to", "checkpoint_root"):
+        if storage.is_s3(values.get(key, "")) and reachable(key, values[key]):
+            storage.check_bucket(values[key])
+    if on_cluster:
+        skipped.append("the MLflow tracking server (the pods reach it through the cluster's Secret)")
+    else:
+        tracking.check_reachable()
+    return skipped
+
+
+def check_parameters(values: dict) -> None:
+    """The checks of parameter values alone, wherever the pipeline will run."""
+    if "strategy" in values:
+        name, _ = parse_strategy(values["strategy"])
+        builtin = values.get("source") in BUILTIN
+        if name == "zero-shot" and not values.get("attributes") and not builtin:
+            raise TlpipeError("zero-shot strategies need an attribute table for these classes: set -p attributes=<file.csv> "
+                              "(class,<attribute>,...).")
+    if "backbone" in values:
+        check_backbone(values["backbone"])
+    if values.get("adapt_bottleneck", 0) < 0 or values.get("adapt_backbone_lr", 1.0) < 0 or values.get("sdat_rho", 1.0) <= 0:
+        raise TlpipeError("adapt_bottleneck and adapt_backbone_lr must be 0 or more, and sdat_rho more than 0.")
+    if "blocks" in values:
+        _check_blocks(values["blocks"], values.get("backbone", "small-cnn"), values.get("image_size", 32))
+    if values.get("adapt_method") not in (None, *adaptation.METHODS):
+        raise TlpipeError(f"unknown adaptation method '{values['adapt_method']}'; use {', '.join(adaptation.METHODS)}.")
+    for name in ("source_augment", "target_augment"):
+        if name in values:
+            augment.check(values[name])
+    if "target_val_per_class" in values:
+        if values["target_val_per_class"] < 0:
+            raise TlpipeError(f"target_val_per_class must be 0 or more, got {values['target_val_per_class']}.")
+    if "select_by" in values:
+        selection.resolve(values["select_by"], values.get("target_val_per_class", 0))
+    if "gate_alpha" in values:
+        Gate(values["gate_alpha"], values.get("gate_margin", 0.0))
+
+
+def _check_blocks(blocks: list, backbone: str, image_size: int) -> None:
+    """The layer sweep's k values: whole numbers from 0 to the backbone's number of blocks."""
+    n = len(build_backbone(backbone, image_size).blocks)
+    if not blocks or any(not isinstance(k, int) or isinstance(k, bool) or not 0 <= k <= n for k in blocks):
+        raise TlpipeError(f"blocks={json.dumps(blocks)}: give whole numbers from 0 to {n}, the number of blocks of the "
+                          f"{backbone} backbone, e.g. [0, 1, 2].")

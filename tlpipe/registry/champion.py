@@ -1,0 +1,43 @@
+"""The registered model's champion: found by its alias, exported as a tlpipe model directory, loaded."""
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import mlflow
+from mlflow.exceptions import MlflowException
+
+from tlpipe.distributed import device
+
+
+def champion_version(client, name: str):
+    try:
+        return client.get_model_version_by_alias(name, "champion")
+    except MlflowException:
+        return None
+
+
+def export_champion(model_name: str, out: str | Path) -> str | None:
+    """Writes the champion's tlpipe model directory to `out`; its version, or None without a champion."""
+    from tlpipe import tracking  # tracking's run helpers import nothing of the registry
+
+    version = champion_version(tracking.configure(), model_name)
+    if version is None:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        local = mlflow.artifacts.download_artifacts(f"models:/{model_name}/{version.version}", dst_path=tmp)
+        # log_and_register stores the tlpipe model directory as the pyfunc artifact "model".
+        stored = mlflow.models.Model.load(local).flavors["python_function"]["artifacts"]["model"]["path"]
+        shutil.copytree(Path(local) / stored, out, dirs_exist_ok=True)
+    meta_path = Path(out) / "model.json"
+    meta = json.loads(meta_path.read_text())
+    meta["registered_version"] = str(version.version)
+    meta_path.write_text(json.dumps(meta, indent=2))
+    return str(version.version)
+
+
+def champion_model(model_name: str, version):
+    """The champion's network, loaded from the registry the way its users load it."""
+    model = mlflow.pyfunc.load_model(f"models:/{model_name}/{version.version}").unwrap_python_model().model
+    return model.to(device())

@@ -1,0 +1,114 @@
+"""The champion gate: the paired evidence on one test split, the rule that reads it, and the record of
+the decision (a Registration) that the version's tags and the step's artifact keep."""
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from tlpipe.data import ImageSet
+from tlpipe.errors import TlpipeError
+from tlpipe.models import Classifier
+from tlpipe.scoring import predict
+
+
+@dataclass
+class PairedComparison:
+    """Two fixed models on the same test images: the evidence the champion gate decides on."""
+
+    images: int
+    challenger_accuracy: float
+    champion_accuracy: float
+    challenger_only: int  # images the challenger classifies correctly and the champion does not
+    champion_only: int  # the reverse
+    p_value: float  # one-sided exact McNemar test that the challenger is better
+
+    @property
+    def gain(self) -> float:
+        """The challenger's test accuracy minus the champion's, in points."""
+        return 100 * (self.challenger_accuracy - self.champion_accuracy)
+
+
+def mcnemar_p(challenger_only: int, champion_only: int) -> float:
+    """One-sided exact McNemar test: under "equally good" each discordant image is a fair coin, so p is
+    P(X >= challenger_only) for X ~ Binomial(discordant, 1/2); 1 when there is no discordant image."""
+    from scipy.stats import binomtest
+
+    n = challenger_only + champion_only
+    return float(binomtest(challenger_only, n, 0.5, alternative="greater").pvalue) if n else 1.0
+
+
+def paired_comparison(challenger: Classifier, champion: Classifier, test: ImageSet) -> PairedComparison:
+    right_new = predict(challenger, test.images).numpy() == test.labels
+    right_old = predict(champion, test.images).numpy() == test.labels
+    b, c = int((right_new & ~right_old).sum()), int((right_old & ~right_new).sum())
+    return PairedComparison(len(test), float(right_new.mean()), float(right_old.mean()), b, c, mcnemar_p(b, c))
+
+
+@dataclass
+class Gate:
+    """When a challenger replaces the champion: p < alpha and a gain of at least `margin` points."""
+
+    alpha: float = 0.05
+    margin: float = 0.0
+
+    def __post_init__(self):
+        if not 0 < self.alpha <= 1:
+            raise TlpipeError(f"gate_alpha must be above 0 and at most 1, got {self.alpha}.")
+        if not 0 <= self.margin <= 100:
+            raise TlpipeError(f"gate_margin is a gain in accuracy points, from 0 to 100; got {self.margin}.")
+
+    def passes(self, evidence: PairedComparison) -> bool:
+        return evidence.p_value < self.alpha and evidence.gain >= self.margin
+
+    def verdict(self, evidence: PairedComparison, champion: str) -> str:
+        if self.passes(evidence):
+            return f"promoted: better than champion v{champion} (p={evidence.p_value:.3g} < {self.alpha:g})"
+        why = (f"p={evidence.p_value:.3g} >= {self.alpha:g}" if evidence.p_value >= self.alpha
+               else f"gain {evidence.gain:+.2f} points < margin {self.margin:g}")
+        return f"kept champion v{champion}: not shown better ({why})"
+
+
+@dataclass
+class Registration:
+    model_name: str
+    version: str
+    accuracy: float  # on the target test split
+    promoted: bool
+    champion_version: str
+    previous_champion: str | None
+    previous_champion_accuracy: float | None  # on the same test images
+    verdict: str = ""
+    p_value: float | None = None
+    challenger_only: int | None = None  # test images only the challenger gets right
+    champion_only: int | None = None  # test images only the champion gets right
+    test_images: int = 0
+
+    @property
+    def alias(self) -> str:
+        """The alias this version holds: a promoted version is the champion, any other the challenger."""
+        return "champion" if self.promoted else "challenger"
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(asdict(self), indent=2))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Registration":
+        return cls(**json.loads(Path(path).read_text()))
+
+    def tags(self) -> dict[str, str]:
+        """The gate's evidence as version tags, one fact each."""
+        facts = {"verdict": self.verdict, "promoted": str(self.promoted), "p_value": self.p_value,
+                 "challenger_accuracy": self.accuracy, "champion_accuracy": self.previous_champion_accuracy,
+                 "challenger_only": self.challenger_only, "champion_only": self.champion_only,
+                 "champion_version": self.previous_champion, "test_images": self.test_images}
+        return {f"tlpipe.gate.{k}": f"{v:.6g}" if isinstance(v, float) else str(v) for k, v in facts.items()
+                if v is not None}
+
+    @classmethod
+    def load_tags(cls, model_name: str, version: str, tags: dict[str, str]) -> "Registration":
+        """The registration a version's gate tags record (a retried register step returns it)."""
+        get = lambda key, kind: kind(tags[f"tlpipe.gate.{key}"]) if f"tlpipe.gate.{key}" in tags else None  # noqa: E731
+        return cls(model_name, version, get("challenger_accuracy", float), get("promoted", str) == "True", version,
+                   get("champion_version", str), get("champion_accuracy", float), get("verdict", str),
+                   get("p_value", float), get("challenger_only", int), get("champion_only", int),
+                   get("test_images", int) or 0)

@@ -1,0 +1,116 @@
+"""Registering a selected model behind the gate, rolling the champion back, and listing versions."""
+
+import time
+from pathlib import Path
+
+from tlpipe.data import ImageSet
+from tlpipe.distributed import device
+from tlpipe.errors import TlpipeError
+from tlpipe.evaluate import score
+from tlpipe.models import load_model
+from tlpipe.registry.champion import champion_model, champion_version
+from tlpipe.registry.gate import Gate, Registration, paired_comparison
+from tlpipe.registry.lock import gate_lock
+from tlpipe.registry.models import log_and_register
+from tlpipe.tracking import PIPELINE_RUN_TAG
+
+PREVIOUS_CHAMPION_TAG = "tlpipe.previous_champion"
+
+
+def _version_of_run(client, model_name: str, pipeline_run: str):
+    query = f"name='{model_name}' and tags.`{PIPELINE_RUN_TAG}` = '{pipeline_run}'"
+    found = client.search_model_versions(query)
+    return found[0] if found else None
+
+
+def register(client, model_dir: str | Path, model_name: str, test: ImageSet, tags: dict[str, str],
+             gate: Gate = Gate()) -> Registration:
+    """Registers `model_dir` (once per tags[PIPELINE_RUN_TAG]) and gates the champion alias."""
+    challenger = load_model(model_dir, device())[0]
+    existing = _version_of_run(client, model_name, tags[PIPELINE_RUN_TAG])
+    version = str(existing.version) if existing else log_and_register(model_dir, model_name, tags)
+
+    with gate_lock(client, model_name) as lease:
+        current = champion_version(client, model_name)
+        if current is not None and str(current.version) == version:  # a retried step that had promoted
+            return Registration.load_tags(model_name, version, client.get_model_version(model_name, version).tags)
+        if current is None:
+            result = Registration(model_name, version, score(challenger, test).accuracy, True, version, None, None,
+                                  "promoted: the first champion", test_images=len(test))
+        else:
+            champion = champion_model(model_name, current)
+            if champion.spec.classes != challenger.spec.classes:
+                client.set_registered_model_alias(model_name, "challenger", version)
+                raise TlpipeError(
+                    f"the champion of '{model_name}' (version {current.version}) predicts classes "
+                    f"{champion.spec.classes} and this model {challenger.spec.classes}, so they cannot be compared on "
+                    f"the same test images; version {version} stays registered as challenger and the champion is "
+                    "unchanged: register models of these classes under another model_name (-p model_name=...).")
+            evidence = paired_comparison(challenger, champion, test)
+            promoted = gate.passes(evidence)
+            result = Registration(
+                model_name, version, evidence.challenger_accuracy, promoted, version if promoted else str(current.version),
+                str(current.version), evidence.champion_accuracy, gate.verdict(evidence, str(current.version)),
+                evidence.p_value, evidence.challenger_only, evidence.champion_only, len(test))
+        lease.check()
+        for key, value in result.tags().items():
+            client.set_model_version_tag(model_name, version, key, value)
+        if result.promoted:
+            if current is not None:
+                client.set_model_version_tag(model_name, version, PREVIOUS_CHAMPION_TAG, str(current.version))
+            client.set_registered_model_alias(model_name, "champion", version)
+            aliases = client.get_registered_model(model_name).aliases
+            if str(aliases.get("challenger", "")) == version:  # set by an earlier attempt of this step
+                client.delete_registered_model_alias(model_name, "challenger")
+        else:
+            client.set_registered_model_alias(model_name, "challenger", version)
+    return result
+
+
+def rollback(client, model_name: str) -> tuple[str, str]:
+    """Moves `champion` back to the version it replaced; returns (from, to)."""
+    with gate_lock(client, model_name):
+        current = champion_version(client, model_name)
+        if current is None:
+            raise TlpipeError(f"model '{model_name}' has no champion to roll back.")
+        previous = current.tags.get(PREVIOUS_CHAMPION_TAG)
+        if not previous:
+            raise TlpipeError(f"champion version {current.version} of '{model_name}' replaced no earlier champion; nothing to roll back to.")
+        client.set_registered_model_alias(model_name, "champion", previous)
+        client.set_model_version_tag(model_name, str(current.version), "tlpipe.rolled_back", time.strftime("%Y-%m-%dT%H:%M:%S"))
+    return str(current.version), previous
+
+
+def versions(client, model_name: str) -> list[dict]:
+    """Every version with its aliases, accuracy and lineage, newest first."""
+    found = client.search_model_versions(f"name='{model_name}'")
+    if not found:
+        raise TlpipeError(f"no registered model named '{model_name}'.")
+    # Search results leave out aliases; the registered model has them all.
+    aliases: dict[str, list[str]] = {}
+    for alias, version in client.get_registered_model(model_name).aliases.items():
+        aliases.setdefault(str(version), []).append(alias)
+    rows = []
+    for v in sorted(found, key=lambda v: int(v.version), reverse=True):
+        tags = v.tags
+        rows.append({
+            "version": str(v.version),
+            "aliases": ",".join(sorted(aliases.get(str(v.version), []))) or "-",
+            "accuracy": tags.get("tlpipe.accuracy", ""),
+            "candidate": tags.get("tlpipe.candidate", ""),
+            "method": tags.get("tlpipe.method", ""),
+            "pipeline_run": tags.get(PIPELINE_RUN_TAG, ""),
+            "created": time.strftime("%Y-%m-%d %H:%M", time.localtime(v.creation_timestamp / 1000)),
+            "evidence": _evidence(tags),
+            "p": tags.get("tlpipe.gate.p_value", ""),
+            "gate": tags.get("tlpipe.gate.verdict", ""),
+        })
+    return rows
+
+
+def _evidence(tags: dict[str, str]) -> str:
+    """The gate's comparison in a few characters: champion, its accuracy, images only each got right."""
+    if "tlpipe.gate.champion_version" not in tags:
+        return "-"
+    return (f"vs v{tags['tlpipe.gate.champion_version']} {float(tags['tlpipe.gate.champion_accuracy']):.4f}, "
+            f"+{tags['tlpipe.gate.challenger_only']}/-{tags['tlpipe.gate.champion_only']}")

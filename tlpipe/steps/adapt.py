@@ -1,0 +1,48 @@
+"""The adapt step: the source model adapted to the unlabelled target domain (dann+finetune: then tuned)."""
+
+import dataclasses
+
+from tlpipe import distributed, tracking
+from tlpipe.data import load_dataset
+from tlpipe.methods import adapt as adaptation
+from tlpipe.models import load_model
+from tlpipe.steps.common import augmenting, checkpointed, config_params, save_trained, timed, training_run
+from tlpipe.train import TrainConfig
+
+
+@timed
+def adapt(
+    source_model: str,
+    source_train: str,
+    target_unlabelled: str,
+    out: str,
+    method: str,
+    config: TrainConfig,
+    experiment: str,
+    pipeline_run: str,
+    target_labelled: str = "",
+    finetune_epochs: int = 0,
+    validation: str = "",
+) -> dict:
+    """Adapts the source model to the target domain; dann+finetune then fine-tunes on `target_labelled`
+    for `finetune_epochs`. `validation` (target_val) is scored every epoch, only to be watched."""
+    adaptation.check_method(method)
+    model, _ = load_model(source_model)
+    source, source_meta = load_dataset(source_train)
+    target, meta = load_dataset(target_unlabelled)
+    labelled, labelled_meta = (load_dataset(target_labelled) if target_labelled and method == "dann+finetune"
+                               else (None, None))
+    val, val_meta = load_dataset(validation) if validation else (None, None)
+    config = checkpointed(augmenting(config, source_meta), pipeline_run, "adapt")
+    tune_config = dataclasses.replace(config, epochs=finetune_epochs or config.epochs, checkpoint_dir="")
+    params = {"method": method, **config_params(config, adaptation=True)}
+    if labelled is not None:
+        params["finetune_epochs"] = tune_config.epochs
+    total_epochs = config.epochs + (tune_config.epochs if labelled is not None else 0)
+    inputs = [(source_meta, source_train, "training"), (meta, target_unlabelled, "training"),
+              (labelled_meta, target_labelled, "training"), (val_meta, validation, "validation")]
+    with training_run("adapt", config, experiment, pipeline_run, params, {"adapt_method": method}, inputs):
+        adapted = distributed.run(config.nproc, adaptation.adapt, method, model, source, target, config,
+                                  log=tracking.EpochLogger("adapt", total_epochs, val), labelled=labelled,
+                                  finetune_config=tune_config)
+        return save_trained(out, adapted, target, method=method, trained_on=meta["content_hash"])
