@@ -267,3 +267,42 @@ def test_a_gate_that_works_longer_than_its_lease_keeps_the_lock(tlpipe_home, tmp
     assert a["owned"] == "True" and b["owned"] == "True"  # each still held its lock when it finished working
     assert float(b["enter"]) >= float(a["exit"])
     assert not tracking.configure().search_registered_models("name = 'gated.gate-lock'")
+
+
+class FailingRegistry:
+    """A real registry client whose reads of registered models fail the way a server can fail."""
+
+    def __init__(self, client, error_code: str):
+        self.client, self.error_code = client, error_code
+
+    def get_registered_model(self, name):
+        from mlflow.exceptions import MlflowException
+
+        raise MlflowException(f"the registry answered {self.error_code}", error_code=self.error_code)
+
+    def __getattr__(self, name):
+        return getattr(self.client, name)
+
+
+@pytest.mark.parametrize("error_code", ["TEMPORARILY_UNAVAILABLE", "PERMISSION_DENIED", "INTERNAL_ERROR"])
+def test_a_registry_that_cannot_be_read_is_never_taken_for_one_without_a_champion(models, tlpipe_home, error_code):
+    register(models, "medium", "run-1")
+    client = tracking.configure()
+    assert str(registry.champion_version(client, "gated").version) == "1"
+    assert registry.champion_version(client, "no-such-model") is None  # never registered: no champion
+    failing = FailingRegistry(client, error_code)
+    with pytest.raises(TlpipeError, match=f"cannot read the champion of 'gated' from the model registry .*{error_code}"):
+        registry.champion_version(failing, "gated")
+    # register stops with that sentence: the strong model is registered but moves no alias.
+    root, accuracy, test = models
+    mlflow.set_experiment(experiment_id=tracking.experiment_id(client, "gate"))
+    with mlflow.start_run(), pytest.raises(TlpipeError, match="cannot read the champion"):
+        registry.register(failing, root / "strong", "gated", test, {tracking.PIPELINE_RUN_TAG: "run-2"})
+    assert str(client.get_model_version_by_alias("gated", "champion").version) == "1"
+
+
+def test_a_registered_model_without_a_champion_alias_has_no_champion(models, tlpipe_home):
+    register(models, "medium", "run-1")
+    client = tracking.configure()
+    client.delete_registered_model_alias("gated", "champion")
+    assert registry.champion_version(client, "gated") is None

@@ -159,6 +159,19 @@ def _copy_local(source: Path, destination: Path) -> None:
         raise TlpipeError(f"{source} does not exist.")
 
 
+def inside(destination: Path, relative: str, uri: str) -> Path:
+    """Where the object `uri`, at `relative` under a downloaded prefix, lands: in `destination`, or refused.
+    S3 keeps keys verbatim, so whoever writes to a bucket can name a key `data//etc/x` or `data/../../x`;
+    joined unchecked, it would write outside the folder (site-packages included)."""
+    if any(part in ("", ".", "..") for part in relative.split("/")):
+        raise TlpipeError(f"refusing {uri}: its key has an empty, '.' or '..' part, which would place the file "
+                          f"outside the download folder {destination}; rename the object.")
+    target = (destination / relative).resolve()
+    if not target.is_relative_to(destination.resolve()):
+        raise TlpipeError(f"refusing {uri}: it would be written outside the download folder {destination}.")
+    return target
+
+
 def download(location: str, destination: str | Path) -> Path:
     """Copies a file or a whole prefix (a "directory") from S3 or a local path to `destination`."""
     destination = Path(destination)
@@ -176,11 +189,12 @@ def download(location: str, destination: str | Path) -> Path:
         if not keys:
             raise TlpipeError(f"nothing at {location} (no such key or prefix in bucket '{bucket}').")
         prefix = key.rstrip("/") + "/" if key else ""
+        # Every target is checked before anything is written: a refused key leaves nothing behind.
+        targets = {relative: inside(destination, relative, f"s3://{bucket}/{prefix}{relative}") for relative in keys}
 
         def fetch(relative: str) -> None:
-            target = destination / relative
-            target.parent.mkdir(parents=True, exist_ok=True)
-            s3.download_file(bucket, prefix + relative, str(target), Config=config)
+            targets[relative].parent.mkdir(parents=True, exist_ok=True)
+            s3.download_file(bucket, prefix + relative, str(targets[relative]), Config=config)
 
         in_parallel(fetch, keys)
     except TlpipeError:

@@ -12,10 +12,28 @@ from tlpipe.distributed import device
 
 
 def champion_version(client, name: str):
+    """The model version that holds the `champion` alias, or None when there is none: the registered model
+    does not exist yet, or its aliases have no champion. Any other answer of the registry (an outage
+    after MLflow's retries, a refused permission) stops the caller with one sentence: read as "no
+    champion", it would promote a new version with no comparison."""
+    from tlpipe.errors import TlpipeError
+
+    def unreadable(error: MlflowException) -> TlpipeError:
+        return TlpipeError(f"cannot read the champion of '{name}' from the model registry ({error.error_code}: "
+                           f"{error.message.splitlines()[0][:200]}); no alias was moved, try again when it answers.")
+
     try:
-        return client.get_model_version_by_alias(name, "champion")
-    except MlflowException:
+        model = client.get_registered_model(name)
+    except MlflowException as error:
+        if error.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return None
+        raise unreadable(error) from None
+    if "champion" not in model.aliases:
         return None
+    try:
+        return client.get_model_version(name, str(model.aliases["champion"]))
+    except MlflowException as error:
+        raise unreadable(error) from None
 
 
 def export_champion(model_name: str, out: str | Path) -> str | None:
