@@ -14,9 +14,25 @@ def _params(pairs: list[str]) -> dict[str, str]:
     for pair in pairs:
         name, sep, value = pair.partition("=")
         if not sep or not name:
-            raise TlpipeError(f"parameter '{pair}' is not NAME=VALUE.")
+            raise TlpipeError(f"parameter '{pair}' is not NAME=VALUE (e.g. -p source_epochs=5).")
         params[name] = value
     return params
+
+
+def cmd_params(args) -> None:
+    from tlpipe.cluster import pipeline, pipelines
+    from tlpipe.preflight import format_parameters
+
+    names = list(pipelines()) if args.pipeline == "all" else [args.pipeline]
+    print("\n\n".join(format_parameters(pipeline(name)) for name in names))
+
+
+def cmd_examples(args) -> None:
+    from tlpipe.data.examples import CLASSES, make_folder
+
+    size = make_folder(Path(args.folder), args.images, args.seed, args.shift)
+    print(f"{args.images} photos in {CLASSES} class folders under {args.folder} ({size / 1e6:.1f} MB); use it as "
+          f"-p source=imagefolder:{args.folder} (or target=...)")
 
 
 def cmd_run(args) -> None:
@@ -291,6 +307,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-v", "--verbose", action="store_true", help="show every step's full log, not just progress")
     run.add_argument("--stack", choices=["local"], help="track on the local stack (scripts/stack up): MLflow server, S3")
     run.set_defaults(func=cmd_run)
+    params = commands.add_parser("params", help="list a pipeline's parameters: name, type, default and meaning")
+    params.add_argument("pipeline", nargs="?", default="transfer", help="pipeline name or all (default: transfer)")
+    params.set_defaults(func=cmd_params)
+    examples = commands.add_parser("examples", help="write an example photo folder (made here, no download)")
+    examples.add_argument("folder", help="where the class sub-folders go")
+    examples.add_argument("--images", type=int, default=1000, help="how many photos (default %(default)s)")
+    examples.add_argument("--seed", type=int, default=0, help="which photos (default %(default)s)")
+    examples.add_argument("--shift", type=float, default=0.0,
+                          help="how far the look shifts, as a second camera would (a target domain: 1.0)")
+    examples.set_defaults(func=cmd_examples)
     for name, func, text in (("registry", cmd_registry, "list registered versions with metrics and lineage"),
                              ("rollback", cmd_rollback, "move champion back to the version it replaced")):
         sub = commands.add_parser(name, help=text)

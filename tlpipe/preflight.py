@@ -2,6 +2,7 @@
 types, their values checked, and what is cheap to check now and expensive after training started
 (data, weights, buckets, the tracking server)."""
 
+import difflib
 import json
 from pathlib import Path
 
@@ -28,13 +29,33 @@ _CASTS = {"Integer": int, "Float": float, "String": str, "Boolean": lambda v: v.
           "List": _json_list}
 
 
+def parameters(pipeline) -> list[dict]:
+    """The pipeline's parameters as its compiled interface has them: name, type, default, meaning."""
+    return [{"name": name, "type": spec.type.lower(), "default": spec.default, "meaning": spec.description or ""}
+            for name, spec in pipeline.component_spec.inputs.items()]
+
+
+def format_parameters(pipeline) -> str:
+    """The parameters as a table for the terminal, each meaning wrapped under its name."""
+    import textwrap
+
+    lines = [f"{pipeline.name}: {pipeline.description}", ""]
+    for p in parameters(pipeline):
+        lines.append(f"  {p['name']} ({p['type']}, default {json.dumps(p['default'])})")
+        lines += textwrap.wrap(p["meaning"], 96, initial_indent="      ", subsequent_indent="      ")
+    return "\n".join(lines)
+
+
 def pipeline_arguments(pipeline, given: dict[str, str]) -> dict:
     """Casts NAME=VALUE strings to the pipeline's parameter types; unknown names are an error."""
     inputs = pipeline.component_spec.inputs
     arguments = {}
     for name, value in given.items():
         if name not in inputs:
-            raise TlpipeError(f"pipeline {pipeline.name} has no parameter '{name}'; its parameters are {', '.join(inputs)}.")
+            close = difflib.get_close_matches(name, list(inputs), n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            raise TlpipeError(f"pipeline {pipeline.name} has no parameter '{name}'; {hint}its parameters are "
+                              f"{', '.join(inputs)} (`tlpipe params` describes them).")
         kind = inputs[name].type
         try:
             arguments[name] = _CASTS.get(kind, str)(value)
