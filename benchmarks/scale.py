@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import psutil
+
 from tlpipe.data.examples import make_folder
 
 CLASSES = 10  # as photos.py writes them

@@ -97,3 +97,16 @@ def test_layer_sweep_table_and_plot():
     table = format_layer_sweep(rows).splitlines()
     assert table[2].split() == ["0", "50.00%", "50.00%"] and table[3].split() == ["2", "60.00%", "70.00%"]
     assert layer_sweep_png(rows, "t").startswith(PNG)
+
+
+def test_small_test_splits_get_a_smaller_perplexity_or_are_skipped_with_a_reason():
+    from tlpipe.analysis import MIN_PER_DOMAIN, too_small, tsne_png
+
+    rng = np.random.default_rng(0)
+    n = MIN_PER_DOMAIN  # 20 points in all: below t-SNE's default perplexity of 30
+    pairs = {"m": (rng.normal(size=(n, 8)), rng.normal(1.0, 1.0, size=(n, 8)))}
+    png = tsne_png(pairs, np.arange(n) % 3, np.arange(n) % 3, {"m": 0.5}, ["a", "b", "c"])
+    assert png.startswith(b"\x89PNG")
+    assert too_small(n, n) == ""
+    assert too_small(22, 1) == ("skipped: 22 source and 1 target test images, and the A-distance and t-SNE need at "
+                                f"least {MIN_PER_DOMAIN} in each")

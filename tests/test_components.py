@@ -329,3 +329,45 @@ def test_a_strategy_that_trains_on_the_source_needs_source_train(chain, tmp_path
     assert exit_info.value.code == 2
     assert "strategy 'multitask' trains on the source images too; give it source_train" in capsys.readouterr().err
     assert not (tmp_path / "model").exists()
+
+
+def test_retraining_without_a_champion_starts_from_a_source_model_it_trains(chain, tmp_path, monkeypatch):
+    from components.champion import champion
+
+    monkeypatch.setenv("TLPIPE_PIPELINE_RUN", "run-retrain")
+
+    start = artifact(dsl.Model, tmp_path / "start")
+    champion.python_func(source_train=chain["source_train"], model_name="no-champion-yet", backbone="small-cnn",
+                         pretrained_weights="", source_augment="none", model=start, **TRAIN)
+    assert start.metadata["start"] == "source" and "champion_version" not in start.metadata
+    assert load_model(start.path)[1]["method"] == "source-only"
+
+
+@pytest.mark.parametrize("strategy", ["multitask:0.5", "progressive"])
+def test_other_transfer_settings_train_and_are_reported_through_the_components(chain, tmp_path, monkeypatch, strategy):
+    """What the pipeline does with a multi-task or progressive model: train it (multi-task on the source
+    images too), score it next to the baselines, and for multi-task, report each task against a
+    single-task model."""
+    from tlpipe.evaluate import Evaluation
+    from tlpipe.report import format_table
+
+    monkeypatch.setenv("TLPIPE_PIPELINE_RUN", f"run-{strategy}")
+    model = artifact(dsl.Model, tmp_path / "model")
+    finetune.python_func(source_model=chain["source_model"], target_labelled=chain["target_labelled"],
+                         target_val=chain["target_val"], source_train=chain["source_train"], strategy=strategy,
+                         step_name="finetune", model=model, **TRAIN)
+    out = {name: artifact(kind, tmp_path / name) for name, kind in (
+        ("evaluation", dsl.Artifact), ("report", dsl.HTML), ("metrics", dsl.Metrics),
+        ("confusion", dsl.ClassificationMetrics), ("best_model", dsl.Model))}
+    evaluate.python_func(target_test=chain["target_test"], target_val=chain["target_val"], source_val=chain["source_val"],
+                         target_unlabelled=chain["target_unlabelled"], select_by="auto", source_test=chain["source_test"],
+                         source_only=chain["source_model"], target_only=chain["target_only"], finetuned=model,
+                         adapted=chain["adapted"], experiment="tests", **out)
+    evaluation = Evaluation.load(out["evaluation"].path)
+    assert [r.name for r in evaluation.results] == ["source-only", "target-only", "finetuned", "adapted"]
+    table, report = format_table(evaluation), Path(out["report"].path).read_text()
+    if strategy.startswith("multitask"):
+        assert "task source   finetuned: multi-task" in table and "task target   finetuned: multi-task" in table
+        assert "Multi-task: each task against a single-task model" in report
+    else:
+        assert load_model(model.path)[0].spec.progressive and "task " not in table

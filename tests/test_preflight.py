@@ -91,3 +91,26 @@ def test_ingest_refuses_data_that_cannot_be_split_before_any_training(tmp_path, 
         ingest(source, target, k, 0, 16, out, "tests", "run-bad")
     assert expected in str(refused.value)
     assert not any((tmp_path / "out" / name).exists() for name in SPLITS)  # no partial split written
+
+
+@pytest.mark.parametrize("given, expected", [
+    ({"batch_size": "0"}, "batch_size must be 1 or more, got 0."),
+    ({"source_epochs": "-1"}, "source_epochs must be 1 or more, got -1."),
+    ({"adapt_epochs": "0"}, "adapt_epochs must be 1 or more, got 0."),
+    ({"target_labels_per_class": "-1"}, "target_labels_per_class must be 0 or more, got -1."),
+    ({"target_val_per_class": "-2"}, "target_val_per_class must be 0 or more, got -2."),
+    ({"image_size": "0"}, "image_size must be 8 or more, got 0."),
+    ({"lr": "0"}, "lr must be more than 0, got 0.0."),
+])
+def test_numbers_out_of_range_are_refused_before_anything_runs(transfer, tlpipe_home, given, expected):
+    with pytest.raises(TlpipeError) as refused:
+        preflight.preflight(preflight.pipeline_arguments(transfer, given), defaults_of(transfer))
+    assert expected in str(refused.value)
+
+
+def test_a_training_config_that_would_train_nothing_is_refused():
+    from tlpipe.train import TrainConfig
+
+    for bad in ({"epochs": 0}, {"batch_size": 0}, {"epochs": -3}):
+        with pytest.raises(TlpipeError, match="training needs epochs and batch_size of 1 or more"):
+            TrainConfig(**bad)

@@ -242,9 +242,11 @@ def test_checkpoints_round_trip_through_s3(stack):
 
 
 def test_a_photo_folder_on_s3_with_folder_markers_runs_through_the_pipeline(stack, tmp_path):
+    """Photos (224 px JPEGs) as an S3 folder with the folder markers sync tools write, ingested at 32 px:
+    sharded artifacts, photo augmentation by default for both domains' training images."""
     home, env = stack
-    make_folder(tmp_path / "source", 2000, seed=0)
-    make_folder(tmp_path / "target", 600, seed=1, shift=1.0)
+    make_folder(tmp_path / "source", 1000, seed=0)
+    make_folder(tmp_path / "target", 400, seed=1, shift=1.0)
     storage.upload(tmp_path / "source", "s3://tlpipe/photos/source")
     storage.upload(tmp_path / "target", "s3://tlpipe/photos/target")
     for marker in ("photos/", "photos/source/", "photos/source/class_0/", "photos/target/", "photos/target/class_9/"):
@@ -260,5 +262,10 @@ def test_a_photo_folder_on_s3_with_folder_markers_runs_through_the_pipeline(stac
     experiment = client.get_experiment_by_name("tlpipe").experiment_id
     ingest = client.search_runs([experiment], "tags.`tlpipe.step` = 'ingest'", order_by=["start_time DESC"])[0]
     counts = ingest.data.metrics
-    assert sum(counts[f"source_{split}_count"] for split in ("train", "val", "test")) == 2000
+    assert sum(counts[f"source_{split}_count"] for split in ("train", "val", "test")) == 1000
+    assert sum(counts[f"target_{split}_count"] for split in ("labelled", "val", "unlabelled", "test")) == 400
+    steps = client.search_runs([experiment], f"tags.`tlpipe.pipeline_run` = '{ingest.data.tags['tlpipe.pipeline_run']}'")
+    by_step = {r.data.tags["tlpipe.step"]: r for r in steps if "tlpipe.step" in r.data.tags}
+    for step in ("pretrain", "finetune", "target-only", "adapt"):
+        assert by_step[step].data.params["augment"] == "photo", step
     assert ingest.data.params["source"] == "imagefolder:s3://tlpipe/photos/source"

@@ -17,6 +17,16 @@ from tlpipe.scoring import scoring_batches
 # logistic regression) stays the same however large the test splits grow.
 MAX_A_DISTANCE = 2000
 MAX_PER_DOMAIN = 500  # of those, per domain, in the t-SNE plot (t-SNE is quadratic in the points)
+# Below this many test images in a domain, a domain classifier's error and a t-SNE map say nothing.
+MIN_PER_DOMAIN = 10
+
+
+def too_small(source_count: int, target_count: int) -> str:
+    """Why the domain analysis is skipped for test splits of these sizes, or "" when it is not."""
+    if min(source_count, target_count) >= MIN_PER_DOMAIN:
+        return ""
+    return (f"skipped: {source_count} source and {target_count} target test images, and the A-distance and t-SNE "
+            f"need at least {MIN_PER_DOMAIN} in each")
 
 
 @torch.inference_mode()
@@ -116,7 +126,9 @@ def tsne_figure(pairs: dict[str, tuple[np.ndarray, np.ndarray]], source_labels: 
         ax.set_visible(False)
     for ax, (name, (source, target)) in zip(axes.flat, pairs.items()):
         points = np.concatenate([source[s], target[t]])
-        embedded = TSNE(n_components=2, init="pca", perplexity=30, random_state=seed).fit_transform(points)
+        # t-SNE needs fewer neighbours than points: a small split gets a proportionally smaller perplexity.
+        perplexity = min(30.0, (len(points) - 1) / 3)
+        embedded = TSNE(n_components=2, init="pca", perplexity=perplexity, random_state=seed).fit_transform(points)
         ax.scatter(*embedded[: len(s)].T, c=colours(source_labels[s] % colours.N), marker="o", s=10, alpha=0.5,
                    linewidths=0)
         ax.scatter(*embedded[len(s) :].T, c=colours(target_labels[t] % colours.N), marker="^", s=26, alpha=0.9,

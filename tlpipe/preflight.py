@@ -115,8 +115,19 @@ def preflight(arguments: dict, defaults: dict, on_cluster: bool = False) -> list
     return skipped
 
 
+# The least value each number may take: a count of epochs or a batch of 0 trains nothing (or divides by
+# zero) and would register an untrained model as if trained.
+AT_LEAST = {"source_epochs": 1, "finetune_epochs": 1, "adapt_epochs": 1, "batch_size": 1, "checkpoint_every": 1,
+            "target_labels_per_class": 0, "target_val_per_class": 0, "nproc": 0, "seed": 0, "image_size": 8}
+
+
 def check_parameters(values: dict) -> None:
     """The checks of parameter values alone, wherever the pipeline will run."""
+    for name, least in AT_LEAST.items():
+        if name in values and values[name] < least:
+            raise TlpipeError(f"{name} must be {least} or more, got {values[name]}.")
+    if "lr" in values and not values["lr"] > 0:
+        raise TlpipeError(f"lr must be more than 0, got {values['lr']}.")
     if "strategy" in values:
         name, _ = parse_strategy(values["strategy"])
         builtin = values.get("source") in BUILTIN
@@ -134,9 +145,6 @@ def check_parameters(values: dict) -> None:
     for name in ("source_augment", "target_augment"):
         if name in values:
             augment.check(values[name])
-    if "target_val_per_class" in values:
-        if values["target_val_per_class"] < 0:
-            raise TlpipeError(f"target_val_per_class must be 0 or more, got {values['target_val_per_class']}.")
     if "select_by" in values:
         selection.resolve(values["select_by"], values.get("target_val_per_class", 0))
     if "gate_alpha" in values:

@@ -162,19 +162,30 @@ def up() -> dict[str, str]:
     return env
 
 
+def _signal_group(group: int, signum: int) -> bool:
+    """Sends `signum` to a server's whole process group; False when no process of it is left (its
+    leader may be gone while a child, MLflow's uvicorn worker, still serves)."""
+    try:
+        os.killpg(group, signum)
+        return True
+    except ProcessLookupError:
+        return False
+
+
 def down() -> None:
     for name in ("mlflow", "s3"):
-        pid = _pid(name)
-        if pid is None:
+        path = directory() / f"{name}.pid"
+        if not path.exists():
             continue
-        os.killpg(pid, signal.SIGTERM)
-        for _ in range(50):
-            if _pid(name) is None:
-                break
-            time.sleep(0.2)
-        else:
-            os.killpg(pid, signal.SIGKILL)
-        (directory() / f"{name}.pid").unlink(missing_ok=True)
+        group = int(path.read_text())  # the session leader's pid is its process group's id
+        if _signal_group(group, signal.SIGTERM):
+            for _ in range(50):
+                if not _signal_group(group, 0):
+                    break
+                time.sleep(0.2)
+            else:
+                _signal_group(group, signal.SIGKILL)
+        path.unlink(missing_ok=True)
 
 
 def running() -> bool:

@@ -18,6 +18,7 @@ import torch
 from tlpipe import distributed
 from tlpipe.checkpoint import Checkpoint
 from tlpipe.distributed import device
+from tlpipe.errors import TlpipeError
 
 Metrics = dict[str, torch.Tensor]
 StepFn = Callable[[float], tuple[torch.Tensor, Metrics]]
@@ -44,6 +45,12 @@ class TrainConfig:
     backbone_lr: float = 1.0
     bottleneck: int = 0
     sdat_rho: float = 0.02
+
+    def __post_init__(self):
+        # (lr 0 is allowed here: a test or a study may train with the weights held; pipelines refuse it.)
+        if self.epochs < 1 or self.batch_size < 1:
+            raise TlpipeError(f"training needs epochs and batch_size of 1 or more, got epochs={self.epochs}, "
+                              f"batch_size={self.batch_size}.")
 
     @classmethod
     def from_step(cls, parameters: dict, **overrides) -> "TrainConfig":

@@ -20,6 +20,8 @@ Strategies:
 """
 
 import copy
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -32,23 +34,60 @@ from tlpipe.methods.zeroshot import zero_shot
 from tlpipe.models import Classifier
 from tlpipe.train import LogFn, TrainConfig
 
-STRATEGIES = ("full, freeze:<k>, linear-probe, l2sp:<alpha>, copy:<k>, copy+:<k>, scratch, progressive, multitask[:<w>], "
-              "zero-shot:attributes or zero-shot:embedding")
+
+@dataclass(frozen=True)
+class Strategy:
+    """A fine-tuning strategy's name as written, how its argument is read, and what it trains on."""
+
+    form: str  # as a user writes it, e.g. freeze:<k>
+    argument: Callable[[str], float | int | str] | None = None  # reads the text after ':'; None: takes none
+    default: float | int | str = 0.0  # the value without an argument (for an optional one)
+    optional: bool = False  # the argument may be left out
+    uses_source: bool = False  # also trains on the labelled source images
+
+
+def _count(text: str) -> int:
+    if not text.isdigit():
+        raise ValueError(text)
+    return int(text)
+
+
+def _non_negative(text: str) -> float:
+    if float(text) < 0:
+        raise ValueError(text)
+    return float(text)
+
+
+def _zero_shot_kind(text: str) -> str:
+    if text not in ("attributes", "embedding"):
+        raise ValueError(text)
+    return text
+
+
+STRATEGY_TABLE = {
+    "full": Strategy("full"),
+    "freeze": Strategy("freeze:<k>", _count),
+    "linear-probe": Strategy("linear-probe"),
+    "l2sp": Strategy("l2sp:<alpha>", _non_negative),
+    "copy": Strategy("copy:<k>", _count),
+    "copy+": Strategy("copy+:<k>", _count),
+    "scratch": Strategy("scratch"),
+    "progressive": Strategy("progressive"),
+    "multitask": Strategy("multitask[:<w>]", _non_negative, default=1.0, optional=True, uses_source=True),
+    "zero-shot": Strategy("zero-shot:attributes or zero-shot:embedding", _zero_shot_kind, uses_source=True),
+}
+STRATEGIES = ", ".join(s.form for s in STRATEGY_TABLE.values())
 
 
 def parse_strategy(strategy: str) -> tuple[str, float | str]:
-    name, _, arg = strategy.partition(":")
+    """(name, argument) of a strategy as written, e.g. ("freeze", 2) for freeze:2."""
+    name, colon, arg = strategy.partition(":")
+    known = STRATEGY_TABLE.get(name)
     try:
-        if name in ("full", "linear-probe", "scratch", "progressive") and not arg:
-            return name, 0.0
-        if name == "multitask" and (not arg or float(arg) >= 0):
-            return name, float(arg or 1.0)
-        if name == "zero-shot" and arg in ("attributes", "embedding"):
-            return name, arg
-        if name in ("freeze", "copy", "copy+") and arg.isdigit():
-            return name, int(arg)
-        if name == "l2sp" and float(arg) >= 0:
-            return name, float(arg)
+        if known is not None and known.argument is None and not colon:
+            return name, known.default
+        if known is not None and known.argument is not None and (colon or known.optional):
+            return name, known.argument(arg) if colon else known.default
     except ValueError:
         pass
     raise TlpipeError(f"unknown fine-tuning strategy '{strategy}'; use {STRATEGIES}.")
@@ -56,7 +95,7 @@ def parse_strategy(strategy: str) -> tuple[str, float | str]:
 
 def uses_source(strategy: str) -> bool:
     """Whether a strategy also trains on the source images: only then does its step read source_train."""
-    return parse_strategy(strategy)[0] in ("multitask", "zero-shot")
+    return STRATEGY_TABLE[parse_strategy(strategy)[0]].uses_source
 
 
 def freeze_blocks(model: Classifier, k: int) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 import mlflow
 
 from tlpipe import analysis, selection, tracking
+from tlpipe.analysis import too_small
 from tlpipe.data import ImageSet, load_dataset
 from tlpipe.distributed import device
 from tlpipe.errors import TlpipeError
@@ -57,8 +58,8 @@ def evaluate(
         evaluation = compare(models, test, best_of, meta.get("unseen", []), val, criterion, source_validation, unlabelled)
         evaluation.tasks = _task_rows(models, evaluation, source)
         evaluation.pretrained_weights = next((m["pretrained_weights"] for _, m in loaded.values() if m.get("pretrained_weights")), "")
-        tsne = None
-        if source is not None and len(source):
+        tsne, skipped = None, too_small(len(source), len(test)) if source is not None else ""
+        if source is not None and not skipped:
             source_sample, target_sample = analysis.domain_sample(source), analysis.domain_sample(test)
             pairs = analysis.domain_features({name: m for name, (m, _) in models.items()}, source_sample, target_sample)
             distances = analysis.domain_distances(pairs)
@@ -70,7 +71,8 @@ def evaluate(
         evaluation.save(evaluation_out)
         parent = tracking.parent_of(run)
         write_report(report_out, evaluation, f"tlpipe transfer report: {source_name} -> {target_name}",
-                     run_facts(pipeline_run, parent, source_name, target_name, meta["content_hash"], methods), tsne)
+                     run_facts(pipeline_run, parent, source_name, target_name, meta["content_hash"], methods)
+                     | ({"domain analysis": skipped} if skipped else {}), tsne)
         _log_model_scores(evaluation, paths, test_split, val_split)
         mlflow.log_table(evaluation_table(evaluation), "report/evaluation_table.json")
         mlflow.set_tags({"tlpipe.selected": evaluation.best, "tlpipe.selected_by": criterion})
