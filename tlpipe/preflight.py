@@ -29,6 +29,17 @@ _CASTS = {"Integer": int, "Float": float, "String": str, "Boolean": lambda v: v.
           "List": _json_list}
 
 
+def parse_params(pairs: list[str]) -> dict[str, str]:
+    """NAME=VALUE strings (the command line's -p) as a dict of strings."""
+    params = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise TlpipeError(f"parameter '{pair}' is not NAME=VALUE (e.g. -p source_epochs=5).")
+        params[name] = value
+    return params
+
+
 def parameters(pipeline) -> list[dict]:
     """The pipeline's parameters as its compiled interface has them: name, type, default, meaning."""
     return [{"name": name, "type": spec.type.lower(), "default": spec.default, "meaning": spec.description or ""}
