@@ -48,8 +48,8 @@ PARAMETERS = {p.name: p for p in [
     Parameter("sdat_rho", float, 0.02, "SDAT's neighbourhood radius, for the methods named +sdat."),
     Parameter("source_augment", str, "auto", "Augmentation of the source images in pretraining and adaptation: "
               "auto (photo for image folders, none otherwise), none, colour or photo."),
-    Parameter("target_augment", str, "auto", "Augmentation of the labelled target images in fine-tuning and "
-              "target-only: auto, none, colour or photo."),
+    Parameter("target_augment", str, "auto", "Augmentation of the labelled target images in fine-tuning, "
+              "target-only and dann+finetune's fine-tuning phase: auto, none, colour or photo."),
     Parameter("source_epochs", int, 30, "Epochs of training on the source (pretrain; retrain's source model when "
               "there is no champion)."),
     Parameter("finetune_epochs", int, 30, "Epochs of fine-tuning (and of target-only, and of the layer sweep's "

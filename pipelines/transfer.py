@@ -54,6 +54,7 @@ def build(cluster: Cluster | None = None):
                 backbone_lr=p.adapt_backbone_lr, sdat_rho=p.sdat_rho, epochs=p.adapt_epochs, finetune_epochs=p.finetune_epochs, batch_size=p.batch_size, lr=p.lr,
                 seed=p.seed, checkpoint_root=p.checkpoint_root,
                 checkpoint_every=p.checkpoint_every, nproc=p.nproc, source_augment=p.source_augment, experiment=p.experiment,
+                target_augment=p.target_augment,
             )
             scores = on.score(
                 evaluate,

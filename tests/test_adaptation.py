@@ -137,3 +137,21 @@ def test_copy_zero_blocks_is_target_only():
     config = TrainConfig(epochs=2, batch_size=16)
     a, b = finetune(source, target, "copy:0", config), finetune(source, target, "scratch", config)
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_dann_then_finetune_fine_tunes_with_the_target_augmentation_not_none(monkeypatch):
+    """dann+finetune's fine-tuning phase trains on the labelled target images as the finetune step does:
+    with the target's augmentation (before, it was forced to none)."""
+    seen = {}
+
+    def spy(model, labelled, strategy, config, log=None):
+        seen["augment"], seen["epochs"] = config.augment, config.epochs
+        return model
+
+    monkeypatch.setattr(adaptation, "finetune", spy)
+    source = trained_source()
+    config = TrainConfig(epochs=1, batch_size=16, augment="colour")
+    tune = TrainConfig(epochs=2, batch_size=16, augment="photo")
+    adaptation.adapt("dann+finetune", source, colour_set(), colour_set(seed=1, shift=40), config,
+                     labelled=colour_set(4, seed=2), finetune_config=tune)
+    assert seen == {"augment": "photo", "epochs": 2}

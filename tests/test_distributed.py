@@ -100,3 +100,15 @@ def test_uneven_batch_split_and_bad_nproc_are_one_sentence(digits):
     assert distributed.processes(0) == 1  # no GPU here: one process
     with pytest.raises(TlpipeError, match="^batch size 63 does not split evenly over 2 processes.$"):
         distributed.run(2, pretrain, copy.deepcopy(model), train, TrainConfig(epochs=1, batch_size=63))
+
+
+def test_a_multi_task_model_fine_tunes_on_two_processes(digits):
+    """Fine-tuning a multi-task champion trains its target head only: its source head gets no gradient,
+    which DDP must be told to expect."""
+    train, _ = digits
+    torch.manual_seed(0)
+    model = Classifier(ModelSpec("small-cnn", train.classes, 16, tasks=["source"]))
+    tuned = distributed.run(2, finetune, model, train, "full", TrainConfig(epochs=1, batch_size=64, seed=0))
+    assert tuned.spec.tasks == ["source"]
+    torch.testing.assert_close(tuned.tasks["source"].weight, model.tasks["source"].weight)  # untouched
+    assert not torch.equal(tuned.head.weight, model.head.weight)

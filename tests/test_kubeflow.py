@@ -202,10 +202,11 @@ def test_augmentation_reaches_exactly_the_steps_that_train_on_those_images(tmp_p
              if body.get("inputs", {}).get("parameters", {}).get("source_augment") == pipeline_parameter("source_augment")}
     assert wired == source_trained
     assert spec["root"]["inputDefinitions"]["parameters"]["source_augment"]["defaultValue"] == "auto"
-    if name != "layer-sweep":  # the labelled target images: finetune and target-only
+    if name != "layer-sweep":  # the labelled target images: finetune, target-only, and adapt's dann+finetune phase
         target_wired = {task for task, body in tasks.items()
                         if body.get("inputs", {}).get("parameters", {}).get("augment") == pipeline_parameter("target_augment")}
         assert target_wired == {t for t in tasks if t.startswith("finetune") or t == "target-only"}, target_wired
+        assert tasks["adapt"]["inputs"]["parameters"]["target_augment"] == pipeline_parameter("target_augment")
 
 
 @pytest.mark.parametrize("name, evaluator", [("transfer", "evaluate"), ("retrain", "evaluate-retrain")])

@@ -52,7 +52,10 @@ def wrap(module: torch.nn.Module) -> torch.nn.Module:
     from torch.nn.parallel import DistributedDataParallel
 
     device_ids = [torch.cuda.current_device()] if torch.cuda.is_available() else None
-    return DistributedDataParallel(module, device_ids=device_ids)
+    # A multi-task model fine-tuned or adapted on one task leaves its other heads without gradients, which
+    # DDP must be told to expect; every other model uses all its parameters (the cheaper default).
+    unused = bool(getattr(module, "tasks", None))
+    return DistributedDataParallel(module, device_ids=device_ids, find_unused_parameters=unused)
 
 
 def all_reduce_mean(values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

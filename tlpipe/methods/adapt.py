@@ -36,6 +36,7 @@ def adapt(method: str, source_model: Classifier, source: ImageSet, target: Image
     adapted = dann.adapt(source_model, source, target, config, log)
     # The fine-tuning epochs continue the step's epoch count in the log.
     tune_log = (lambda epoch, metrics, model=None: log(config.epochs + epoch, metrics, model)) if log else None
-    # Source augmentation belongs to the source images; the fine-tuning trains on target labels.
-    tune_config = dataclasses.replace(finetune_config or config, augment="none")
+    # Source augmentation belongs to the source images: the fine-tuning phase takes its own, the target's
+    # (finetune_config.augment, as the finetune step does), and none without a config of its own.
+    tune_config = finetune_config or dataclasses.replace(config, augment="none")
     return finetune(adapted, labelled, "full", tune_config, log=tune_log)

@@ -2,7 +2,7 @@
 
 import dataclasses
 
-from tlpipe import distributed, tracking
+from tlpipe import augment, distributed, tracking
 from tlpipe.data import load_dataset
 from tlpipe.methods import adapt as adaptation
 from tlpipe.models import load_model
@@ -23,9 +23,11 @@ def adapt(
     target_labelled: str = "",
     finetune_epochs: int = 0,
     validation: str = "",
+    target_augment: str = "auto",
 ) -> dict:
     """Adapts the source model to the target domain; dann+finetune then fine-tunes on `target_labelled`
-    for `finetune_epochs`. `validation` (target_val) is scored every epoch, only to be watched."""
+    for `finetune_epochs` with `target_augment`, as the finetune step would. `validation` (target_val) is
+    scored every epoch, only to be watched."""
     adaptation.check_method(method)
     model, _ = load_model(source_model)
     source, source_meta = load_dataset(source_train)
@@ -34,10 +36,12 @@ def adapt(
                                else (None, None))
     val, val_meta = load_dataset(validation) if validation else (None, None)
     config = checkpointed(augmenting(config, source_meta), pipeline_run, "adapt")
-    tune_config = dataclasses.replace(config, epochs=finetune_epochs or config.epochs, checkpoint_dir="")
+    tune_config = dataclasses.replace(config, epochs=finetune_epochs or config.epochs, checkpoint_dir="",
+                                      augment=augment.resolve(target_augment, labelled_meta["spec"]) if labelled_meta
+                                      else "none")
     params = {"method": method, **config_params(config, adaptation=True)}
     if labelled is not None:
-        params["finetune_epochs"] = tune_config.epochs
+        params |= {"finetune_epochs": tune_config.epochs, "finetune_augment": tune_config.augment}
     total_epochs = config.epochs + (tune_config.epochs if labelled is not None else 0)
     inputs = [(source_meta, source_train, "training"), (meta, target_unlabelled, "training"),
               (labelled_meta, target_labelled, "training"), (val_meta, validation, "validation")]
