@@ -103,3 +103,15 @@ def test_unknown_timm_models_and_progressive_timm_models_are_refused():
         Classifier(spec("no_such_net"))
     with pytest.raises(TlpipeError, match="progressive networks need a backbone of sequential blocks"):
         Classifier(ModelSpec("timm:resnet18", ["a", "b"], 32, progressive=True))
+
+
+@pytest.mark.parametrize("source, mean", [("timm:resnet18d.ra4_e3600_r224_in1k", 0.5), ("timm:resnet18d.ra2_in1k", 0.485),
+                                          ("hf-hub:timm/resnet18d.ra4_e3600_r224_in1k@main", 0.5), ("r18d.safetensors", 0.485)])
+def test_a_timm_backbone_normalises_as_its_weights_tag_does(tmp_path, source, mean):
+    """resnet18d's tags were trained with different normalisations: the weights' tag decides, and the
+    model keeps it through save and load."""
+    weights = timm.create_model("resnet18d", num_classes=1000).state_dict()
+    model = Classifier(spec("resnet18d"), weights, source)
+    assert model.preprocess.mean.flatten()[0].item() == pytest.approx(mean, abs=1e-6)
+    save_model(tmp_path / "m", model)
+    assert load_model(tmp_path / "m")[0].preprocess.mean.flatten()[0].item() == pytest.approx(mean, abs=1e-6)

@@ -175,6 +175,16 @@ class Blocks(list):
             block.load_state_dict(state)
 
 
+def _tagged(name: str, source: str) -> str:
+    """The timm name whose pretrained config (mean, std, ...) goes with weights from `source`: the
+    weights' own tag (timm:<model>.<tag>, or a timm repository on the Hub, hf-hub:timm/<model>.<tag>),
+    else `name` with its default tag. A CLIP- or augreg-trained tag normalises otherwise than the default."""
+    for prefix in ("timm:", "hf-hub:timm/"):
+        if source.startswith(f"{prefix}{name}."):
+            return source.removeprefix(prefix).partition("@")[0]
+    return name
+
+
 def timm_model(name: str):
     """Any timm model, headless (num_classes=0: it returns pooled features), with timm's own loading of
     pretrained weights (its filters convert and resample them, e.g. a ViT's position embeddings)."""
@@ -185,7 +195,7 @@ def timm_model(name: str):
 
         options = {"pretrained_cfg_overlay": {"state_dict": weights}} if weights is not None else {}
         try:
-            model = timm.create_model(name, pretrained=weights is not None, num_classes=0, **options)
+            model = timm.create_model(_tagged(name, source), pretrained=weights is not None, num_classes=0, **options)
         except (RuntimeError, KeyError, ValueError, AssertionError) as error:  # timm's filters and strict loading
             raise TlpipeError(f"pretrained weights {source} do not fit timm:{name} ({str(error).splitlines()[0]}).") from None
         if hasattr(model, "set_input_size"):  # patch models: position embeddings resampled to the image size
