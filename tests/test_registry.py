@@ -306,3 +306,36 @@ def test_a_registered_model_without_a_champion_alias_has_no_champion(models, tlp
     client = tracking.configure()
     client.delete_registered_model_alias("gated", "champion")
     assert registry.champion_version(client, "gated") is None
+
+
+class FlakyReads:
+    """A real registry client whose reads of the gate lock fail now and then, as a loaded server's do."""
+
+    def __init__(self, client, failures: int):
+        self.client, self.failures = client, failures
+
+    def get_registered_model(self, name):
+        from mlflow.exceptions import MlflowException
+
+        if name.endswith(".gate-lock") and self.failures > 0:
+            self.failures -= 1
+            raise MlflowException("the registry timed out", error_code="INTERNAL_ERROR")
+        return self.client.get_registered_model(name)
+
+    def __getattr__(self, name):
+        return getattr(self.client, name)
+
+
+def test_the_lease_is_renewed_through_failed_reads(tlpipe_home, monkeypatch):
+    """A read that fails is not a lost lock: the renewer tries again at the next third of the lease, so the
+    lease is still running when the holder finishes, long after the first read failed."""
+    monkeypatch.setenv(registry.LEASE_ENV, "0.6")
+    client = tracking.configure()
+    flaky = FlakyReads(client, failures=0)
+    with registry.gate_lock(flaky, "flaky") as lease:
+        flaky.failures = 2  # the renewer's next two reads fail
+        time.sleep(2.4)  # four leases
+        held = client.get_registered_model("flaky.gate-lock")
+        assert held.tags["owner"] == lease.owner
+        assert float(held.tags["lease_until"]) > time.time()  # renewed after the failures
+    assert not client.search_registered_models("name = 'flaky.gate-lock'")

@@ -46,7 +46,10 @@ class Lease:
                     continue
                 if error.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
                     raise
-            held = self._read()
+            try:
+                held = self._read()
+            except MlflowException:
+                held = None  # the registry did not answer: wait and try again
             if held is not None and time.time() > self._until(held):
                 self._break(held)
                 continue
@@ -55,10 +58,14 @@ class Lease:
             time.sleep(0.2 + random.random() * 0.3)
 
     def _read(self):
+        """The lock as the registry holds it, or None when nobody holds it. Any other answer (an outage,
+        a timeout) raises: a failed read says nothing about who holds the lock."""
         try:
             return self.client.get_registered_model(self.name)
-        except MlflowException:
-            return None  # released meanwhile
+        except MlflowException as error:
+            if error.error_code == "RESOURCE_DOES_NOT_EXIST":
+                return None  # released meanwhile
+            raise
 
     def _until(self, held) -> float:
         # A lock without a lease tag was left by an older tlpipe: its lease is ten minutes from creation.
@@ -88,8 +95,9 @@ class Lease:
                               "lapsed); nothing was moved: run register again.")
 
     def release(self) -> None:
-        if self.owned():
-            with contextlib.suppress(MlflowException):
+        # A registry that does not answer now leaves the lock to lapse with its lease.
+        with contextlib.suppress(MlflowException):
+            if self.owned():
                 self.client.delete_registered_model(self.name)
 
 
@@ -101,6 +109,8 @@ def gate_lock(client, model_name: str, timeout: float = 600):
     stop = threading.Event()
 
     def keep_renewing():
+        # A failed read or write is retried at the next third of the lease; only another owner (or no
+        # lock at all) ends the renewing.
         while not stop.wait(lease.seconds / 3):
             with contextlib.suppress(MlflowException):
                 if not lease.renew():
