@@ -207,6 +207,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
+    except KeyboardInterrupt as interrupted:  # Ctrl-C or SIGTERM: one sentence, no traceback
+        print(f"tlpipe: {interrupted or 'interrupted'}", file=sys.stderr)
+        return 130
     except Exception as error:
         user_error = as_user_error(error)
         if user_error is None:

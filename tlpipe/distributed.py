@@ -75,6 +75,9 @@ def _free_port() -> int:
 
 
 def _worker(rank: int, world: int, port: int, result_path: str, fn, args, kwargs) -> None:
+    from tlpipe.lifetime import follow_parent
+
+    follow_parent()  # workers end with `tlpipe run` too
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     if torch.cuda.is_available():
         torch.cuda.set_device(rank)

@@ -5,6 +5,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -16,6 +17,7 @@ from pathlib import Path
 from tlpipe import preflight, settings
 from tlpipe.errors import ERROR_FILE_ENV, TlpipeError
 from tlpipe.evaluate import Evaluation
+from tlpipe.lifetime import PARENT_ENV
 from tlpipe.registry import Registration
 from tlpipe.steps.common import COMPUTE_MARK
 
@@ -97,6 +99,24 @@ class _LogView(io.TextIOBase):
         self.terminal.flush()
 
 
+def _interrupt(signum, frame):
+    """SIGTERM (a `kill`, a stopping container) ends a run as Ctrl-C does."""
+    raise KeyboardInterrupt
+
+
+def _close_interrupted(experiment: str, run_id: str, log_path: Path) -> str:
+    """Ends an interrupted run's MLflow runs KILLED (step runs still open FAILED); the one sentence to print."""
+    from tlpipe import tracking
+
+    try:
+        if not tracking.pipeline_run_ids(run_id):
+            return f"interrupted before run {run_id} reached MLflow; the log is {log_path}"
+        tracking.close_pipeline_run(experiment, run_id, "CANCELLED")
+    except Exception as error:  # the tracking server may be what failed
+        return f"interrupted; run {run_id} could not be closed in MLflow ({str(error).splitlines()[0][:200]})"
+    return f"interrupted; run {run_id} marked KILLED; the log is {log_path}"
+
+
 def run(name: str, given: dict[str, str], verbose: bool = False) -> RunResult:
     from tlpipe.cluster import pipeline as build_pipeline
 
@@ -114,6 +134,7 @@ def run(name: str, given: dict[str, str], verbose: bool = False) -> RunResult:
     warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*")
     run_id = f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     os.environ[settings.RUN_ENV] = run_id  # the steps' pipeline run (tlpipe.tracking)
+    os.environ[PARENT_ENV] = str(os.getpid())  # the steps end when this process does (tlpipe.lifetime)
     run_root = settings.pipeline_root() / run_id
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(run_root))
     started = time.perf_counter()
@@ -124,12 +145,18 @@ def run(name: str, given: dict[str, str], verbose: bool = False) -> RunResult:
         os.environ[ERROR_FILE_ENV] = str(error_file)
         view = _LogView(sys.stdout, log_file, verbose)
         terminal, sys.stdout = sys.stdout, view
+        previous = signal.signal(signal.SIGTERM, _interrupt)
         try:
             pipeline(**arguments)
         except RuntimeError as error:
             message = error_file.read_text() if error_file.exists() else f"{error}; the full log is {log_path}"
             raise TlpipeError(message) from None
+        except KeyboardInterrupt:
+            sys.stdout = terminal
+            raise KeyboardInterrupt(_close_interrupted(arguments.get("experiment", defaults.get("experiment", "tlpipe")),
+                                                       run_id, log_path)) from None
         finally:
+            signal.signal(signal.SIGTERM, previous)
             sys.stdout = terminal
             os.environ.pop(ERROR_FILE_ENV, None)
             os.environ.pop(settings.RUN_ENV, None)

@@ -12,6 +12,7 @@ import numpy as np
 from tlpipe import augment, settings, storage, tracking
 from tlpipe.checkpoint import Checkpoint
 from tlpipe.data import ImageSet
+from tlpipe.lifetime import follow_parent
 from tlpipe.models import save_model
 from tlpipe.train import TrainConfig
 
@@ -29,6 +30,7 @@ def timed(func):
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
+        follow_parent()
         started = time.perf_counter()
         try:
             return func(*args, **kwargs)

@@ -1,0 +1,93 @@
+"""An interrupted or killed `tlpipe run`: one sentence, its MLflow runs closed, and no step left running."""
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import mlflow
+import psutil
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+# Long enough a pretrain that the run is surely inside it when it is stopped.
+LONG = ["source_epochs=200", "finetune_epochs=1", "adapt_epochs=1", "target_labels_per_class=5"]
+
+
+class Run:
+    """`tlpipe run` in the background, its output read as it comes."""
+
+    def __init__(self, home):
+        self.home = home
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_"))}
+        env |= {"TLPIPE_HOME": str(home), "PYTHONUNBUFFERED": "1"}  # lines as they come
+        args = [a for p in LONG for a in ("-p", p)]
+        self.process = subprocess.Popen([sys.executable, "-m", "tlpipe.cli", "run", *args], env=env,
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.pid, self.out, self.err = self.process.pid, [], []
+        self.readers = [threading.Thread(target=lambda s=s, into=into: into.extend(s), daemon=True)
+                        for s, into in ((self.process.stdout, self.out), (self.process.stderr, self.err))]
+        for reader in self.readers:
+            reader.start()
+
+    def wait(self, timeout: float) -> tuple[int, str]:
+        code = self.process.wait(timeout=timeout)
+        for reader in self.readers:
+            reader.join(timeout=10)
+        return code, "".join(self.err)
+
+
+def pretraining_steps(run: Run, timeout: float = 240) -> list[psutil.Process]:
+    """The processes under `tlpipe run` once its pretrain step has started and imported what it trains with."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if any("Executing task" in line and "'pretrain'" in line for line in run.out):  # (kfp colours the name)
+            time.sleep(10)  # past the step's imports, into its training
+            steps = [p for p in psutil.Process(run.pid).children(recursive=True) if "executor_main" in " ".join(p.cmdline())]
+            assert steps
+            return steps
+        time.sleep(0.5)
+    run.process.kill()
+    pytest.fail(f"the pretrain step did not start training in time: {''.join(run.out)[-1500:]} {''.join(run.err)[-1500:]}")
+
+
+def gone(processes: list[psutil.Process], timeout: float = 15) -> bool:
+    _, alive = psutil.wait_procs(processes, timeout=timeout)
+    return not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE]
+
+
+def runs(home) -> list:
+    uri = f"sqlite:///{home / 'mlflow.db'}"
+    client = mlflow.MlflowClient(uri)
+    return client.search_runs([e.experiment_id for e in client.search_experiments()])
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupted_run_says_so_in_one_sentence_and_ends_killed(tmp_path, signum):
+    run = Run(tmp_path / "home")
+    steps = pretraining_steps(run)
+    if signum == signal.SIGINT:  # Ctrl-C reaches the whole foreground process group
+        for process in [psutil.Process(run.pid), *steps]:
+            process.send_signal(signal.SIGINT)
+    else:
+        run.process.send_signal(signum)
+    code, err = run.wait(timeout=120)
+    assert code == 130, err[-2000:]
+    lines = [line for line in err.splitlines() if line.startswith("tlpipe:")]
+    assert len(lines) == 1 and "interrupted; run transfer-" in lines[0] and "marked KILLED" in lines[0], err[-2000:]
+    assert "Traceback" not in err
+    assert gone(steps)
+    statuses = {r.data.tags.get("tlpipe.role"): r.info.status for r in runs(run.home)}
+    assert statuses["pipeline"] == "KILLED"
+    assert all(r.info.status != "RUNNING" for r in runs(run.home))
+
+
+def test_a_killed_run_leaves_no_step_training(tmp_path):
+    run = Run(tmp_path / "home")
+    steps = pretraining_steps(run)
+    run.process.kill()  # SIGKILL: tlpipe run itself can do nothing
+    run.wait(timeout=60)
+    assert gone(steps), "a step outlived the tlpipe run that started it"
