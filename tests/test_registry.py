@@ -326,15 +326,16 @@ class FlakyReads:
         return getattr(self.client, name)
 
 
+@pytest.mark.slow
 def test_the_lease_is_renewed_through_failed_reads(tlpipe_home, monkeypatch):
     """A read that fails is not a lost lock: the renewer tries again at the next third of the lease, so the
     lease is still running when the holder finishes, long after the first read failed."""
-    monkeypatch.setenv(registry.LEASE_ENV, "0.6")
+    monkeypatch.setenv(registry.LEASE_ENV, "3")
     client = tracking.configure()
     flaky = FlakyReads(client, failures=0)
     with registry.gate_lock(flaky, "flaky") as lease:
         flaky.failures = 2  # the renewer's next two reads fail
-        time.sleep(2.4)  # four leases
+        time.sleep(7.5)  # two and a half leases: without renewals after the failures, the lease would lapse
         held = client.get_registered_model("flaky.gate-lock")
         assert held.tags["owner"] == lease.owner
         assert float(held.tags["lease_until"]) > time.time()  # renewed after the failures

@@ -109,11 +109,22 @@ def test_weights_mirror_copies_hub_weights_to_s3_for_an_air_gapped_run(stack, tm
     assert missing.returncode == 2 and len(errors) == 1 and "no-such-bucket" in errors[0], missing.stderr[-2000:]
 
 
-def test_pipeline_tracks_on_the_server_and_keeps_models_in_s3(stack):
+def test_a_photo_folder_on_s3_runs_through_the_pipeline_tracked_on_the_server_with_models_in_s3(stack, tmp_path):
+    """The stack's one whole run: photos (224 px JPEGs) as an S3 folder with the folder markers sync tools
+    write, ingested at 32 px (sharded artifacts, photo augmentation by default for both domains' training
+    images), tracked on the MLflow server, models and published splits in S3, no secret anywhere."""
     home, env = stack
-    params = [*TINY, "publish_to=s3://tlpipe/published"]
+    make_folder(tmp_path / "source", 1000, seed=0)
+    make_folder(tmp_path / "target", 400, seed=1, shift=1.0)
+    storage.upload(tmp_path / "source", "s3://tlpipe/photos/source")
+    storage.upload(tmp_path / "target", "s3://tlpipe/photos/target")
+    for marker in ("photos/", "photos/source/", "photos/source/class_0/", "photos/target/", "photos/target/class_9/"):
+        storage.client().put_object(Bucket="tlpipe", Key=marker, Body=b"")
+    params = [*TINY, "source=imagefolder:s3://tlpipe/photos/source", "target=imagefolder:s3://tlpipe/photos/target",
+              "target_val_per_class=5", "model_name=photos-s3", "publish_to=s3://tlpipe/published"]
     result = tlpipe(home, "run", "--stack", "local", *[a for p in params for a in ("-p", p)])
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "registered model: photos-s3 version 1 (alias champion)" in result.stdout
     assert "champion: version 1 (promoted: the first champion)" in result.stdout
     keys = storage.list_keys("s3://tlpipe/mlartifacts")
     assert any(k.endswith("/model.safetensors") for k in keys), keys  # the LoggedModels' weights
@@ -124,19 +135,30 @@ def test_pipeline_tracks_on_the_server_and_keeps_models_in_s3(stack):
 
     import mlflow
 
+    client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"], env["MLFLOW_TRACKING_URI"])
+    experiment = client.get_experiment_by_name("tlpipe").experiment_id
+    ingest = client.search_runs([experiment], "tags.`tlpipe.step` = 'ingest'", order_by=["start_time DESC"])[0]
+    counts = ingest.data.metrics
+    assert sum(counts[f"source_{split}_count"] for split in ("train", "val", "test")) == 1000
+    assert sum(counts[f"target_{split}_count"] for split in ("labelled", "val", "unlabelled", "test")) == 400
+    steps = client.search_runs([experiment], f"tags.`tlpipe.pipeline_run` = '{ingest.data.tags['tlpipe.pipeline_run']}'")
+    by_step = {r.data.tags["tlpipe.step"]: r for r in steps if "tlpipe.step" in r.data.tags}
+    for step in ("pretrain", "finetune", "target-only", "adapt"):
+        assert by_step[step].data.params["augment"] == "photo", step
+    assert ingest.data.params["source"] == "imagefolder:s3://tlpipe/photos/source"
+
     mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
     mlflow.set_registry_uri(env["MLFLOW_TRACKING_URI"])
-    model = mlflow.pyfunc.load_model("models:/tlpipe@champion")
+    model = mlflow.pyfunc.load_model("models:/photos-s3@champion")
     assert model.predict(np.zeros((3, 20, 20, 3), dtype=np.uint8)).shape == (3,)
 
     # The S3 secret reaches no MLflow parameter, tag, registry tag or log.
     secret = env["AWS_SECRET_ACCESS_KEY"]
-    client = mlflow.MlflowClient()
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert len(runs) >= 8
     for run in runs:
         assert secret not in repr(run.data.params) + repr(run.data.tags)
-    for version in client.search_model_versions("name='tlpipe'"):
+    for version in client.search_model_versions("name='photos-s3'"):
         assert secret not in repr(version.tags)
     for log in (home / "logs").glob("*.log"):
         assert secret not in log.read_text()
@@ -175,7 +197,7 @@ def test_service_failures_are_found_before_training_with_one_sentence(stack, tmp
 
 def test_only_the_pipelines_credentials_write_to_the_authenticated_server(stack, tmp_path):
     """The stack's MLflow runs MLflow's basic-auth app, as the chart's does. The pipelines' credentials
-    registered and gated above; no credentials, wrong ones, or a user who may only read get one sentence
+    registered and gated the photo-folder run's model above; no credentials, wrong ones, or a user who may only read get one sentence
     and move nothing."""
     import base64
     import json
@@ -185,8 +207,8 @@ def test_only_the_pipelines_credentials_write_to_the_authenticated_server(stack,
 
     home, env = stack
     client = mlflow.MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"], registry_uri=env["MLFLOW_TRACKING_URI"])
-    before = sorted(v.version for v in client.search_model_versions("name='tlpipe'"))
-    champion = client.get_model_version_by_alias("tlpipe", "champion").version
+    before = sorted(v.version for v in client.search_model_versions("name='photos-s3'"))
+    champion = client.get_model_version_by_alias("photos-s3", "champion").version
     # The admin (the pipelines' identity) adds a reader through MLflow's auth API.
     request = urllib.request.Request(
         env["MLFLOW_TRACKING_URI"] + "/api/2.0/mlflow/users/create", method="POST",
@@ -203,30 +225,33 @@ def test_only_the_pipelines_credentials_write_to_the_authenticated_server(stack,
          "the MLflow tracking server refused a request of reader"),
     ]
     for case_env, expected in cases:
-        error, output = _failure(tmp_path / "home", case_env)
+        error, output = _failure(tmp_path / "home", case_env, ["model_name=photos-s3"])
         assert expected in error, error
         assert "not-the-password" not in output and env["MLFLOW_TRACKING_PASSWORD"] not in output
-    assert sorted(v.version for v in client.search_model_versions("name='tlpipe'")) == before
-    assert client.get_model_version_by_alias("tlpipe", "champion").version == champion
+    assert sorted(v.version for v in client.search_model_versions("name='photos-s3'")) == before
+    assert client.get_model_version_by_alias("photos-s3", "champion").version == champion
     # Nor can the reader move the champion by hand.
     reader = {**env, "MLFLOW_TRACKING_USERNAME": "reader", "MLFLOW_TRACKING_PASSWORD": "reader-pa55word-1"}
-    moved = tlpipe(tmp_path / "home", "rollback", env=reader)
+    moved = tlpipe(tmp_path / "home", "rollback", "--model-name", "photos-s3", env=reader)
     assert moved.returncode == 2 and "Traceback" not in moved.stderr
-    assert client.get_model_version_by_alias("tlpipe", "champion").version == champion
+    assert client.get_model_version_by_alias("photos-s3", "champion").version == champion
 
 
-def test_stopping_and_starting_the_stack_keeps_its_data(stack):
+def test_stopping_and_starting_the_stack_keeps_its_data(stack, tmp_path):
+    from mlflow import MlflowClient
+
     home, env = stack
+    client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"], registry_uri=env["MLFLOW_TRACKING_URI"])
+    client.create_registered_model("kept-across-restarts")
+    (tmp_path / "small.bin").write_bytes(b"kept")
+    storage.upload(tmp_path / "small.bin", "s3://tlpipe/tests/restart/small.bin")
     assert tlpipe(home, "stack", "down").returncode == 0
     assert tlpipe(home, "stack", "status").returncode == 2
     restarted = tlpipe(home, "stack", "up")
     assert restarted.returncode == 0, restarted.stderr[-2000:]
     assert env["MLFLOW_TRACKING_URI"] in restarted.stdout  # same addresses as before
-    assert "small.bin" in storage.list_keys("s3://tlpipe/tests/files")
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"], registry_uri=env["MLFLOW_TRACKING_URI"])
-    assert str(client.get_model_version_by_alias("tlpipe", "champion").version) == "1"
+    assert storage.list_keys("s3://tlpipe/tests/restart") == ["small.bin"]
+    assert client.get_registered_model("kept-across-restarts").name == "kept-across-restarts"
 
 
 def test_checkpoints_round_trip_through_s3(stack):
@@ -239,33 +264,3 @@ def test_checkpoints_round_trip_through_s3(stack):
     assert checkpoint.restore() == 4 and torch.equal(fresh.weight, model.weight)
     checkpoint.remove()
     assert Checkpoint("s3://tlpipe/tests/checkpoints/run/step", {"model": fresh}).restore() == 0
-
-
-def test_a_photo_folder_on_s3_with_folder_markers_runs_through_the_pipeline(stack, tmp_path):
-    """Photos (224 px JPEGs) as an S3 folder with the folder markers sync tools write, ingested at 32 px:
-    sharded artifacts, photo augmentation by default for both domains' training images."""
-    home, env = stack
-    make_folder(tmp_path / "source", 1000, seed=0)
-    make_folder(tmp_path / "target", 400, seed=1, shift=1.0)
-    storage.upload(tmp_path / "source", "s3://tlpipe/photos/source")
-    storage.upload(tmp_path / "target", "s3://tlpipe/photos/target")
-    for marker in ("photos/", "photos/source/", "photos/source/class_0/", "photos/target/", "photos/target/class_9/"):
-        storage.client().put_object(Bucket="tlpipe", Key=marker, Body=b"")
-    params = [*TINY, "source=imagefolder:s3://tlpipe/photos/source", "target=imagefolder:s3://tlpipe/photos/target",
-              "target_val_per_class=5", "model_name=photos-s3"]
-    result = tlpipe(home, "run", "--stack", "local", *[a for p in params for a in ("-p", p)])
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "registered model: photos-s3 version 1 (alias champion)" in result.stdout
-    import mlflow
-
-    client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
-    experiment = client.get_experiment_by_name("tlpipe").experiment_id
-    ingest = client.search_runs([experiment], "tags.`tlpipe.step` = 'ingest'", order_by=["start_time DESC"])[0]
-    counts = ingest.data.metrics
-    assert sum(counts[f"source_{split}_count"] for split in ("train", "val", "test")) == 1000
-    assert sum(counts[f"target_{split}_count"] for split in ("labelled", "val", "unlabelled", "test")) == 400
-    steps = client.search_runs([experiment], f"tags.`tlpipe.pipeline_run` = '{ingest.data.tags['tlpipe.pipeline_run']}'")
-    by_step = {r.data.tags["tlpipe.step"]: r for r in steps if "tlpipe.step" in r.data.tags}
-    for step in ("pretrain", "finetune", "target-only", "adapt"):
-        assert by_step[step].data.params["augment"] == "photo", step
-    assert ingest.data.params["source"] == "imagefolder:s3://tlpipe/photos/source"
