@@ -219,7 +219,8 @@ def pipelines() -> dict:
     from importlib.metadata import entry_points
 
     found = {point.name: point for point in entry_points(group=PIPELINES_GROUP)}
-    names = [n for n in ("transfer", "retrain", "layer-sweep") if n in found] + sorted(set(found) - {"transfer", "retrain", "layer-sweep"})
+    product = ("transfer", "retrain", "layer-sweep")  # the product's own first, as the docs list them
+    names = sorted(found, key=lambda n: (product.index(n) if n in product else len(product), n))
     return {name: found[name].load() for name in names}
 
 

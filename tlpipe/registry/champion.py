@@ -9,6 +9,7 @@ import mlflow
 from mlflow.exceptions import MlflowException
 
 from tlpipe.distributed import device
+from tlpipe.errors import TlpipeError
 
 
 def champion_version(client, name: str):
@@ -16,8 +17,6 @@ def champion_version(client, name: str):
     does not exist yet, or its aliases have no champion. Any other answer of the registry (an outage
     after MLflow's retries, a refused permission) stops the caller with one sentence: read as "no
     champion", it would promote a new version with no comparison."""
-    from tlpipe.errors import TlpipeError
-
     def unreadable(error: MlflowException) -> TlpipeError:
         return TlpipeError(f"cannot read the champion of '{name}' from the model registry ({error.error_code}: "
                            f"{error.message.splitlines()[0][:200]}); no alias was moved, try again when it answers.")
