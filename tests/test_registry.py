@@ -221,6 +221,23 @@ def test_rollback_moves_champion_back_and_listing_shows_lineage(models, tlpipe_h
         registry.rollback(tracking.configure(), "gated")
 
 
+def test_rollback_names_its_target_and_refuses_a_deleted_one_in_a_sentence(models):
+    register(models, "weak", "run-1")
+    register(models, "strong", "run-2")  # promoted: replaced v1
+    register(models, "weak", "run-3")  # kept as challenger
+    client = tracking.configure()
+    client.delete_model_version("gated", "1")
+    with pytest.raises(TlpipeError, match=r"version 1 of 'gated' \(the champion version 2 replaced\) no longer exists; "
+                                          r"the champion stays version 2"):
+        registry.rollback(client, "gated")
+    for to, why in (("9", "version 9 of 'gated' is not a version"), ("x", "version x of 'gated' is not a version"),
+                    ("2", "version 2 of 'gated' is already the champion")):
+        with pytest.raises(TlpipeError, match=why):
+            registry.rollback(client, "gated", to)
+    assert str(client.get_model_version_by_alias("gated", "champion").version) == "2"
+    assert registry.rollback(client, "gated", "3") == ("2", "3")
+    assert str(client.get_model_version_by_alias("gated", "champion").version) == "3"
+
 def test_a_holder_whose_lease_lapsed_never_deletes_the_new_holders_lock(tlpipe_home):
     client = tracking.configure()
     first = registry.Lease(client, "gated", seconds=30)

@@ -123,8 +123,8 @@ def cmd_registry(args) -> None:
 def cmd_rollback(args) -> None:
     from tlpipe import registry
 
-    old, new = registry.rollback(_registry_client(args), args.model_name)
-    print(f"champion of '{args.model_name}' moved back from version {old} to version {new}")
+    old, new = registry.rollback(_registry_client(args), args.model_name, args.to)
+    print(f"champion of '{args.model_name}' moved from version {old} to version {new}")
 
 
 def cmd_stack(args) -> None:
@@ -184,6 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--model-name", default="tlpipe")
         sub.add_argument("--stack", choices=["local"], help="use the local stack's MLflow server")
         sub.set_defaults(func=func)
+    rollback = commands.choices["rollback"]
+    rollback.add_argument("--to", default="", metavar="VERSION",
+                          help="the version to make champion (default: the one the champion replaced)")
     kubeflow_commands.add_to(commands)
     shot = commands.add_parser("screenshot", help="full-page PNGs of a report in headless Chromium")
     shot.add_argument("report", help="an HTML report (e.g. $TLPIPE_HOME/reports/RUN.html)")

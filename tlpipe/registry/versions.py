@@ -3,6 +3,8 @@
 import time
 from pathlib import Path
 
+from mlflow.exceptions import MlflowException
+
 from tlpipe.data import ImageSet
 from tlpipe.distributed import device
 from tlpipe.errors import TlpipeError
@@ -67,18 +69,38 @@ def register(client, model_dir: str | Path, model_name: str, test: ImageSet, tag
     return result
 
 
-def rollback(client, model_name: str) -> tuple[str, str]:
-    """Moves `champion` back to the version it replaced; returns (from, to)."""
+def rollback(client, model_name: str, to: str = "") -> tuple[str, str]:
+    """Moves `champion` to version `to`, or back to the version it replaced; returns (from, to)."""
     with gate_lock(client, model_name):
         current = champion_version(client, model_name)
         if current is None:
             raise TlpipeError(f"model '{model_name}' has no champion to roll back.")
-        previous = current.tags.get(PREVIOUS_CHAMPION_TAG)
-        if not previous:
-            raise TlpipeError(f"champion version {current.version} of '{model_name}' replaced no earlier champion; nothing to roll back to.")
-        client.set_registered_model_alias(model_name, "champion", previous)
+        target = str(to or current.tags.get(PREVIOUS_CHAMPION_TAG, ""))
+        if not target:
+            raise TlpipeError(f"champion version {current.version} of '{model_name}' replaced no earlier champion; "
+                              "nothing to roll back to (name a version with --to).")
+        if target == str(current.version):
+            raise TlpipeError(f"version {target} of '{model_name}' is already the champion.")
+        if not _version_exists(client, model_name, target):
+            why = "is not a version" if to else f"(the champion version {current.version} replaced) no longer exists"
+            raise TlpipeError(f"version {target} of '{model_name}' {why}; the champion stays version {current.version}"
+                              " (`tlpipe registry` lists the versions; choose one with --to).")
+        client.set_registered_model_alias(model_name, "champion", target)
         client.set_model_version_tag(model_name, str(current.version), "tlpipe.rolled_back", time.strftime("%Y-%m-%dT%H:%M:%S"))
-    return str(current.version), previous
+    return str(current.version), target
+
+
+def _version_exists(client, model_name: str, version: str) -> bool:
+    """False only when the registry says the version is not there; any other failure stops the caller."""
+    if not version.isdigit():
+        return False
+    try:
+        client.get_model_version(model_name, version)
+    except MlflowException as error:
+        if error.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return False
+        raise
+    return True
 
 
 def versions(client, model_name: str) -> list[dict]:
