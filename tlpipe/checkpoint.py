@@ -74,7 +74,16 @@ class Checkpoint:
                 local = storage.download(self.location, Path(tmp) / FILE)
             elif not local.is_file():
                 return 0
-            state = torch.load(local, map_location="cpu", weights_only=True)
+            try:
+                state = torch.load(local, map_location="cpu", weights_only=True)
+                missing = [k for k in ("epoch", "rng", *self.objects) if k not in state]
+            except Exception as error:  # truncated or corrupt: a retry must not fail on it forever
+                state, missing = None, [f"unreadable: {str(error).splitlines()[0][:120]}"]
+        if missing:
+            print(f"tlpipe: the checkpoint {self.location} cannot be resumed ({', '.join(missing)}); "
+                  "the step starts again from its first epoch", flush=True)
+            self.remove()
+            return 0
         for name, obj in self.objects.items():
             obj.load_state_dict(state[name])
         _set_rng_state(state["rng"])
