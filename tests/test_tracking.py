@@ -90,3 +90,19 @@ def test_steps_log_into_the_runs_kubeflows_mlflow_integration_created(client, tm
     with tracking.step_run("evaluate", "tlpipe", "run-kfp", {"select_by": "target-val"}):
         assert mlflow.active_run().info.run_id == kfp_next
     assert tracking.current_parent("tlpipe", "run-kfp") == kfp_parent
+
+
+@pytest.mark.slow
+def test_runs_started_at_once_on_an_empty_home_all_get_the_embedded_store(tmp_path):
+    """Each process's first client creates the SQLite schema; at once, unserialised, one fails its migration."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"} | {"TLPIPE_HOME": str(tmp_path / "home")}
+    code = "from tlpipe import tracking; tracking.experiment_id(tracking.configure(), 'tlpipe')"
+    started = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True) for _ in range(4)]
+    ended = [(p.wait(timeout=300), p.stdout.read()) for p in started]
+    assert all(code == 0 for code, _ in ended), [out[-800:] for code, out in ended if code]
+    assert len(mlflow.MlflowClient(f"sqlite:///{tmp_path / 'home' / 'mlflow.db'}").search_experiments()) == 2

@@ -1,6 +1,7 @@
 """MLflow runs: the pipeline run's parent, one nested run per step, closing them, and the code version."""
 
 import contextlib
+import fcntl
 import os
 import subprocess
 import time
@@ -31,11 +32,18 @@ def current_pipeline_run() -> str:
 
 def configure() -> MlflowClient:
     uri = settings.tracking_uri()
-    if uri.startswith("sqlite:"):
-        settings.home().mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    return MlflowClient()
+    if not uri.startswith("sqlite:///"):
+        return MlflowClient()
+    settings.home().mkdir(parents=True, exist_ok=True)
+    # The first client creates the database's schema; two runs started at once on an empty home would
+    # both migrate it and one would fail, so the creation is serialised by a lock beside the file.
+    database = Path(uri.removeprefix("sqlite:///"))
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with open(database.with_name(database.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return MlflowClient()
 
 
 def kfp_step_run(client: MlflowClient):
