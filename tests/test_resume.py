@@ -148,38 +148,6 @@ def test_a_killed_step_resumes_to_the_same_weights(data, step, epochs, where, re
         assert torch.equal(a, b), name
 
 
-def test_a_half_written_checkpoint_is_never_taken_for_a_whole_one(tmp_path):
-    from tlpipe.checkpoint import Checkpoint
-
-    model = torch.nn.Linear(2, 2)
-    Checkpoint(str(tmp_path), {"model": model}).save(3)
-    (tmp_path / "checkpoint.partial").write_bytes(b"half a checkpoint")  # what a kill mid-write leaves
-    fresh = torch.nn.Linear(2, 2)
-    assert Checkpoint(str(tmp_path), {"model": fresh}).restore() == 3
-    assert torch.equal(fresh.weight, model.weight)
-
-
-def test_a_truncated_checkpoint_is_said_and_the_step_starts_fresh(tmp_path, capsys):
-    from tlpipe.checkpoint import Checkpoint
-
-    model = torch.nn.Linear(2, 2)
-    Checkpoint(str(tmp_path), {"model": model}).save(3)
-    whole = (tmp_path / "checkpoint.pt").read_bytes()
-    (tmp_path / "checkpoint.pt").write_bytes(whole[: len(whole) // 2])  # a disk or copy that cut it short
-    fresh = torch.nn.Linear(2, 2)
-    before = fresh.weight.clone()
-    assert Checkpoint(str(tmp_path), {"model": fresh}).restore() == 0
-    assert torch.equal(fresh.weight, before)
-    said = capsys.readouterr().out
-    assert f"the checkpoint {tmp_path}/checkpoint.pt cannot be resumed (unreadable: " in said
-    assert "starts again from its first epoch" in said
-    assert not (tmp_path / "checkpoint.pt").exists()  # the next attempt does not meet it again
-
-    Checkpoint(str(tmp_path), {"model": model}).save(2)
-    assert Checkpoint(str(tmp_path), {"model": fresh, "optimizer": torch.optim.SGD(fresh.parameters(), 0.1)}).restore() == 0
-    assert "cannot be resumed (optimizer)" in capsys.readouterr().out
-
-
 def test_a_step_killed_mid_epoch_resumes_at_the_step_it_saved(data):
     """With checkpoint_minutes small, the streamed adapt step also checkpoints within its epochs; killed
     after such a checkpoint, it resumes at the saved step of that epoch, with its loaders' remaining
