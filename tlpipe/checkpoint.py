@@ -78,7 +78,7 @@ class Checkpoint:
                 state = torch.load(local, map_location="cpu", weights_only=True)
                 missing = [k for k in ("epoch", "rng", *self.objects) if k not in state]
             except Exception as error:  # truncated or corrupt: a retry must not fail on it forever
-                state, missing = None, [f"unreadable: {str(error).splitlines()[0][:120]}"]
+                missing = [f"unreadable: {str(error).splitlines()[0][:120]}"]
         if missing:
             print(f"tlpipe: the checkpoint {self.location} cannot be resumed ({', '.join(missing)}); "
                   "the step starts again from its first epoch", flush=True)

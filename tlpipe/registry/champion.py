@@ -12,14 +12,19 @@ from tlpipe.distributed import device
 from tlpipe.errors import TlpipeError
 
 
+def unanswered(what: str, error: MlflowException) -> TlpipeError:
+    """The one sentence for a registry that failed to answer (not a "not found")."""
+    return TlpipeError(f"cannot read {what} from the model registry ({error.error_code}: "
+                       f"{error.message.splitlines()[0][:200]}); no alias was moved, try again when it answers.")
+
+
 def champion_version(client, name: str):
     """The model version that holds the `champion` alias, or None when there is none: the registered model
     does not exist yet, or its aliases have no champion. Any other answer of the registry (an outage
     after MLflow's retries, a refused permission) stops the caller with one sentence: read as "no
     champion", it would promote a new version with no comparison."""
     def unreadable(error: MlflowException) -> TlpipeError:
-        return TlpipeError(f"cannot read the champion of '{name}' from the model registry ({error.error_code}: "
-                           f"{error.message.splitlines()[0][:200]}); no alias was moved, try again when it answers.")
+        return unanswered(f"the champion of '{name}'", error)
 
     try:
         model = client.get_registered_model(name)

@@ -10,7 +10,7 @@ from tlpipe.distributed import device
 from tlpipe.errors import TlpipeError
 from tlpipe.evaluate import score
 from tlpipe.models import load_model
-from tlpipe.registry.champion import champion_model, champion_version
+from tlpipe.registry.champion import champion_model, champion_version, unanswered
 from tlpipe.registry.gate import Gate, Registration, paired_comparison
 from tlpipe.registry.lock import gate_lock
 from tlpipe.registry.models import log_and_register
@@ -91,7 +91,7 @@ def rollback(client, model_name: str, to: str = "") -> tuple[str, str]:
 
 
 def _version_exists(client, model_name: str, version: str) -> bool:
-    """False only when the registry says the version is not there; any other failure stops the caller."""
+    """False only when the registry says the version is not there; any other failure stops the caller in a sentence."""
     if not version.isdigit():
         return False
     try:
@@ -99,7 +99,7 @@ def _version_exists(client, model_name: str, version: str) -> bool:
     except MlflowException as error:
         if error.error_code == "RESOURCE_DOES_NOT_EXIST":
             return False
-        raise
+        raise unanswered(f"version {version} of '{model_name}'", error) from None
     return True
 
 
