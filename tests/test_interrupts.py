@@ -4,12 +4,15 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
 import mlflow
 import psutil
 import pytest
+
+from tlpipe import local
 
 pytestmark = pytest.mark.e2e
 
@@ -21,9 +24,10 @@ class Run:
     """`tlpipe run` in the background, its output read as it comes."""
 
     def __init__(self, home):
-        self.home = home
+        self.home, self.tmp = home, home.parent / "tmp"  # TMPDIR: what the run and its steps leave there
+        self.tmp.mkdir(parents=True)
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_"))}
-        env |= {"TLPIPE_HOME": str(home), "PYTHONUNBUFFERED": "1"}  # lines as they come
+        env |= {"TLPIPE_HOME": str(home), "PYTHONUNBUFFERED": "1", "TMPDIR": str(self.tmp)}  # lines as they come
         args = [a for p in LONG for a in ("-p", p)]
         self.process = subprocess.Popen([sys.executable, "-m", "tlpipe.cli", "run", *args], env=env,
                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -65,6 +69,12 @@ def runs(home) -> list:
     return client.search_runs([e.experiment_id for e in client.search_experiments()])
 
 
+def left_behind(run: Run) -> list[str]:
+    """What the run left on disk apart from its log and the MLflow store: KFP outputs, checkpoints, scratch."""
+    places = [run.home / "pipeline-root", run.home / "checkpoints", run.tmp]
+    return [str(p) for place in places if place.exists() for p in place.iterdir()]
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_an_interrupted_run_says_so_in_one_sentence_and_ends_killed(tmp_path, signum):
     run = Run(tmp_path / "home")
@@ -83,11 +93,29 @@ def test_an_interrupted_run_says_so_in_one_sentence_and_ends_killed(tmp_path, si
     statuses = {r.data.tags.get("tlpipe.role"): r.info.status for r in runs(run.home)}
     assert statuses["pipeline"] == "KILLED"
     assert all(r.info.status != "RUNNING" for r in runs(run.home))
+    assert not left_behind(run)  # a local run is not resumed: what it wrote for going on is of no use
 
 
-def test_a_killed_run_leaves_no_step_training(tmp_path):
+def test_a_killed_run_leaves_no_step_training_and_the_next_run_closes_it(tmp_path, monkeypatch, capsys):
     run = Run(tmp_path / "home")
     steps = pretraining_steps(run)
     run.process.kill()  # SIGKILL: tlpipe run itself can do nothing
     run.wait(timeout=60)
     assert gone(steps), "a step outlived the tlpipe run that started it"
+    [parent] = [r for r in runs(run.home) if r.data.tags.get("tlpipe.role") == "pipeline"]
+    assert parent.info.status == "RUNNING"
+
+    # What the next `tlpipe run` on this machine does before it starts.
+    monkeypatch.setenv("TLPIPE_HOME", str(run.home))
+    monkeypatch.setattr(tempfile, "tempdir", str(run.tmp))  # the same TMPDIR as the killed run
+    for name in [n for n in os.environ if n.startswith(("AWS_", "MLFLOW_"))]:
+        monkeypatch.delenv(name)
+    try:
+        local._close_abandoned()
+    finally:
+        mlflow.set_tracking_uri(None)
+    said = capsys.readouterr().out
+    assert f"run {parent.info.run_name} was left RUNNING by a tlpipe run that is gone; marked KILLED" in said
+    assert {r.info.status for r in runs(run.home) if r.data.tags.get("tlpipe.role") == "pipeline"} == {"KILLED"}
+    assert all(r.info.status != "RUNNING" for r in runs(run.home))
+    assert not left_behind(run)

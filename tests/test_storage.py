@@ -72,3 +72,16 @@ def test_ordinary_keys_download_into_the_folder(verbatim_s3, tmp_path):
     storage.download("s3://data/plain/photos/", tmp_path / "out")
     assert sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*.png")) == [
         "a/1.png", "b/2.png"]
+
+
+def test_an_s3_endpoint_that_stops_answering_inside_a_library_is_one_sentence():
+    """boto3 clients that tlpipe does not build (MLflow's artifact store) raise botocore's own errors."""
+    from botocore.exceptions import EndpointConnectionError, ReadTimeoutError
+
+    from tlpipe.errors import as_user_error
+
+    for error in (EndpointConnectionError(endpoint_url="http://10.0.0.7:8333/models/m.safetensors"),
+                  ReadTimeoutError(endpoint_url="http://10.0.0.7:8333/models/m.safetensors")):
+        said = str(as_user_error(error))
+        assert said.startswith("the S3 endpoint stopped answering (") and "http://10.0.0.7:8333" in said, said
+    assert as_user_error(KeyError("a bug")) is None

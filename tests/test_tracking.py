@@ -1,11 +1,18 @@
 """The MLflow runs of a pipeline run: one nested run per step, taken up again by a retried step, and
 closed by the exit handler whatever happened; the pipeline run's id comes from the environment."""
 
+import os
+import subprocess
+import sys
+import time
+
 import mlflow
 import pytest
+from helpers import free_port
 
 from tlpipe import tracking
 from tlpipe.errors import TlpipeError
+from tlpipe.lifetime import PARENT_ENV
 
 
 @pytest.fixture
@@ -62,6 +69,38 @@ def test_the_exit_handler_closes_the_parent_run_and_fails_steps_left_open(client
     assert steps == {"run-1": "FAILED", "run-2": "FINISHED"}
 
 
+def test_the_next_run_closes_the_runs_of_a_killed_tlpipe_run_and_only_those(client, monkeypatch):
+    """A `tlpipe run` killed outright (SIGKILL) leaves its runs RUNNING; the next run on this machine ends
+    them KILLED (open steps FAILED). Runs whose owner lives, runs of another machine and cluster runs
+    (no owner) stay as they are."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    owners = {"killed": str(dead.pid), "alive": str(os.getpid())}
+    for name, pid in owners.items():
+        monkeypatch.setenv(PARENT_ENV, pid)
+        with tracking.step_run("pretrain", "runs", name, {}):
+            pass
+    monkeypatch.delenv(PARENT_ENV)
+    with tracking.step_run("pretrain", "runs", "cluster", {}):
+        pass
+    with tracking.step_run("pretrain", "runs", "elsewhere", {}):
+        pass
+    parent = {r.data.tags["tlpipe.pipeline_run"]: r for r in runs(client, "pipeline")}
+    assert parent["killed"].data.tags["tlpipe.owner"].split(":")[1] == str(dead.pid)
+    assert "tlpipe.owner" not in parent["cluster"].data.tags
+    client.set_tag(parent["elsewhere"].info.run_id, "tlpipe.owner", "another-host:1:0")
+    for run in runs(client, "step"):  # each killed inside its step
+        client.update_run(run.info.run_id, status="RUNNING")
+
+    assert tracking.close_abandoned_runs() == ["killed"]
+    statuses = {(r.data.tags["tlpipe.pipeline_run"], r.data.tags["tlpipe.role"]): r.info.status
+                for role in ("pipeline", "step") for r in runs(client, role)}
+    assert statuses == {("killed", "pipeline"): "KILLED", ("killed", "step"): "FAILED",
+                        **{(name, role): "RUNNING" for name in ("alive", "cluster", "elsewhere")
+                           for role in ("pipeline", "step")}}
+    assert tracking.close_abandoned_runs() == []
+
+
 def test_steps_log_into_the_runs_kubeflows_mlflow_integration_created(client, tmp_path, monkeypatch):
     """KFP 2.17's MLflow plugin creates the pipeline's parent run and a nested run per task, and hands
     the task's run to the pod as MLFLOW_RUN_ID: the step logs there instead of opening runs of its own."""
@@ -106,3 +145,32 @@ def test_runs_started_at_once_on_an_empty_home_all_get_the_embedded_store(tmp_pa
     ended = [(p.wait(timeout=300), p.stdout.read()) for p in started]
     assert all(code == 0 for code, _ in ended), [out[-800:] for code, out in ended if code]
     assert len(mlflow.MlflowClient(f"sqlite:///{tmp_path / 'home' / 'mlflow.db'}").search_experiments()) == 2
+
+
+STEP = """
+from tlpipe import tracking
+from tlpipe.errors import exit_on_user_error
+
+@exit_on_user_error
+def step():
+    with tracking.step_run("pretrain", "tlpipe", "run-1", {"epochs": 3}):
+        pass
+
+step()
+"""
+
+
+@pytest.mark.slow
+def test_a_step_whose_tracking_server_is_gone_says_so_in_a_minute_not_silently_for_many(tmp_path):
+    """MLflow's client alone retries each request for about 4 minutes and then raises a traceback."""
+    uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there: a server that went away
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env |= {"MLFLOW_TRACKING_URI": uri, "TLPIPE_HOME": str(tmp_path)}
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-c", STEP], env=env, capture_output=True, text=True, timeout=400)
+    assert time.monotonic() - started < 100
+    assert result.returncode == 2, result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("tlpipe: error:")]
+    assert errors == [f"tlpipe: error: the MLflow tracking server {uri} stopped answering (connection refused, after "
+                      "retries for about a minute); is it running, and is MLFLOW_TRACKING_URI right?"], result.stderr[-2000:]
+    assert "Traceback" not in result.stderr

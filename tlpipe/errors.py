@@ -4,8 +4,10 @@ A TlpipeError carries one sentence that names the bad thing and what would be ri
 CLI print that sentence and exit non-zero instead of showing a traceback.
 """
 
+import errno
 import functools
 import os
+import re
 import sys
 
 
@@ -29,9 +31,40 @@ def refusal(error: Exception) -> TlpipeError | None:
                        "the registry's aliases takes the pipelines' credentials (MLFLOW_TRACKING_USERNAME/_PASSWORD).")
 
 
+def disk_full(error: Exception) -> TlpipeError | None:
+    """The one sentence for a write that found its disk (or quota) full, or None for any other error."""
+    if not isinstance(error, OSError) or error.errno not in (errno.ENOSPC, errno.EDQUOT):
+        return None
+    where = f" writing {error.filename}" if error.filename else ""
+    return TlpipeError(f"no space left on the disk{where} ({error.strerror}); free some or point TLPIPE_HOME "
+                       "(or the path given) at a disk with room.")
+
+
+_MLFLOW_REQUEST = re.compile(r"API request to (\S+?)/(?:api|ajax-api)/\S* failed with exception (.*)", re.S)
+_BOTO_OUTAGES = ("EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ConnectionClosedError")
+
+
+def outage(error: Exception) -> TlpipeError | None:
+    """The one sentence for a service that stopped answering (after its client's bounded retries): the
+    MLflow tracking server or an S3 endpoint, named; None for any other error."""
+    if type(error).__name__ in _BOTO_OUTAGES:
+        return TlpipeError(f"the S3 endpoint stopped answering ({error}); is it running, and is AWS_ENDPOINT_URL_S3 "
+                           "right?")
+    found = _MLFLOW_REQUEST.search(str(getattr(error, "message", "")))
+    if found is None:
+        return None
+    causes = ("Connection refused", "Read timed out", "Name or service not known", "Connection reset")
+    cause = next((c.lower() for c in causes if c in found.group(2)), found.group(2)[:200])
+    return TlpipeError(f"the MLflow tracking server {found.group(1)} stopped answering ({cause}, after retries "
+                       "for about a minute); is it running, and is MLFLOW_TRACKING_URI right?")
+
+
 def as_user_error(error: Exception) -> TlpipeError | None:
-    """The error as the one sentence a user sees (a TlpipeError, or an MLflow refusal), or None for a bug."""
-    return error if isinstance(error, TlpipeError) else refusal(error)
+    """The error as the one sentence a user sees (a TlpipeError, an MLflow refusal, a full disk, a service
+    that stopped answering), or None for a bug."""
+    if isinstance(error, TlpipeError):
+        return error
+    return refusal(error) or disk_full(error) or outage(error)
 
 
 def exit_on_user_error(func):

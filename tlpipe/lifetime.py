@@ -5,14 +5,46 @@ data-parallel workers are its children in turn. Killed, even with SIGKILL, `tlpi
 them, and an orphaned step would train on, holding the CPUs or the GPU. So a step started by `tlpipe
 run` (which names itself in TLPIPE_PARENT_PID) watches that process and ends itself once it is gone. On
 a cluster no such variable is set: a pod ends with its run.
+
+A `tlpipe run` killed with SIGKILL (or by a crash or power cut) cannot close its MLflow runs either. So
+its steps name it as the runs' owner (`owner()`), and the next `tlpipe run` on this machine closes the
+runs whose owner is gone (`gone()`).
 """
 
 import os
 import signal
+import socket
 import threading
 import time
 
+import psutil
+
 PARENT_ENV = "TLPIPE_PARENT_PID"
+
+
+def owner() -> str:
+    """The `tlpipe run` that started this step as host:pid:start time (a pid alone can be reused), or ""."""
+    parent = os.environ.get(PARENT_ENV)
+    if not parent:
+        return ""
+    try:
+        started = psutil.Process(int(parent)).create_time()
+    except psutil.Error:
+        started = 0.0
+    return f"{socket.gethostname()}:{parent}:{started:.0f}"
+
+
+def gone(run_owner: str) -> bool:
+    """Whether the `tlpipe run` named by owner() has ended; False when it ran on another machine."""
+    host, pid, started = run_owner.rsplit(":", 2)
+    if host != socket.gethostname():
+        return False
+    try:
+        return f"{psutil.Process(int(pid)).create_time():.0f}" != started
+    except psutil.NoSuchProcess:  # a zombie included: ended, not yet reaped
+        return True
+    except (psutil.Error, ValueError):  # alive but not ours to inspect, or not a tlpipe owner
+        return False
 
 
 def follow_parent(every: float = 1.0) -> None:

@@ -1,5 +1,6 @@
 """Runs a pipeline on this machine with kfp.local (SubprocessRunner, in the current environment)."""
 
+import contextlib
 import io
 import json
 import os
@@ -68,12 +69,17 @@ class _LogView(io.TextIOBase):
 
     def __init__(self, terminal, log_file, verbose: bool):
         self.terminal, self.log_file, self.verbose, self.pending = terminal, log_file, verbose, ""
+        self.log_error: OSError | None = None
         self.steps: list[StepTime] = []
         self.started: dict[str, list[float]] = {}
         self.compute = 0.0
 
     def write(self, text: str) -> int:
-        self.log_file.write(text)
+        if self.log_error is None:
+            try:
+                self.log_file.write(text)
+            except OSError as error:  # a full disk: the run goes on, on the terminal; it ends with the reason
+                self.log_error = error
         self.pending += text
         *lines, self.pending = self.pending.split("\n")
         for line in lines:
@@ -95,13 +101,45 @@ class _LogView(io.TextIOBase):
             self.steps.append(StepTime(m.group(1), time.perf_counter() - began, self.compute, began))
 
     def flush(self) -> None:
-        self.log_file.flush()
+        if self.log_error is None:
+            try:
+                self.log_file.flush()
+            except OSError as error:
+                self.log_error = error
         self.terminal.flush()
+
+    def close_log(self, log_path: Path) -> str:
+        """Closes the log file; "" or the sentence saying why the log is incomplete."""
+        try:
+            self.log_file.close()
+        except OSError as error:
+            self.log_error = self.log_error or error
+        if self.log_error is None:
+            return ""
+        return f"the log {log_path} is incomplete: {_os_reason(self.log_error)} at {log_path.parent}"
 
 
 def _interrupt(signum, frame):
     """SIGTERM (a `kill`, a stopping container) ends a run as Ctrl-C does."""
     raise KeyboardInterrupt
+
+
+def _stop_steps(grace: float = 15) -> None:
+    """Ends this process's children (the steps and their workers): SIGTERM, then SIGKILL after `grace` s."""
+    import psutil
+
+    children = psutil.Process().children(recursive=True)
+    for child in children:
+        with contextlib.suppress(psutil.Error):
+            child.terminate()
+    _, alive = psutil.wait_procs(children, timeout=grace)
+    for child in alive:
+        with contextlib.suppress(psutil.Error):
+            child.kill()
+
+
+def _os_reason(error: OSError) -> str:
+    return (error.strerror or str(error)).lower()
 
 
 def _close_interrupted(experiment: str, run_id: str, log_path: Path) -> str:
@@ -117,6 +155,27 @@ def _close_interrupted(experiment: str, run_id: str, log_path: Path) -> str:
     return f"interrupted; run {run_id} marked KILLED; the log is {log_path}"
 
 
+_SCRATCH = "tlpipe-run-"  # the scratch folder's prefix, before the run's id
+
+
+def _discard(run_id: str, checkpoint_root: str = "") -> None:
+    """Removes what a run that cannot go on leaves on this machine: its KFP outputs, checkpoints and scratch."""
+    checkpoints = checkpoint_root or str(settings.home() / "checkpoints")
+    scratch = [str(p) for p in Path(tempfile.gettempdir()).glob(f"{_SCRATCH}{run_id}-*")]
+    for folder in (str(settings.pipeline_root() / run_id), f"{checkpoints.rstrip('/')}/{run_id}", *scratch):
+        if "://" not in folder:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _close_abandoned() -> None:
+    """Closes (and clears away) the runs of `tlpipe run`s of this machine that were killed outright."""
+    from tlpipe import tracking
+
+    for abandoned in tracking.close_abandoned_runs():
+        _discard(abandoned)
+        print(f"run {abandoned} was left RUNNING by a tlpipe run that is gone; marked KILLED")
+
+
 def run(name: str, given: dict[str, str], verbose: bool = False) -> RunResult:
     from tlpipe.cluster import pipeline as build_pipeline
 
@@ -126,6 +185,7 @@ def run(name: str, given: dict[str, str], verbose: bool = False) -> RunResult:
     # Steps run as child processes: give them absolute locations that do not depend on their cwd.
     os.environ["TLPIPE_HOME"] = str(settings.home())
     preflight.preflight(arguments, defaults)
+    _close_abandoned()
 
     from kfp import local
 
@@ -133,33 +193,49 @@ def run(name: str, given: dict[str, str], verbose: bool = False) -> RunResult:
     warnings.filterwarnings("ignore", message=".*non-Python base image.*")
     warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*")
     run_id = f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-    os.environ[settings.RUN_ENV] = run_id  # the steps' pipeline run (tlpipe.tracking)
-    os.environ[PARENT_ENV] = str(os.getpid())  # the steps end when this process does (tlpipe.lifetime)
     run_root = settings.pipeline_root() / run_id
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(run_root))
     started = time.perf_counter()
     log_path = settings.home() / "logs" / f"{run_id}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp, open(log_path, "w") as log_file:
+    step_env = {settings.RUN_ENV: run_id,  # the steps' pipeline run (tlpipe.tracking)
+                PARENT_ENV: str(os.getpid())}  # the steps end when this process does (tlpipe.lifetime)
+    with tempfile.TemporaryDirectory(prefix=f"{_SCRATCH}{run_id}-") as tmp:
         error_file = Path(tmp) / "error"
-        os.environ[ERROR_FILE_ENV] = str(error_file)
-        view = _LogView(sys.stdout, log_file, verbose)
+        # The run's scratch, removed with it: KFP's workspace, and (TMPDIR) each task's folder with its
+        # ephemeral_component.py.
+        (Path(tmp) / "workspace").mkdir()
+        local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(run_root),
+                   workspace_root=str(Path(tmp) / "workspace"))
+        step_env |= {ERROR_FILE_ENV: str(error_file), "TMPDIR": tmp}
+        saved_env = {key: os.environ.get(key) for key in step_env}
+        os.environ.update(step_env)
+        view = _LogView(sys.stdout, open(log_path, "w"), verbose)
         terminal, sys.stdout = sys.stdout, view
         previous = signal.signal(signal.SIGTERM, _interrupt)
+        failure = ""
         try:
             pipeline(**arguments)
         except RuntimeError as error:
-            message = error_file.read_text() if error_file.exists() else f"{error}; the full log is {log_path}"
-            raise TlpipeError(message) from None
+            failure = error_file.read_text() if error_file.exists() else f"{error}; the full log is {log_path}"
         except KeyboardInterrupt:
             sys.stdout = terminal
-            raise KeyboardInterrupt(_close_interrupted(arguments.get("experiment", defaults.get("experiment", "tlpipe")),
-                                                       run_id, log_path)) from None
+            _stop_steps()  # before their runs are closed and their files removed, which they would write again
+            said = _close_interrupted(arguments.get("experiment", defaults.get("experiment", "tlpipe")), run_id, log_path)
+            _discard(run_id, arguments.get("checkpoint_root", ""))  # a local run is not resumed: a new one starts
+            raise KeyboardInterrupt(said) from None
         finally:
             signal.signal(signal.SIGTERM, previous)
             sys.stdout = terminal
-            os.environ.pop(ERROR_FILE_ENV, None)
-            os.environ.pop(settings.RUN_ENV, None)
+            for key, value in saved_env.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+            incomplete_log = view.close_log(log_path)
+    if failure:
+        raise TlpipeError(f"{failure.rstrip('. ')}; {incomplete_log}." if incomplete_log else failure)
+    if incomplete_log:
+        print(f"tlpipe: warning: {incomplete_log}", file=sys.stderr)
     (run_dir,) = run_root.iterdir()
     results = {key: next((run_dir / p for p in places if (run_dir / p).exists()), None) for key, places in RESULTS.items()}
     report = settings.home() / "reports" / f"{run_id}.html"

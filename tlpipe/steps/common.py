@@ -6,6 +6,7 @@ import dataclasses
 import functools
 import io
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -79,6 +80,10 @@ def training_run(step: str, config: TrainConfig, experiment: str, pipeline_run: 
                 tracking.log_split(meta, location, context)
         yield run
     Checkpoint(config.checkpoint_dir, {}).remove()
+    if config.checkpoint_dir and not storage.is_s3(config.checkpoint_dir):  # the step's folder, and its run's once the last is gone
+        for folder in (Path(config.checkpoint_dir), Path(config.checkpoint_dir).parent):
+            with contextlib.suppress(OSError):
+                folder.rmdir()
 
 
 def save_trained(out: str, model, data: ImageSet, **facts) -> dict:

@@ -12,11 +12,12 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 import tlpipe
-from tlpipe import settings
+from tlpipe import lifetime, settings
 from tlpipe.errors import TlpipeError
 
 PIPELINE_RUN_TAG = "tlpipe.pipeline_run"
 ROLE_TAG = "tlpipe.role"
+OWNER_TAG = "tlpipe.owner"  # the local `tlpipe run` process (tlpipe.lifetime.owner); absent on a cluster
 RUN_ENV = settings.RUN_ENV
 KFP_RUN_ENV = "MLFLOW_RUN_ID"  # the task's nested run, created by Kubeflow Pipelines' MLflow integration
 
@@ -30,7 +31,15 @@ def current_pipeline_run() -> str:
     return run
 
 
+# MLflow's client retries a failed request 7 times over about 4 minutes, silently, and a run makes many
+# requests: a step that lost its server would hang for many minutes. 5 retries take about a minute (30 s
+# without a byte from a hung server counts as a failed try).
+RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "5", "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+
+
 def configure() -> MlflowClient:
+    for name, value in RETRIES.items():  # the user's own settings win
+        os.environ.setdefault(name, value)
     uri = settings.tracking_uri()
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
@@ -98,10 +107,13 @@ def parent_run_id(client: MlflowClient, experiment: str, pipeline_run: str) -> s
         for key, value in {PIPELINE_RUN_TAG: pipeline_run, ROLE_TAG: "pipeline", "tlpipe.code_version": code_version()}.items():
             client.set_tag(parent, key, value)
         return parent
+    tags = {PIPELINE_RUN_TAG: pipeline_run, ROLE_TAG: "pipeline", "tlpipe.code_version": code_version()}
+    if owner := lifetime.owner():
+        tags[OWNER_TAG] = owner
     run = client.create_run(
         experiment_id(client, experiment),
         run_name=pipeline_run,  # the one identifier of the run, in the report and its file name too
-        tags={PIPELINE_RUN_TAG: pipeline_run, ROLE_TAG: "pipeline", "tlpipe.code_version": code_version()},
+        tags=tags,
     )
     return run.info.run_id
 
@@ -183,12 +195,36 @@ def close_pipeline_run(experiment: str, pipeline_run: str, final_state: str) -> 
     Called by the pipelines' exit handler, which runs whatever happened to the steps."""
     status = _FINAL_STATES.get(final_state.upper(), "FAILED")
     client = configure()
-    for run in _runs(client, experiment, pipeline_run, "step"):
-        if run.info.status == "RUNNING":
-            client.set_terminated(run.info.run_id, "FAILED")
-    for run in _runs(client, experiment, pipeline_run, "pipeline"):
-        client.set_terminated(run.info.run_id, status)
+    _close(client, experiment_id(client, experiment), pipeline_run, status)
     return status
+
+
+def _close(client: MlflowClient, experiment: str, pipeline_run: str, status: str) -> None:
+    query = f"tags.`{PIPELINE_RUN_TAG}` = '{pipeline_run}'"
+    runs = client.search_runs([experiment], filter_string=query)
+    for run in runs:
+        if run.data.tags.get(ROLE_TAG) == "step" and run.info.status == "RUNNING":
+            client.set_terminated(run.info.run_id, "FAILED")
+    for run in runs:
+        if run.data.tags.get(ROLE_TAG) == "pipeline":
+            client.set_terminated(run.info.run_id, status)
+
+
+def close_abandoned_runs() -> list[str]:
+    """Ends KILLED the pipeline runs left RUNNING by a `tlpipe run` of this machine that is gone (killed
+    with SIGKILL, crashed, or its machine restarted), their open steps FAILED; returns their names.
+    Runs of other machines and of clusters (no owner) are left alone: their owner cannot be checked here."""
+    client = configure()
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    if not experiments:
+        return []
+    query = f"attributes.status = 'RUNNING' and tags.`{ROLE_TAG}` = 'pipeline' and tags.`{OWNER_TAG}` LIKE '%:%'"
+    closed = []
+    for run in client.search_runs(experiments, filter_string=query):
+        if lifetime.gone(run.data.tags[OWNER_TAG]):
+            _close(client, run.info.experiment_id, run.data.tags[PIPELINE_RUN_TAG], "KILLED")
+            closed.append(run.data.tags[PIPELINE_RUN_TAG])
+    return closed
 
 
 def code_version() -> str:
