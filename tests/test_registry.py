@@ -49,12 +49,12 @@ def models(tlpipe_home, tmp_path):
     return tmp_path, accuracy, test
 
 
-def register(models, name, run, model_name="gated"):
+def register(models, name, run, model_name="gated", **tags):
     root, accuracy, test = models
     client = tracking.configure()
     mlflow.set_experiment(experiment_id=tracking.experiment_id(client, "gate"))
     with mlflow.start_run():
-        tags = {tracking.PIPELINE_RUN_TAG: run, "tlpipe.accuracy": f"{accuracy[name]:.4f}"}
+        tags = {tracking.PIPELINE_RUN_TAG: run, "tlpipe.accuracy": f"{accuracy[name]:.4f}", **tags}
         return registry.register(client, root / name, model_name, test, tags)
 
 
@@ -117,6 +117,23 @@ def test_a_challenger_one_image_better_is_not_promoted_a_clearly_better_one_is(m
     clear = register(models, "strong", "run-clear")  # ten green images
     assert clear.challenger_only >= 9 and clear.p_value < 0.01 and clear.promoted
     assert str(client.get_model_version_by_alias("gated", "champion").version) == clear.version
+
+
+def test_a_champion_whose_splits_had_another_seed_is_not_compared_on_images_it_may_have_trained_on(models):
+    """Under another seed, this run's test images may have been in the champion's training split: its
+    accuracy on them would be inflated and block better challengers (or, luckier, let worse ones pass)."""
+    seed = {registry.SPLIT_SEED_TAG: "0"}
+    register(models, "weak", "run-1", **seed)
+    other = register(models, "strong", "run-2", **{registry.SPLIT_SEED_TAG: "7"})
+    assert (other.version, other.promoted, other.champion_version) == ("2", False, "1")
+    assert other.verdict == ("kept champion v1: not compared: its splits were cut with seed 0 and this run's with "
+                             "seed 7, so it may have trained on these test images; rerun with -p seed=0 to compare them")
+    assert other.p_value is None and other.previous_champion_accuracy is None
+    client = tracking.configure()
+    assert client.get_registered_model("gated").aliases == {"champion": 1, "challenger": 2}
+    assert client.get_model_version("gated", "2").tags["tlpipe.gate.verdict"] == other.verdict
+    same = register(models, "strong", "run-3", **seed)  # the same model on splits of the champion's seed
+    assert same.promoted and same.p_value < 0.05
 
 
 def test_a_champion_of_other_classes_is_named_and_left_alone(models, tmp_path):

@@ -5,7 +5,9 @@ registered version's source run is the run that trained it. `champion` moves to 
 evidence; a version that is not promoted becomes the `challenger` (the newest one not promoted), and a
 promoted one carries `champion` alone. The evidence: both models
 classify the same target test images here, now, and the one-sided exact McNemar test on the images
-where they disagree must give p < gate_alpha (and the gain must be at least gate_margin points). A
+where they disagree must give p < gate_alpha (and the gain must be at least gate_margin points); a
+champion whose splits were cut with another seed may have trained on the test images and is not
+compared (the new version stays challenger). A
 worse, equal, merely luckier or failed run never moves it. Registering is idempotent per pipeline run
 (a retried step finds its version), and the gate runs under a lease-based lock so that two runs
 finishing together leave the better model as champion.
@@ -19,8 +21,9 @@ from tlpipe.registry.champion import champion_model, champion_version, export_ch
 from tlpipe.registry.gate import Gate, PairedComparison, Registration, mcnemar_p, paired_comparison
 from tlpipe.registry.lock import LEASE_ENV, Lease, gate_lock
 from tlpipe.registry.models import log_and_register, log_model, log_trained_model, logged_model, requirements
-from tlpipe.registry.versions import PREVIOUS_CHAMPION_TAG, register, rollback, versions
+from tlpipe.registry.versions import PREVIOUS_CHAMPION_TAG, SPLIT_SEED_TAG, register, rollback, versions
 
-__all__ = ["Gate", "LEASE_ENV", "Lease", "PREVIOUS_CHAMPION_TAG", "PairedComparison", "Registration", "champion_model",
+__all__ = ["Gate", "LEASE_ENV", "Lease", "PREVIOUS_CHAMPION_TAG", "PairedComparison", "Registration", "SPLIT_SEED_TAG",
+           "champion_model",
            "champion_version", "export_champion", "gate_lock", "log_and_register", "log_model", "log_trained_model",
            "logged_model", "mcnemar_p", "paired_comparison", "register", "requirements", "rollback", "versions"]

@@ -17,6 +17,18 @@ from tlpipe.registry.models import log_and_register
 from tlpipe.tracking import PIPELINE_RUN_TAG
 
 PREVIOUS_CHAMPION_TAG = "tlpipe.previous_champion"
+SPLIT_SEED_TAG = "tlpipe.split_seed"  # the seed that cut the version's splits (tlpipe.data.splits)
+
+
+def _may_have_seen(champion, tags: dict[str, str]) -> str:
+    """Why the champion may have trained on this run's test images, or "". Splits are cut by each image's
+    identity and the seed: under one seed an image is held out in every run or in none, under another
+    seed this run's test images may have been the champion's training images."""
+    theirs, ours = champion.tags.get(SPLIT_SEED_TAG), tags.get(SPLIT_SEED_TAG)
+    if theirs is None or ours is None or theirs == ours:  # the same split (or a version from before the tag)
+        return ""
+    return (f"its splits were cut with seed {theirs} and this run's with seed {ours}, so it may have trained on "
+            f"these test images; rerun with -p seed={theirs} to compare them")
 
 
 def _version_of_run(client, model_name: str, pipeline_run: str):
@@ -39,6 +51,10 @@ def register(client, model_dir: str | Path, model_name: str, test: ImageSet, tag
         if current is None:
             result = Registration(model_name, version, score(challenger, test).accuracy, True, version, None, None,
                                   "promoted: the first champion", test_images=len(test))
+        elif seen := _may_have_seen(current, tags):
+            result = Registration(model_name, version, score(challenger, test).accuracy, False, str(current.version),
+                                  str(current.version), None, f"kept champion v{current.version}: not compared: {seen}",
+                                  test_images=len(test))
         else:
             champion = champion_model(model_name, current)
             if champion.spec.classes != challenger.spec.classes:

@@ -32,7 +32,7 @@ def register(
     """Registers the selected model: it becomes the champion only if the paired test on the target test
     split shows it better, the challenger otherwise (tlpipe.registry); writes the evaluation report `report_in` with
     the gate's evidence to `report_out`."""
-    from tlpipe.registry import Gate
+    from tlpipe.registry import SPLIT_SEED_TAG, Gate
     from tlpipe.registry import register as register_version
 
     gate = Gate(gate_alpha, gate_margin)
@@ -57,6 +57,7 @@ def register(
         "tlpipe.val_accuracy": "" if best.val_accuracy is None else f"{best.val_accuracy:.6f}",
         "tlpipe.selected_by": evaluation.selected_by,
         "tlpipe.test_hash": evaluation.test_hash,
+        SPLIT_SEED_TAG: pipeline_params.get("seed", ""),
         "tlpipe.trained_on": model_meta.get("trained_on", ""),
         "tlpipe.code_version": tracking.code_version(),
     }
