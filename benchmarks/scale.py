@@ -8,8 +8,9 @@ grain, about the size of a real 224 px JPEG) and runs tlpipe's ingest step on it
 fixed 1,000-image folder as the target, in a child process, sampling the resident memory of that
 process and its children (the decoding workers) every 50 ms. --s3 uploads a folder of that size to
 the local stack (SeaweedFS, started here) and ingests it from s3://. Then, on the source_train
-artifact of the --loader run, it measures the training loader (decode + `photo` augmentation, no
-model) with 0, 1 and 2 worker processes, and ResNet-18's training step at 224 px on this machine.
+artifact of the --loader run, it measures reads from the shards in storage and in random order, the
+training loader (decode + `photo` augmentation, no model) with 0, 1 and 2 worker processes, and
+ResNet-18's training step at 224 px on this machine.
 Space: about 3x the folder's size on the working disk (folder, staged shards, split artifacts).
 """
 
@@ -85,6 +86,28 @@ def loader_rate(source_train: Path, workers: int, batches: int = 20, batch_size:
     return batches * batch_size / (time.perf_counter() - started)
 
 
+def shard_reads(source_train: Path, reads: int = 5000) -> dict[str, float]:
+    """Microseconds per image to read stored bytes from the shards (each checked against its SHA-256, not
+    decoded), in storage order and in the random order training reads in, with the chunks in the page cache."""
+    import numpy as np
+
+    from tlpipe.data import load_dataset
+
+    data, _ = load_dataset(source_train)
+    images = data.images
+    for i in range(len(images)):  # opened and cached: what is timed is the reads
+        images.stored(i)
+    n = min(reads, len(images))
+    orders = {"storage order": np.arange(n), "random order": np.random.default_rng(0).permutation(len(images))[:n]}
+    cost = {}
+    for name, order in orders.items():
+        started = time.perf_counter()
+        for i in order:
+            images.stored(int(i))
+        cost[name] = (time.perf_counter() - started) / n * 1e6
+    return cost
+
+
 def resnet18_rate(steps: int = 4, batch_size: int = 32) -> float:
     """Images per second of ResNet-18 training steps (forward, backward, SGD) at 224 px on this machine."""
     import torch
@@ -151,6 +174,8 @@ def main() -> None:
                     f"{artifact_bytes / (folder_bytes + size_of(target)):.2f} |")
         print(rows[-1], flush=True)
         if n == args.loader and where == "local":
+            reads = shard_reads(out / "source_train")
+            print(f"shard reads: {reads}", flush=True)
             for workers in (0, 1, 2):
                 loader_rows.append((workers, loader_rate(out / "source_train", workers)))
                 print(f"loader, {workers} workers: {loader_rows[-1][1]:.0f} images/s", flush=True)
@@ -167,6 +192,11 @@ def main() -> None:
         for workers, rate in loader_rows:
             print(f"| loader, {workers} worker process{'es' if workers != 1 else ''} | {rate:.0f} |")
         print(f"| ResNet-18 training step at 224 px, batch 32 (this CPU) | {resnet18_rate():.1f} |")
+        print("\n## Shard reads on the same source_train (stored bytes, SHA-256 checked, not decoded)\n")
+        print("| order | µs per image |\n|---|---:|")
+        for order, micros in reads.items():
+            print(f"| {order} | {micros:.0f} |")
+        print(f"| random / storage order | {reads['random order'] / reads['storage order']:.2f}x |")
     if not args.work:
         shutil.rmtree(work, ignore_errors=True)
 

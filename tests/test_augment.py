@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from tlpipe import augment, distributed
+from tlpipe import augment, distributed, settings
 from tlpipe.data import ImageSet, load_dataset, load_domain, loader, save_dataset
 from tlpipe.data.loader import Batches
 from tlpipe.errors import TlpipeError
@@ -116,6 +116,24 @@ def test_workers_over_shards_give_the_batches_the_device_gives(tmp_path, monkeyp
     # Two streams of one seed (source and target of an adaptation) shuffle differently.
     assert not torch.equal(next(Batches(data, 8, seed=5, stream="source"))[1],
                            next(Batches(data, 8, seed=5, stream="target"))[1])
+
+
+def test_the_two_loaders_of_an_adaptation_share_the_steps_cpus_and_bound_the_batches_in_flight(tmp_path, monkeypatch):
+    """Adaptation reads source and target at once: each loader taking all of the step's CPUs as workers,
+    four batches ahead each, oversubscribed the CPUs twice and filled /dev/shm at 224 px."""
+    monkeypatch.setattr(settings, "cpus", lambda: 8)
+    monkeypatch.setattr(loader, "RESIDENT_BYTES", 0)
+    data = sharded(grey_images_that_encode_their_index(60), tmp_path)
+    alone = Batches(data, 8, seed=0)
+    assert (alone.workers, alone.prefetch) == (8, loader.PREFETCH)
+    source, target = (Batches(data, 8, seed=0, stream=s, share=2) for s in ("source", "target"))
+    assert source.workers + target.workers == 8
+
+    batch_bytes = 8 * int(np.prod(data.images.shape[1:]))
+    monkeypatch.setattr(loader, "IN_FLIGHT_BYTES", 16 * batch_bytes)  # room for 16 batches, both loaders together
+    source, target = (Batches(data, 8, seed=0, stream=s, share=2) for s in ("source", "target"))
+    assert source.workers * source.prefetch + target.workers * target.prefetch <= 16
+    assert torch.equal(next(source)[1], next(Batches(data, 8, seed=0, stream="source", workers=0))[1])  # same batches
 
 
 @pytest.mark.slow

@@ -1,4 +1,5 @@
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -260,6 +261,31 @@ def test_a_damaged_shard_stops_the_reader_with_the_artifact_named(tmp_path):
     with pytest.raises(TlpipeError, match=r"image 79 in .*ds does not match its recorded SHA-256; the dataset "
                                           "artifact is damaged"):
         loaded.images[79]
+
+
+def test_shards_hold_bare_bytes_read_one_at_a_time_and_earlier_artifacts_still_read(tmp_path):
+    """Training reads shards in a global random order. A one-field struct per image is a row LitData
+    stores in an Arrow batch and decodes hundreds of rows to return one (20-500x slower at random than
+    in order, benchmarks/results/scale.md); bare bytes are read alone."""
+    from litdata.streaming.writer import BinaryWriter
+
+    data = indexed_set()
+    save_dataset(tmp_path / "ds", data)
+    config = json.loads((tmp_path / "ds" / "shards" / "index.json").read_text())["config"]
+    assert config["types"] == "bytes"
+    loaded, _ = load_dataset(tmp_path / "ds")
+    for i in np.random.default_rng(0).permutation(len(data)):
+        assert np.array_equal(loaded.images[int(i)], data.images[i])
+
+    # An artifact written by an earlier tlpipe: {"image": bytes} per item.
+    shutil.copytree(tmp_path / "ds", tmp_path / "old", ignore=shutil.ignore_patterns("shards"))
+    writer = BinaryWriter(str(tmp_path / "old" / "shards"), chunk_bytes=2**20)
+    for i in range(len(data)):
+        writer.add_item(i, {"image": data.stored(i)[0]})
+    writer.done()
+    writer.merge()
+    old, _ = load_dataset(tmp_path / "old")
+    assert np.array_equal(np.asarray(old.images), data.images)
 
 
 def test_images_keep_their_file_bytes_unless_ingest_resizes_them(tmp_path):

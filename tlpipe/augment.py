@@ -43,9 +43,11 @@ def photo(images: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
     n, height, width, _ = images.shape
     transform = v2.Compose([v2.RandomResizedCrop((height, width), antialias=True), v2.RandomHorizontalFlip()])
     out = torch.empty_like(images)
-    with torch.random.fork_rng(devices=[]):
-        for i, image in enumerate(images.permute(0, 3, 1, 2)):
-            torch.manual_seed(int(seeds[i]))
+    # manual_seed reseeds every device's generator: fork_rng must restore a GPU's too. The seeds come to
+    # the host once a batch, not once an image.
+    with torch.random.fork_rng(devices=[images.device] if images.is_cuda else []):
+        for i, (image, seed) in enumerate(zip(images.permute(0, 3, 1, 2), seeds.tolist())):
+            torch.manual_seed(seed)
             out[i] = transform(image).permute(1, 2, 0)
     return out
 

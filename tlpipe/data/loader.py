@@ -10,7 +10,8 @@ The images come from one of two places, with the same batches either way (tests 
 - held on the device: a set in memory, or a sharded set whose pixels fit in RESIDENT_BYTES (decoded
   once; the built-in digit domains). A measured optimisation: no decoding after the first epoch.
 - decoded by DataLoader worker processes from the shards (tlpipe.data.shards), which also augment,
-  into pinned memory, a few batches ahead: memory does not grow with the dataset.
+  into pinned memory, a few batches ahead (at most IN_FLIGHT_BYTES a step): memory does not grow with
+  the dataset.
 """
 
 import hashlib
@@ -28,7 +29,10 @@ from tlpipe.distributed import device
 from tlpipe.errors import TlpipeError
 
 RESIDENT_BYTES = int(os.environ.get("TLPIPE_RESIDENT_MB", "1024")) * 2**20
-PREFETCH = 4  # batches each worker prepares ahead
+PREFETCH = 4  # batches each worker prepares ahead, at most
+# Decoded batches in flight from a step's workers to its loop, all its loaders together: they pass through
+# /dev/shm (a pod's memory-backed volume, --shm-size) and pinned memory, so they are bounded.
+IN_FLIGHT_BYTES = int(os.environ.get("TLPIPE_IN_FLIGHT_MB", "1024")) * 2**20
 
 
 def default_workers() -> int:
@@ -52,12 +56,20 @@ class _Plan:
         self.rank, self.world = distributed.rank_world()
 
     def __iter__(self):
+        for order, seeds in self.spans():
+            yield list(zip(order.tolist(), seeds.tolist()))
+
+    def spans(self, on: torch.device | None = None):
+        """Each batch's (images, seeds) as tensors; with `on`, each epoch's plan is copied there once and
+        sliced there, so that a step copies nothing from the host (no synchronisation with the GPU)."""
         epoch, step = self.epoch, self.step
         while True:
             order, seeds = epoch_plan(self.n, self.seed, self.stream, epoch)
+            if on is not None:
+                order, seeds = order.to(on), seeds.to(on)
             for b in range(step, self.n // self.batch_size):
                 span = slice(b * self.batch_size + self.rank, (b + 1) * self.batch_size, self.world)
-                yield list(zip(order[span].tolist(), seeds[span].tolist()))
+                yield order[span], seeds[span]
             epoch, step = epoch + 1, 0
 
 
@@ -93,7 +105,9 @@ class Batches:
     run (source and target) shuffle differently under one seed."""
 
     def __init__(self, data: ImageSet, batch_size: int, seed: int, stream: str = "", augment: str = "none",
-                 labels: bool = True, workers: int | None = None):
+                 labels: bool = True, workers: int | None = None, share: int = 1):
+        """`share`: how many loaders the step reads through at once (adaptation: source and target); they
+        split its CPUs and its IN_FLIGHT_BYTES instead of each taking them all."""
         if len(data) == 0:
             raise TlpipeError("cannot train on an empty split.")
         self.data, self.seed, self.stream, self.augment, self.with_labels = data, seed, stream, augment, labels
@@ -103,7 +117,9 @@ class Batches:
         world = distributed.rank_world()[1]
         if self.batch_size % world:
             raise TlpipeError(f"batch size {self.batch_size} does not split evenly over {world} processes.")
-        self.workers = default_workers() if workers is None else workers
+        self.workers = max(1, default_workers() // share) if workers is None else workers
+        batch_bytes = self.batch_size // world * int(np.prod(data.images.shape[1:]))
+        self.prefetch = max(1, min(PREFETCH, IN_FLIGHT_BYTES // (share * max(1, self.workers) * batch_bytes)))
         self.epoch, self.step = 0, 0
         self._iterator = None
         self.on_device = resident(data.images)
@@ -138,16 +154,15 @@ class Batches:
         """The plan's batches on the device: gathered from the images held there, or decoded by workers."""
         if self.on_device:
             augment = augmentation.get(self.augment)
-            for pairs in plan:
-                index = torch.tensor([row for row, _ in pairs], device=self.images.device)
+            for index, seeds in plan.spans(on=self.images.device):
                 images = self.images[index]
                 if augment is not None:
-                    images = augment(images, torch.tensor([seed for _, seed in pairs], dtype=torch.int64))
+                    images = augment(images, seeds)
                 yield images, self.labels[index]
             return
         loader = DataLoader(_Decoded(self.data.images, self.data.labels, self.augment), batch_sampler=plan,
                             collate_fn=_as_is, num_workers=self.workers, pin_memory=torch.cuda.is_available(),
-                            prefetch_factor=PREFETCH if self.workers else None)
+                            prefetch_factor=self.prefetch if self.workers else None)
         for images, labels in loader:
             yield images.to(device(), non_blocking=True), labels.to(device(), non_blocking=True)
 

@@ -15,6 +15,7 @@ bit-identical resume), and it is the more active of the two.
 
 import hashlib
 import io
+import json
 import os
 from array import array
 from pathlib import Path
@@ -63,7 +64,7 @@ class ShardWriter:
 
     def add(self, stored: bytes, label: int, image_id: int | None = None, image_digest: bytes | None = None) -> None:
         image_digest = image_digest or digest(stored)
-        self._writer.add_item(len(self._ids), {"image": stored})
+        self._writer.add_item(len(self._ids), stored)  # bare bytes: one item is read without its neighbours
         self._ids.append(id_of(image_digest) if image_id is None else int(image_id))
         self._labels.append(int(label))
         self._digests += image_digest
@@ -95,7 +96,16 @@ class _Store:
 
         self.directory = directory
         self.digests = read_table(directory)["digests"]
-        self.dataset = StreamingDataset(str(Path(directory) / SHARDS)) if len(self.digests) else None
+        # Training reads in a global random order. batch_decode=0: decode only the item asked for (a
+        # window, LitData's default for small items, is decoded whole for one image); max_pre_download:
+        # keep every chunk of the local folder mapped (LitData maps 4), not one unmapped and another
+        # mapped at almost every read. Mapping costs address space, not memory.
+        shards = Path(directory) / SHARDS
+        if len(self.digests):
+            chunks = len(json.loads((shards / "index.json").read_text())["chunks"])
+            self.dataset = StreamingDataset(str(shards), batch_decode=0, max_pre_download=max(2, chunks))
+        else:
+            self.dataset = None
 
     @classmethod
     def get(cls, directory: str) -> "_Store":
@@ -111,7 +121,10 @@ class _Store:
     def read(self, position: int) -> tuple[bytes, bytes]:
         """The image's stored bytes, checked against its SHA-256, and that SHA-256."""
         try:
-            stored = self.dataset[int(position)]["image"]
+            stored = self.dataset[int(position)]
+            if isinstance(stored, dict):  # an artifact of an earlier tlpipe, which stored {"image": bytes}
+                stored = stored["image"]
+            stored = bytes(stored)  # LitData may hand out a view into its mapped chunk: own a copy
         except Exception as error:  # whatever a damaged chunk makes LitData raise
             raise TlpipeError(f"image {position} in {self.directory} cannot be read from its shard ({error!r}); the "
                               "dataset artifact is damaged: ingest it again.") from None

@@ -100,8 +100,8 @@ def adapt(
     model = with_bottleneck(source_model, config.bottleneck).train()
     alignment = make_alignment(model).train()
     net = prepare(_Joint(model, alignment), config)
-    source_batches = Batches(source, config.batch_size, config.seed, "source", augment=config.augment)
-    target_batches = Batches(target, config.batch_size, config.seed, "target", labels=False)
+    source_batches = Batches(source, config.batch_size, config.seed, "source", augment=config.augment, share=2)
+    target_batches = Batches(target, config.batch_size, config.seed, "target", labels=False, share=2)
     optimizer = sgd(parameter_groups(model, alignment, config), config)
     if sdat:
         optimizer = SharpnessAware(optimizer, model.parameters(), config.sdat_rho)

@@ -53,8 +53,8 @@ def multitask(
                            **{k: v for k, v in model.state_dict().items() if k.startswith("head.")}})
     model.train()
     net = prepare(_Tasks(model), config)
-    source_batches = Batches(source, config.batch_size, config.seed, "source")
-    target_batches = Batches(labelled, config.batch_size, config.seed, "target")
+    source_batches = Batches(source, config.batch_size, config.seed, "source", share=2)
+    target_batches = Batches(labelled, config.batch_size, config.seed, "target", share=2)
     optimizer = sgd(model.parameters(), config)
 
     def step(p: float):
