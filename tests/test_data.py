@@ -93,6 +93,19 @@ def test_target_split_has_exact_counts_per_class_and_hides_unlabelled_labels():
     assert small.val_short and (np.bincount(small.test.labels) >= np.bincount(small.val.labels, minlength=4)).all()
 
 
+def test_copies_of_one_image_stay_in_one_target_split():
+    """Exact copies share an identity, hence a position: cut by image count, one copy could be a
+    validation image (seen by the choice of model) and another a test image."""
+    once = indexed_set(per_class=50)
+    data = once.concatenate(once).concatenate(once)  # every image three times
+    for seed in range(3):
+        parts = split_target(data, 3, 5, seed)
+        sets = [ids(parts.labelled), ids(parts.val), ids(parts.unlabelled), ids(parts.test)]
+        assert all(a.isdisjoint(b) for i, a in enumerate(sets) for b in sets[i + 1 :])
+        assert np.bincount(parts.val.labels).tolist() == [15] * 4  # 5 distinct images a class, 3 copies each
+        assert np.bincount(parts.labelled.labels).tolist() == [9] * 4
+
+
 def _splits(data, seed=0):
     """Each image's split, by its id."""
     named = dict(zip(("source_train", "source_val", "source_test"), split_source(data, seed)))

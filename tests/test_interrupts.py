@@ -38,7 +38,14 @@ class Run:
             reader.start()
 
     def wait(self, timeout: float) -> tuple[int, str]:
-        code = self.process.wait(timeout=timeout)
+        try:
+            code = self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            tree = [f"{p.pid} {p.status()} {' '.join(p.cmdline())[:150]}"
+                    for p in [psutil.Process(self.pid), *psutil.Process(self.pid).children(recursive=True)]]
+            self.process.kill()
+            pytest.fail(f"tlpipe run did not end in {timeout} s; its processes: {tree}; "
+                        f"out: {''.join(self.out)[-1500:]} err: {''.join(self.err)[-3000:]}")
         for reader in self.readers:
             reader.join(timeout=10)
         return code, "".join(self.err)

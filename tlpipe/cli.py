@@ -211,7 +211,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except KeyboardInterrupt as interrupted:  # Ctrl-C or SIGTERM: one sentence, no traceback
-        print(f"tlpipe: {interrupted or 'interrupted'}", file=sys.stderr)
+        print(f"tlpipe: {interrupted or 'interrupted'}", file=sys.stderr, flush=True)
+        from tlpipe.lifetime import end_within
+
+        end_within(30, "interrupted; the process did not end within 30 s of it, so it ended there")
         return 130
     except Exception as error:
         user_error = as_user_error(error)

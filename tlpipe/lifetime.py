@@ -14,6 +14,7 @@ runs whose owner is gone (`gone()`).
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 
@@ -65,3 +66,18 @@ def follow_parent(every: float = 1.0) -> None:
             time.sleep(every)
 
     threading.Thread(target=watch, name="follow-parent", daemon=True).start()
+
+
+def end_within(seconds: float, sentence: str) -> threading.Timer:
+    """Ends this process with exit status 130 and `sentence` in `seconds` unless the returned timer is
+    cancelled: an interrupted command must end even if what it still does (closing runs on a tracking
+    server, a library's thread that the interpreter waits for at exit) hangs."""
+    def end() -> None:
+        sys.__stderr__.write(f"tlpipe: {sentence}\n")
+        sys.__stderr__.flush()
+        os._exit(130)
+
+    timer = threading.Timer(seconds, end)
+    timer.daemon = True  # runs on while the interpreter waits for other threads at exit
+    timer.start()
+    return timer

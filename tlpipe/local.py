@@ -18,7 +18,7 @@ from pathlib import Path
 from tlpipe import preflight, settings
 from tlpipe.errors import ERROR_FILE_ENV, TlpipeError
 from tlpipe.evaluate import Evaluation
-from tlpipe.lifetime import PARENT_ENV
+from tlpipe.lifetime import PARENT_ENV, end_within
 from tlpipe.registry import Registration
 from tlpipe.steps.common import COMPUTE_MARK
 
@@ -219,9 +219,11 @@ def run(name: str, given: dict[str, str], verbose: bool = False) -> RunResult:
             failure = error_file.read_text() if error_file.exists() else f"{error}; the full log is {log_path}"
         except KeyboardInterrupt:
             sys.stdout = terminal
+            deadline = end_within(60, f"interrupted; closing run {run_id} took over 60 s, so it ended there")
             _stop_steps()  # before their runs are closed and their files removed, which they would write again
             said = _close_interrupted(arguments.get("experiment", defaults.get("experiment", "tlpipe")), run_id, log_path)
             _discard(run_id, arguments.get("checkpoint_root", ""))  # a local run is not resumed: a new one starts
+            deadline.cancel()
             raise KeyboardInterrupt(said) from None
         finally:
             signal.signal(signal.SIGTERM, previous)

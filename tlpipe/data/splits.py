@@ -10,9 +10,9 @@ digit domains) and from it and the seed a position u in [0, 1). One layout of u 
 So an image, its glyph, or an exact duplicate of it is held out in both domains or in neither: nothing in
 source_train is ever in the target's validation or test split. An image never crosses the 0.3 line as
 the data grows or shrinks, and the test splits of the source never change but by the images added or
-removed. The exact per-class counts (k labelled, v validation) come from the order by u: adding an image
-can move another from validation to target test or from labelled to unlabelled, never between training
-and held-out data.
+removed. The exact per-class counts (k labelled, v validation: distinct images, every copy of one on the
+same side) come from the order by u: adding an image can move another from validation to target test
+or from labelled to unlabelled, never between training and held-out data.
 """
 
 import hashlib
@@ -41,6 +41,17 @@ def _by_class(data: ImageSet, seed: int):
         index = np.flatnonzero(data.labels == label)
         index = index[np.argsort(u[index], kind="stable")]
         yield name, index, u[index]
+
+
+def _cut(ids: np.ndarray, k: int) -> int:
+    """Where the first k distinct identities of `ids` (sorted by position, so that the copies of one
+    image are neighbours) end: every copy of an image falls on the same side of the cut."""
+    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
+    return int(starts[k]) if k < len(starts) else len(ids)
+
+
+def _distinct(ids: np.ndarray) -> int:
+    return len(np.unique(ids))
 
 
 def _take(data: ImageSet, parts: list[np.ndarray]) -> ImageSet:
@@ -89,18 +100,23 @@ def split_target(data: ImageSet, labels_per_class: int, val_per_class: int, seed
         if name in unseen:
             test.append(held)
             continue
-        v = min(val_per_class, len(held) // 2)  # at least half of the held-out images stay for testing
+        # Counted in distinct images: exact copies share a position, and one copy in validation with
+        # another in test would let the choice of model see a test image.
+        v = min(val_per_class, _distinct(data.ids[held]) // 2)  # at least half stay for testing
         if v < val_per_class:
             short.append(name)
-        val.append(held[:v])
-        test.append(held[v:])
-        if len(pool) < labels_per_class:
+        cut = _cut(data.ids[held], v)
+        val.append(held[:cut])
+        test.append(held[cut:])
+        if _distinct(data.ids[pool]) < labels_per_class:
             raise TlpipeError(
-                f"target class '{name}' has {len(pool)} image(s) outside the held-out {HELD_OUT:.0%}, fewer than "
-                f"target_labels_per_class={labels_per_class}; lower target_labels_per_class or add images."
+                f"target class '{name}' has {_distinct(data.ids[pool])} image(s) outside the held-out {HELD_OUT:.0%}, "
+                f"fewer than target_labels_per_class={labels_per_class} (exact copies count once); lower "
+                "target_labels_per_class or add images."
             )
-        labelled.append(pool[:labels_per_class])
-        unlabelled.append(pool[labels_per_class:])
+        cut = _cut(data.ids[pool], labels_per_class)
+        labelled.append(pool[:cut])
+        unlabelled.append(pool[cut:])
     splits = TargetSplits(_take(data, labelled), _take(data, val), _take(data, unlabelled).without_labels(),
                           _take(data, test), short)
     if len(splits.unlabelled) == 0:
