@@ -133,7 +133,6 @@ def test_the_two_loaders_of_an_adaptation_share_the_steps_cpus_and_bound_the_bat
     monkeypatch.setattr(loader, "IN_FLIGHT_BYTES", 16 * batch_bytes)  # room for 16 batches, both loaders together
     source, target = (Batches(data, 8, seed=0, stream=s, share=2) for s in ("source", "target"))
     assert source.workers * source.prefetch + target.workers * target.prefetch <= 16
-    assert torch.equal(next(source)[1], next(Batches(data, 8, seed=0, stream="source", workers=0))[1])  # same batches
 
 
 @pytest.mark.slow
