@@ -29,8 +29,11 @@ class Run:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_"))}
         env |= {"TLPIPE_HOME": str(home), "PYTHONUNBUFFERED": "1", "TMPDIR": str(self.tmp)}  # lines as they come
         args = [a for p in LONG for a in ("-p", p)]
+        # As a terminal starts a command: Ctrl-C's SIGINT not ignored, even where the tests themselves run
+        # as a background job (a shell starts those with SIGINT ignored, and children inherit that).
         self.process = subprocess.Popen([sys.executable, "-m", "tlpipe.cli", "run", *args], env=env,
-                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         self.pid, self.out, self.err = self.process.pid, [], []
         self.readers = [threading.Thread(target=lambda s=s, into=into: into.extend(s), daemon=True)
                         for s, into in ((self.process.stdout, self.out), (self.process.stderr, self.err))]
