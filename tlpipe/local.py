@@ -15,7 +15,9 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from tlpipe import preflight, settings
+import psutil
+
+from tlpipe import preflight, settings, storage
 from tlpipe.errors import ERROR_FILE_ENV, TlpipeError
 from tlpipe.evaluate import Evaluation
 from tlpipe.lifetime import PARENT_ENV, end_within
@@ -126,8 +128,6 @@ def _interrupt(signum, frame):
 
 def _stop_steps(grace: float = 15) -> None:
     """Ends this process's children (the steps and their workers): SIGTERM, then SIGKILL after `grace` s."""
-    import psutil
-
     children = psutil.Process().children(recursive=True)
     for child in children:
         with contextlib.suppress(psutil.Error):
@@ -161,10 +161,11 @@ _SCRATCH = "tlpipe-run-"  # the scratch folder's prefix, before the run's id
 def _discard(run_id: str, checkpoint_root: str = "") -> None:
     """Removes what a run that cannot go on leaves on this machine: its KFP outputs, checkpoints and scratch."""
     checkpoints = checkpoint_root or str(settings.home() / "checkpoints")
-    scratch = [str(p) for p in Path(tempfile.gettempdir()).glob(f"{_SCRATCH}{run_id}-*")]
-    for folder in (str(settings.pipeline_root() / run_id), f"{checkpoints.rstrip('/')}/{run_id}", *scratch):
-        if "://" not in folder:
-            shutil.rmtree(folder, ignore_errors=True)
+    folders = [settings.pipeline_root() / run_id, *Path(tempfile.gettempdir()).glob(f"{_SCRATCH}{run_id}-*")]
+    if not storage.is_s3(checkpoints):  # checkpoints on S3 are left to the bucket's lifecycle rules
+        folders.append(Path(checkpoints) / run_id)
+    for folder in folders:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _close_abandoned() -> None:
