@@ -27,10 +27,11 @@ def adapt(
     backbone_lr: float = 1.0,
     sdat_rho: float = 0.02,
     target_augment: str = "auto",
+    finetune_backbone_lr: float = 0.1,
 ):
     """Adapts the source model to the unlabelled target domain (DANN, CDAN+E, DAN, Deep CORAL, MCC, CDAN+MCC;
     +sdat for the adversarial ones, at radius sdat_rho), or with dann+finetune adapts and then fine-tunes on the
-    labelled target images for finetune_epochs (with target_augment, as finetune). source_augment applies to the source images (tlpipe.augment: auto,
+    labelled target images for finetune_epochs (with target_augment and finetune_backbone_lr, as finetune). source_augment applies to the source images (tlpipe.augment: auto,
     none, colour, photo). bottleneck (a width; 0: none) and backbone_lr (the backbone's rate as a fraction of lr)
     are the recipe for pretrained backbones. target_val is scored each epoch, only to be watched: adaptation
     chooses nothing by it."""
@@ -42,6 +43,6 @@ def adapt(
     config = TrainConfig.from_step(locals(), augment=source_augment)
     facts = exit_on_user_error(adapt)(
         source_model.path, source_train.path, target_unlabelled.path, model.path, method, config, experiment, current_pipeline_run(),
-        target_labelled.path, finetune_epochs, target_val.path, target_augment,
+        target_labelled.path, finetune_epochs, target_val.path, target_augment, finetune_backbone_lr,
     )
     model.metadata.update(facts)

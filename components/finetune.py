@@ -22,10 +22,12 @@ def finetune(
     model: Output[Model],
     source_train: Input[Dataset] = None,
     augment: str = "auto",
+    backbone_lr: float = 0.1,
 ):
     """Fine-tunes the source model on the few labelled target images (strategy `scratch`: no transfer from
     the source, a new model from the source model's pretrained weights, if it had any; multitask and zero-shot also train on source_train, which the other strategies do not take); target_val is
-    scored each epoch. augment (tlpipe.augment: auto, none, colour, photo) applies to the labelled target images."""
+    scored each epoch. augment (tlpipe.augment: auto, none, colour, photo) applies to the labelled target images;
+    backbone_lr is the transferred backbone's rate as a fraction of lr."""
     from tlpipe.errors import exit_on_user_error
     from tlpipe.steps.finetune import finetune
     from tlpipe.tracking import current_pipeline_run

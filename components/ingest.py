@@ -40,18 +40,12 @@ def ingest(
     stable identity and the seed (unseen classes only in the test splits). `data_version` (the
     data_version step's answer) is what makes caching ingest safe: the cache key changes with the data."""
     from tlpipe.errors import exit_on_user_error
+    from tlpipe.steps.common import SPLITS
     from tlpipe.steps.ingest import ingest
     from tlpipe.tracking import current_pipeline_run
 
-    outputs = {
-        "source_train": source_train,
-        "source_val": source_val,
-        "source_test": source_test,
-        "target_labelled": target_labelled,
-        "target_val": target_val,
-        "target_unlabelled": target_unlabelled,
-        "target_test": target_test,
-    }
+    given = locals()
+    outputs = {name: given[name] for name in SPLITS}  # KFP needs the outputs named in the signature
     facts = exit_on_user_error(ingest)(
         source, target, target_labels_per_class, seed, image_size,
         out={name: artifact.path for name, artifact in outputs.items()},

@@ -39,12 +39,15 @@ PARAMETERS = {p.name: p for p in [
     Parameter("strategy", str, "full", "Fine-tuning strategy: full, freeze:<k>, linear-probe, l2sp:<alpha>, "
               "copy:<k>, copy+:<k>, scratch, progressive, multitask[:<weight>], zero-shot:attributes or "
               "zero-shot:embedding."),
+    Parameter("finetune_backbone_lr", float, 0.1, "The transferred backbone's learning rate in fine-tuning "
+              "(full, freeze:<k>, l2sp, zero-shot and dann+finetune's fine-tuning phase) as a fraction of lr, the "
+              "new head's; 1: one rate for every layer."),
     Parameter("adapt_method", str, "dann", "Adaptation without target labels: dann, cdan+e, dan, coral, mcc, "
               "cdan+mcc, dann+sdat, cdan+e+sdat, cdan+mcc+sdat, or dann+finetune (adapt, then fine-tune)."),
     Parameter("adapt_bottleneck", int, 0, "Width of a bottleneck layer (linear, batch norm, ReLU) between backbone "
               "and a new head in adaptation; 0: none (256 is the usual choice for ImageNet backbones)."),
-    Parameter("adapt_backbone_lr", float, 1.0, "The backbone's learning rate in adaptation as a fraction of lr "
-              "(0.1 is the usual choice for ImageNet backbones)."),
+    Parameter("adapt_backbone_lr", float, 1.0, "The backbone's learning rate in adaptation as a fraction of lr, "
+              "the head's and discriminator's (0.1 is the usual choice for ImageNet backbones)."),
     Parameter("sdat_rho", float, 0.02, "SDAT's neighbourhood radius, for the methods named +sdat."),
     Parameter("source_augment", str, "auto", "Augmentation of the source images in pretraining and adaptation: "
               "auto (photo for image folders, none otherwise), none, colour or photo."),
@@ -80,7 +83,7 @@ PARAMETERS = {p.name: p for p in [
 ]}
 
 TRANSFER = ["source", "target", "target_labels_per_class", "target_val_per_class", "seed", "image_size", "backbone",
-            "pretrained_weights", "strategy", "adapt_method", "adapt_bottleneck", "adapt_backbone_lr", "sdat_rho",
+            "pretrained_weights", "strategy", "finetune_backbone_lr", "adapt_method", "adapt_bottleneck", "adapt_backbone_lr", "sdat_rho",
             "source_augment", "target_augment", "source_epochs", "finetune_epochs", "adapt_epochs", "batch_size", "lr",
             "select_by", "gate_alpha", "gate_margin", "model_name", "experiment", "publish_to", "checkpoint_root",
             "checkpoint_every", "nproc", "unseen_classes", "attributes"]

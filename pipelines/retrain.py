@@ -38,14 +38,15 @@ def build(cluster: Cluster | None = None):
                 pretrained_weights=p.pretrained_weights, epochs=p.source_epochs, source_augment=p.source_augment, **train,
             ).set_caching_options(False)
             finetuned = finetuned_model(on, data, p.strategy, source_model=start.outputs["model"],
-                                        epochs=p.finetune_epochs, augment=p.target_augment, **train)
+                                        epochs=p.finetune_epochs, augment=p.target_augment,
+                                        backbone_lr=p.finetune_backbone_lr, **train)
             adapted = on.train(
                 adapt,
                 source_model=start.outputs["model"], source_train=data.outputs["source_train"],
                 target_unlabelled=data.outputs["target_unlabelled"], target_labelled=data.outputs["target_labelled"],
                 target_val=data.outputs["target_val"], method=p.adapt_method, bottleneck=p.adapt_bottleneck,
                 backbone_lr=p.adapt_backbone_lr, sdat_rho=p.sdat_rho, epochs=p.adapt_epochs, finetune_epochs=p.finetune_epochs, source_augment=p.source_augment,
-                target_augment=p.target_augment,
+                target_augment=p.target_augment, finetune_backbone_lr=p.finetune_backbone_lr,
                 **train,
             )
             scores = on.score(

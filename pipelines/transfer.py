@@ -37,6 +37,7 @@ def build(cluster: Cluster | None = None):
                 on, data, p.strategy, source_model=source_model.outputs["model"], epochs=p.finetune_epochs,
                 batch_size=p.batch_size, lr=p.lr, seed=p.seed, checkpoint_root=p.checkpoint_root,
                 checkpoint_every=p.checkpoint_every, nproc=p.nproc, experiment=p.experiment, augment=p.target_augment,
+                backbone_lr=p.finetune_backbone_lr,
             )
             target_only = on.train(
                 finetune,
@@ -54,7 +55,7 @@ def build(cluster: Cluster | None = None):
                 backbone_lr=p.adapt_backbone_lr, sdat_rho=p.sdat_rho, epochs=p.adapt_epochs, finetune_epochs=p.finetune_epochs, batch_size=p.batch_size, lr=p.lr,
                 seed=p.seed, checkpoint_root=p.checkpoint_root,
                 checkpoint_every=p.checkpoint_every, nproc=p.nproc, source_augment=p.source_augment, experiment=p.experiment,
-                target_augment=p.target_augment,
+                target_augment=p.target_augment, finetune_backbone_lr=p.finetune_backbone_lr,
             )
             scores = on.score(
                 evaluate,

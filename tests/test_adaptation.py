@@ -74,7 +74,7 @@ def test_cdan_reverses_the_gradient_into_the_features_not_the_predictions():
 def test_each_alignment_method_adapts_the_feature_extractor(method):
     source = trained_source()
     target = colour_set(seed=2, shift=80).without_labels()
-    adapted = adaptation.adapt(method, source, colour_set(), target, TrainConfig(epochs=2, batch_size=16))
+    adapted = adaptation.adapt(method, source, colour_set(), target, TrainConfig(epochs=2, batch_size=16, backbone_lr=1.0))
     assert not torch.equal(adapted.blocks[0][0].weight, source.blocks[0][0].weight)
     assert adapted.spec == source.spec and not adapted.training
 
@@ -89,7 +89,7 @@ def test_alignment_loss_leaves_the_domains_closer_than_classification_alone(loss
     gaps = []
     for weight in (0.0, 1.0):
         model = domain.adapt(source, source_data, target_data.without_labels(), lambda m: loss(weight),
-                             TrainConfig(epochs=8, batch_size=16))
+                             TrainConfig(backbone_lr=1.0, epochs=8, batch_size=16))
         with torch.no_grad():
             model.train()
             gaps.append(discrepancy(*(model.features(torch.from_numpy(d.images)) for d in (source_data, target_data))))
@@ -99,7 +99,7 @@ def test_alignment_loss_leaves_the_domains_closer_than_classification_alone(loss
 def test_dann_then_finetune_uses_the_target_labels():
     source = trained_source()
     target = colour_set(seed=2, shift=80)
-    config = TrainConfig(epochs=2, batch_size=16)
+    config = TrainConfig(backbone_lr=1.0, epochs=2, batch_size=16)
     adapted = adaptation.adapt("dann", source, colour_set(), target.without_labels(), config)
     both = adaptation.adapt("dann+finetune", source, colour_set(), target.without_labels(), config,
                             labelled=target, finetune_config=config)
@@ -150,7 +150,7 @@ def test_dann_then_finetune_fine_tunes_with_the_target_augmentation_not_none(mon
 
     monkeypatch.setattr(adaptation, "finetune", spy)
     source = trained_source()
-    config = TrainConfig(epochs=1, batch_size=16, augment="colour")
+    config = TrainConfig(backbone_lr=1.0, epochs=1, batch_size=16, augment="colour")
     tune = TrainConfig(epochs=2, batch_size=16, augment="photo")
     adaptation.adapt("dann+finetune", source, colour_set(), colour_set(seed=1, shift=40), config,
                      labelled=colour_set(4, seed=2), finetune_config=tune)

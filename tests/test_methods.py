@@ -65,6 +65,16 @@ def test_linear_probe_trains_only_the_head():
     assert not torch.equal(before["head.weight"], after["head.weight"])
 
 
+def test_full_finetuning_trains_the_transferred_backbone_at_the_configured_fraction_of_the_rate():
+    source = trained_source()
+    held = finetune(source, colour_set(seed=1, shift=40), "full", TrainConfig(epochs=1, batch_size=8, backbone_lr=0.0))
+    moved = finetune(source, colour_set(seed=1, shift=40), "full", TrainConfig(epochs=1, batch_size=8, backbone_lr=0.1))
+    weights = dict(source.blocks.named_parameters())
+    assert all(torch.equal(weights[k], p) for k, p in held.blocks.named_parameters())
+    assert not all(torch.equal(weights[k], p) for k, p in moved.blocks.named_parameters())
+    assert not torch.equal(source.state_dict()["head.weight"], held.state_dict()["head.weight"])
+
+
 def test_l2sp_stays_closer_to_the_source_than_full_finetuning():
     source = trained_source()
     target = colour_set(seed=1, shift=60)
@@ -102,7 +112,7 @@ def test_supervised_training_learns_and_is_deterministic():
 def test_dann_trains_the_discriminator_through_reversed_features():
     source = trained_source()
     target = colour_set(seed=2, shift=80).without_labels()
-    adapted = dann.adapt(source, colour_set(), target, TrainConfig(epochs=2, batch_size=16))
+    adapted = dann.adapt(source, colour_set(), target, TrainConfig(epochs=2, batch_size=16, backbone_lr=1.0))
     assert not torch.equal(adapted.blocks[0][0].weight, source.blocks[0][0].weight)
     assert adapted.spec == source.spec
 
@@ -169,7 +179,7 @@ def test_adaptation_trains_the_backbone_at_its_fraction_of_the_rate():
 def test_a_bottleneck_goes_between_the_source_backbone_and_a_new_head():
     source = trained_source()
     adapted = dann.adapt(source, colour_set(), colour_set(seed=2, shift=80).without_labels(),
-                         TrainConfig(epochs=1, batch_size=16, bottleneck=24, lr=0.0))
+                         TrainConfig(backbone_lr=1.0, epochs=1, batch_size=16, bottleneck=24, lr=0.0))
     assert adapted.spec.bottleneck == 24 and adapted.head.in_features == 24 and adapted.feature_dim == 24
     # lr 0: the copied backbone is the source's (the new layers are what changed)
     for a, b in zip(source.blocks.parameters(), adapted.blocks.parameters()):
@@ -186,7 +196,7 @@ def test_new_adaptation_methods_train_and_keep_the_spec(method):
 
     source = trained_source()
     adapted = adaptation.adapt(method, source, colour_set(), colour_set(seed=2, shift=80).without_labels(),
-                               TrainConfig(epochs=1, batch_size=16))
+                               TrainConfig(backbone_lr=1.0, epochs=1, batch_size=16))
     assert not torch.equal(adapted.blocks[0][0].weight, source.blocks[0][0].weight)
     assert adapted.spec == source.spec
 

@@ -192,7 +192,7 @@ def test_a_timm_backbone_with_hub_weights_runs_through_the_pipeline(home, regist
     put_in_hf_cache(tmp_path / "hf", hub_id, {"model.safetensors": reference.state_dict()})
     result = tlpipe_run(home, *TINY, "backbone=timm:test_resnet", "pretrained_weights=timm:test_resnet.r160_in1k",
                         "adapt_method=cdan+mcc+sdat", "adapt_bottleneck=32", "adapt_backbone_lr=0.1",
-                        "model_name=timm", env={"HF_HUB_CACHE": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"})
+                        "finetune_backbone_lr=0.5", "model_name=timm", env={"HF_HUB_CACHE": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert ("every model starts from timm:test_resnet.r160_in1k; target-only is those weights with a new head"
             in result.stdout)
@@ -201,6 +201,8 @@ def test_a_timm_backbone_with_hub_weights_runs_through_the_pipeline(home, regist
     assert by_step["pretrain"].data.params["backbone"] == "timm:test_resnet"
     adapt = by_step["adapt"].data.params
     assert (adapt["method"], adapt["bottleneck"], adapt["backbone_lr"]) == ("cdan+mcc+sdat", "32", "0.1")
+    assert by_step["finetune"].data.params["backbone_lr"] == "0.5"
+    assert "backbone_lr" not in by_step["pretrain"].data.params
     assert "train_mcc_loss" in by_step["adapt"].data.metrics
     assert "registered model: timm version 1 (alias champion)" in result.stdout
     # A serving environment built from the registered model gets timm.

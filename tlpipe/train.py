@@ -39,10 +39,12 @@ class TrainConfig:
     nproc: int = 1  # data-parallel processes; 0: one per GPU
     augment: str = "none"  # of the labelled images a loop trains on (tlpipe.augment); in adaptation, the source's
     compile: bool = False  # torch.compile the network (CUDA)
-    # Adaptation (tlpipe.methods.domain): the backbone's learning rate as a fraction of lr (the head's and the
-    # discriminator's), a bottleneck layer of this width between backbone and head (0: none), and SDAT's
-    # neighbourhood radius for methods named with +sdat.
-    backbone_lr: float = 1.0
+    # Transfer (fine-tuning, zero-shot, adaptation; see transfer_groups): the transferred backbone's learning
+    # rate as a fraction of lr, the rate of new layers (head, bottleneck, discriminator). 0.1 is the field's
+    # usual choice for fine-tuning; the pipelines set it per stage (finetune_backbone_lr, adapt_backbone_lr).
+    backbone_lr: float = 0.1
+    # Adaptation (tlpipe.methods.domain): a bottleneck layer of this width between backbone and head (0: none),
+    # and SDAT's neighbourhood radius for methods named with +sdat.
     bottleneck: int = 0
     sdat_rho: float = 0.02
 
@@ -86,6 +88,15 @@ def annealed_lr(p: float) -> float:
 
 def sgd(param_groups, config: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.SGD(param_groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+
+
+def transfer_groups(backbone, new, config: TrainConfig, **backbone_options) -> list[dict]:
+    """The one learning-rate policy of every method that transfers a backbone: its trainable transferred
+    parameters at config.backbone_lr x lr (with `backbone_options`, e.g. weight_decay), the new layers'
+    (head, bottleneck, alignment module) at lr."""
+    backbone = [p for p in backbone if p.requires_grad]
+    head = {"params": [p for p in new if p.requires_grad]}
+    return ([{"params": backbone, "lr": config.lr * config.backbone_lr, **backbone_options}] if backbone else []) + [head]
 
 
 def fit(

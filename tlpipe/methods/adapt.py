@@ -38,5 +38,5 @@ def adapt(method: str, source_model: Classifier, source: ImageSet, target: Image
     tune_log = (lambda epoch, metrics, model=None: log(config.epochs + epoch, metrics, model)) if log else None
     # Source augmentation belongs to the source images: the fine-tuning phase takes its own, the target's
     # (finetune_config.augment, as the finetune step does), and none without a config of its own.
-    tune_config = finetune_config or dataclasses.replace(config, augment="none")
+    tune_config = finetune_config or dataclasses.replace(config, augment="none", backbone_lr=TrainConfig.backbone_lr)
     return finetune(adapted, labelled, "full", tune_config, log=tune_log)

@@ -26,7 +26,7 @@ from tlpipe.data.loader import Batches
 from tlpipe.errors import TlpipeError
 from tlpipe.methods.sdat import SharpnessAware
 from tlpipe.models import Classifier
-from tlpipe.train import LogFn, TrainConfig, fit, prepare, seed_everything, sgd
+from tlpipe.train import LogFn, TrainConfig, fit, prepare, seed_everything, sgd, transfer_groups
 
 Metrics = dict[str, torch.Tensor]
 
@@ -74,9 +74,8 @@ def with_bottleneck(source_model: Classifier, width: int) -> Classifier:
 
 def parameter_groups(model: Classifier, alignment: Alignment, config: TrainConfig) -> list[dict]:
     """The backbone at config.backbone_lr x the rate; bottleneck, head and alignment module at the rate."""
-    return [{"params": list(model.blocks.parameters()), "lr": config.lr * config.backbone_lr},
-            {"params": model.head_parameters()},
-            {"params": list(alignment.parameters())}]
+    return transfer_groups(model.blocks.parameters(), model.head_parameters(), config) + [
+        {"params": list(alignment.parameters())}]
 
 
 def adapt(

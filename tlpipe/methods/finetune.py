@@ -1,7 +1,7 @@
 """Fine-tuning a source model on few labelled target images.
 
 Strategies:
-- `full`: every layer trains; transferred blocks at `backbone_lr_scale` times the head's rate.
+- `full`: every layer trains; transferred blocks at `config.backbone_lr` times the head's rate (train.transfer_groups).
 - `freeze:<k>`: layer transfer: the first k blocks are copied and frozen (weights and batch-norm
   statistics), the rest train.
 - `linear-probe`: the whole backbone is a frozen feature extractor; only the head trains.
@@ -32,7 +32,7 @@ from tlpipe.methods.progressive import progressive
 from tlpipe.methods.supervised import train_classifier
 from tlpipe.methods.zeroshot import zero_shot
 from tlpipe.models import Classifier
-from tlpipe.train import LogFn, TrainConfig
+from tlpipe.train import LogFn, TrainConfig, transfer_groups
 
 
 @dataclass(frozen=True)
@@ -123,7 +123,6 @@ def finetune(
     labelled: ImageSet,
     strategy: str,
     config: TrainConfig,
-    backbone_lr_scale: float = 0.1,
     log: LogFn | None = None,
     source: ImageSet | None = None,
     attributes: dict[str, list[float]] | None = None,
@@ -163,14 +162,11 @@ def finetune(
     if frozen > n_blocks:
         raise TlpipeError(f"strategy freeze:{frozen} asks for more blocks than the backbone has ({n_blocks}).")
     freeze_blocks(model, frozen)
-    backbone = [p for p in model.blocks.parameters() if p.requires_grad]
-    head_group = {"params": [p for p in model.head_parameters() if p.requires_grad]}
-    backbone_group = {"params": backbone, "lr": config.lr * backbone_lr_scale}
     penalty = None
-    if name == "l2sp":
+    if name == "l2sp":  # the penalty toward the source weights takes weight decay's place on the backbone
         source_weights = {k: v.detach().clone() for k, v in model.blocks.named_parameters()}
         penalty = l2sp_penalty(model, source_weights, arg)
-        backbone_group["weight_decay"] = 0.0
-    groups = [head_group] + ([backbone_group] if backbone else [])
+    groups = transfer_groups(model.blocks.parameters(), model.head_parameters(), config,
+                             **({"weight_decay": 0.0} if name == "l2sp" else {}))
     train_classifier(model, labelled, config, param_groups=groups, penalty=penalty, log=log)
     return model

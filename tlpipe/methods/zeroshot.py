@@ -21,7 +21,7 @@ from tlpipe.data.loader import Batches
 from tlpipe.distributed import device
 from tlpipe.errors import TlpipeError
 from tlpipe.models import Classifier
-from tlpipe.train import LogFn, TrainConfig, fit, prepare, seed_everything, sgd
+from tlpipe.train import LogFn, TrainConfig, fit, prepare, seed_everything, sgd, transfer_groups
 
 HEADS = ("attributes", "embedding")
 
@@ -54,8 +54,7 @@ def zero_shot(
     position = torch.full((len(classes),), -1, dtype=torch.int64, device=device())
     position[seen_index] = torch.arange(len(seen), device=device())
     n_attributes = len(spec.attributes[0])
-    optimizer = sgd([{"params": model.head.parameters()},
-                     {"params": model.blocks.parameters(), "lr": config.lr * 0.1}], config)
+    optimizer = sgd(transfer_groups(model.blocks.parameters(), model.head.parameters(), config), config)
 
     def step(p: float):
         images, labels = next(batches)

@@ -6,7 +6,7 @@ from tlpipe import augment, distributed, tracking
 from tlpipe.data import load_dataset
 from tlpipe.methods import adapt as adaptation
 from tlpipe.models import load_model
-from tlpipe.steps.common import augmenting, checkpointed, config_params, save_trained, timed, training_run
+from tlpipe.steps.common import ADAPTATION_SETTINGS, augmenting, checkpointed, config_params, save_trained, timed, training_run
 from tlpipe.train import TrainConfig
 
 
@@ -24,9 +24,10 @@ def adapt(
     finetune_epochs: int = 0,
     validation: str = "",
     target_augment: str = "auto",
+    finetune_backbone_lr: float = TrainConfig.backbone_lr,
 ) -> dict:
     """Adapts the source model to the target domain; dann+finetune then fine-tunes on `target_labelled`
-    for `finetune_epochs` with `target_augment`, as the finetune step would. `validation` (target_val) is
+    for `finetune_epochs` with `target_augment` and `finetune_backbone_lr`, as the finetune step would. `validation` (target_val) is
     scored every epoch, only to be watched."""
     adaptation.check_method(method)
     model, _ = load_model(source_model)
@@ -37,11 +38,13 @@ def adapt(
     val, val_meta = load_dataset(validation) if validation else (None, None)
     config = checkpointed(augmenting(config, source_meta), pipeline_run, "adapt")
     tune_config = dataclasses.replace(config, epochs=finetune_epochs or config.epochs, checkpoint_dir="",
+                                      backbone_lr=finetune_backbone_lr,
                                       augment=augment.resolve(target_augment, labelled_meta["spec"]) if labelled_meta
                                       else "none")
-    params = {"method": method, **config_params(config, adaptation=True)}
+    params = {"method": method, **config_params(config, ADAPTATION_SETTINGS)}
     if labelled is not None:
-        params |= {"finetune_epochs": tune_config.epochs, "finetune_augment": tune_config.augment}
+        params |= {"finetune_epochs": tune_config.epochs, "finetune_augment": tune_config.augment,
+                   "finetune_backbone_lr": tune_config.backbone_lr}
     total_epochs = config.epochs + (tune_config.epochs if labelled is not None else 0)
     inputs = [(source_meta, source_train, "training"), (meta, target_unlabelled, "training"),
               (labelled_meta, target_labelled, "training"), (val_meta, validation, "validation")]

@@ -22,7 +22,8 @@ COMPUTE_MARK = "tlpipe: step compute"
 
 SPLITS = ["source_train", "source_val", "source_test", "target_labelled", "target_val", "target_unlabelled",
           "target_test"]
-ADAPTATION_SETTINGS = ("backbone_lr", "bottleneck", "sdat_rho")
+TRANSFER_SETTINGS = ("backbone_lr",)  # meaningless in pretraining
+ADAPTATION_SETTINGS = (*TRANSFER_SETTINGS, "bottleneck", "sdat_rho")
 
 
 def timed(func):
@@ -62,10 +63,10 @@ def checkpointed(config: TrainConfig, pipeline_run: str, step: str) -> TrainConf
     return dataclasses.replace(config, checkpoint_dir=f"{root.rstrip('/')}/{pipeline_run}/{step}")
 
 
-def config_params(config: TrainConfig, adaptation: bool = False) -> dict:
-    """The training settings as a step's parameters; where checkpoints lie is not one, nor the
-    adaptation settings in steps that do not adapt."""
-    skip = {"checkpoint_dir", *(() if adaptation else ADAPTATION_SETTINGS)}
+def config_params(config: TrainConfig, kept: tuple[str, ...] = ()) -> dict:
+    """The training settings as a step's parameters; where checkpoints lie is not one, nor the transfer
+    and adaptation settings other than those `kept` (the ones the step uses)."""
+    skip = {"checkpoint_dir", *(set(ADAPTATION_SETTINGS) - set(kept))}
     return {k: v for k, v in vars(config).items() if k not in skip}
 
 

@@ -5,7 +5,7 @@ from tlpipe.data import load_dataset
 from tlpipe.errors import TlpipeError
 from tlpipe.methods import finetune as finetuning
 from tlpipe.models import load_model, read_weights
-from tlpipe.steps.common import augmenting, checkpointed, config_params, save_trained, timed, training_run
+from tlpipe.steps.common import TRANSFER_SETTINGS, augmenting, checkpointed, config_params, save_trained, timed, training_run
 from tlpipe.train import TrainConfig
 
 
@@ -35,7 +35,7 @@ def finetune(
     initial = read_weights(pretrained) if pretrained else None
     val, val_meta = load_dataset(validation) if validation else (None, None)
     config = checkpointed(augmenting(config, meta), pipeline_run, step_name)
-    params = {"strategy": strategy, **config_params(config)}
+    params = {"strategy": strategy, **config_params(config, TRANSFER_SETTINGS)}
     # The pipeline's strategy is the finetune step's; target-only's "scratch" describes only itself.
     shared = {"strategy": strategy} if step_name == "finetune" else None
     inputs = [(meta, target_labelled, "training"), (source_meta, source_train, "training"), (val_meta, validation, "validation")]
