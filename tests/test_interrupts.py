@@ -1,6 +1,8 @@
-"""An interrupted or killed `tlpipe run`: one sentence, its MLflow runs closed, and no step left running."""
+"""An interrupted or killed `tlpipe run`: one sentence, its MLflow runs closed, no step left running, and
+`tlpipe run --resume` finishes it from its checkpoint."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -23,12 +25,12 @@ LONG = ["source_epochs=200", "finetune_epochs=1", "adapt_epochs=1", "target_labe
 class Run:
     """`tlpipe run` in the background, its output read as it comes."""
 
-    def __init__(self, home):
+    def __init__(self, home, args=None):
         self.home, self.tmp = home, home.parent / "tmp"  # TMPDIR: what the run and its steps leave there
-        self.tmp.mkdir(parents=True)
+        self.tmp.mkdir(parents=True, exist_ok=True)
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_"))}
         env |= {"TLPIPE_HOME": str(home), "PYTHONUNBUFFERED": "1", "TMPDIR": str(self.tmp)}  # lines as they come
-        args = [a for p in LONG for a in ("-p", p)]
+        args = args or [a for p in LONG for a in ("-p", p)]
         # As a terminal starts a command: Ctrl-C's SIGINT not ignored, even where the tests themselves run
         # as a background job (a shell starts those with SIGINT ignored, and children inherit that).
         self.process = subprocess.Popen([sys.executable, "-m", "tlpipe.cli", "run", *args], env=env,
@@ -79,16 +81,15 @@ def runs(home) -> list:
     return client.search_runs([e.experiment_id for e in client.search_experiments()])
 
 
-def left_behind(run: Run) -> list[str]:
+def left_behind(run: Run) -> dict[str, list[str]]:
     """What the run left on disk apart from its log and the MLflow store: KFP outputs, checkpoints, scratch."""
-    places = [run.home / "pipeline-root", run.home / "checkpoints", run.tmp]
-    return [str(p) for place in places if place.exists() for p in place.iterdir()]
+    places = {"outputs": run.home / "pipeline-root", "checkpoints": run.home / "checkpoints", "scratch": run.tmp}
+    return {name: sorted(p.name for p in place.iterdir()) if place.exists() else [] for name, place in places.items()}
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_an_interrupted_run_says_so_in_one_sentence_and_ends_killed(tmp_path, signum):
-    run = Run(tmp_path / "home")
-    steps = pretraining_steps(run)
+def interrupted(run: Run, steps: list[psutil.Process], signum: int) -> str:
+    """Stops the run with `signum` and checks how it ended: one sentence, runs KILLED, steps gone, no
+    scratch left, its outputs and checkpoint kept for a resume; returns the run's id."""
     if signum == signal.SIGINT:  # Ctrl-C reaches the whole foreground process group
         for process in [psutil.Process(run.pid), *steps]:
             process.send_signal(signal.SIGINT)
@@ -97,13 +98,40 @@ def test_an_interrupted_run_says_so_in_one_sentence_and_ends_killed(tmp_path, si
     code, err = run.wait(timeout=120)
     assert code == 130, err[-2000:]
     lines = [line for line in err.splitlines() if line.startswith("tlpipe:")]
-    assert len(lines) == 1 and "interrupted; run transfer-" in lines[0] and "marked KILLED" in lines[0], err[-2000:]
+    assert len(lines) == 1 and "marked KILLED; `tlpipe run --resume transfer-" in lines[0], err[-2000:]
     assert "Traceback" not in err
     assert gone(steps)
     statuses = {r.data.tags.get("tlpipe.role"): r.info.status for r in runs(run.home)}
     assert statuses["pipeline"] == "KILLED"
     assert all(r.info.status != "RUNNING" for r in runs(run.home))
-    assert not left_behind(run)  # a local run is not resumed: what it wrote for going on is of no use
+    run_id = re.search(r"interrupted; run (\S+) marked KILLED", lines[0]).group(1)
+    assert left_behind(run) == {"outputs": [run_id], "checkpoints": [run_id], "scratch": []}
+    return run_id
+
+
+def test_ctrl_c_ends_a_run_in_one_sentence_killed(tmp_path):
+    run = Run(tmp_path / "home")
+    interrupted(run, pretraining_steps(run), signal.SIGINT)
+
+
+def test_a_stopped_run_resumes_from_its_checkpoint_and_finishes(tmp_path):
+    run = Run(tmp_path / "home")
+    run_id = interrupted(run, pretraining_steps(run), signal.SIGTERM)  # a `kill`, a stopping container
+
+    again = Run(run.home, ["--resume", run_id])
+    code, err = again.wait(timeout=540)
+    out = "".join(again.out)
+    assert code == 0, out[-2000:] + err[-2000:]
+    assert f"resuming run {run_id} (transfer)" in out
+    log = (run.home / "logs" / f"{run_id}.log").read_text()
+    assert re.search(r"resuming from the checkpoint after epoch [1-9][0-9]*/200", log)  # pretrain's, not from 0
+    executed = set(re.findall(r"Executing task \S*'([\w-]+)'", out))
+    assert "pretrain" in executed and "ingest" not in executed  # the finished step was a cache hit
+    [parent] = [r for r in runs(run.home) if r.data.tags.get("tlpipe.role") == "pipeline"]
+    assert (parent.info.run_name, parent.info.status) == (run_id, "FINISHED")
+    assert {r.info.status for r in runs(run.home)} == {"FINISHED"}
+    assert f"report: {run.home / 'reports' / (run_id + '.html')}" in out
+    assert left_behind(run)["checkpoints"] in ([], [run_id]) and not list((run.home / "checkpoints").rglob("*.pt"))
 
 
 def test_a_killed_run_leaves_no_step_training_and_the_next_run_closes_it(tmp_path, monkeypatch, capsys):
@@ -128,4 +156,4 @@ def test_a_killed_run_leaves_no_step_training_and_the_next_run_closes_it(tmp_pat
     assert f"run {parent.info.run_name} was left RUNNING by a tlpipe run that is gone; marked KILLED" in said
     assert {r.info.status for r in runs(run.home) if r.data.tags.get("tlpipe.role") == "pipeline"} == {"KILLED"}
     assert all(r.info.status != "RUNNING" for r in runs(run.home))
-    assert not left_behind(run)
+    assert left_behind(run)["scratch"] == []  # its outputs and checkpoints stay, for `tlpipe run --resume`

@@ -1,11 +1,15 @@
 """The local runner's own pieces: its log on a full disk (Linux's /dev/full answers every write with
-ENOSPC, as a full TLPIPE_HOME does) and the sentence a full disk becomes."""
+ENOSPC, as a full TLPIPE_HOME does), the sentence a full disk becomes, and what a resume reads."""
 
 import errno
 import io
+import os
+import time
 from pathlib import Path
 
-from tlpipe.errors import as_user_error
+import pytest
+
+from tlpipe.errors import TlpipeError, as_user_error
 from tlpipe.local import _LogView
 
 STEP_FAILED = "\x1b[31mtlpipe: error: the MLflow store refused the step's run (database or disk is full)\x1b[0m\n"
@@ -41,3 +45,46 @@ def test_a_full_disk_is_one_sentence_naming_the_file():
     assert said.startswith("no space left on the disk writing /home/user/.tlpipe/reports/transfer-1.html "
                            "(No space left on device)")
     assert as_user_error(OSError(errno.ENOENT, "No such file or directory", "x")) is None  # not a user's mistake
+
+
+def test_a_run_is_recorded_for_its_resume_and_an_unknown_or_malformed_id_is_one_sentence(tlpipe_home):
+    from tlpipe import resume, settings
+
+    resume.record(settings.pipeline_root() / "transfer-1", "transfer", {"seed": "3"})
+    assert resume.recorded("transfer-1") == ("transfer", {"seed": "3"})
+    with pytest.raises(TlpipeError, match="run transfer-2 cannot be resumed: .* holds no run of that id"):
+        resume.recorded("transfer-2")
+    with pytest.raises(TlpipeError, match="'../transfer-1' is not a run id"):
+        resume.recorded("../transfer-1")
+
+
+def test_a_resume_on_data_that_changed_since_the_run_started_is_refused(tlpipe_home):
+    from tlpipe import resume, settings
+
+    answer = settings.pipeline_root() / "transfer-1" / "tlpipe-transfer-2026-12-02-18-36-36-692175" / "data-version"
+    answer.mkdir(parents=True)
+    (answer / "executor_output.json").write_text('{"parameterValues": {"Output": "{\\"source\\": \\"a@1\\"}"}}')
+    resume.check_data_unchanged("transfer-1", '{"source": "a@1"}')
+    with pytest.raises(TlpipeError, match="run transfer-1 cannot be resumed: its data changed since it started"):
+        resume.check_data_unchanged("transfer-1", '{"source": "a@2"}')
+
+
+def test_checkpoints_nobody_resumed_for_a_week_are_removed_and_recent_ones_kept(tmp_path):
+    from tlpipe import resume
+
+    old, recent = tmp_path / "run-old" / "pretrain", tmp_path / "run-recent" / "pretrain"
+    for folder in (old, recent):
+        folder.mkdir(parents=True)
+        (folder / "checkpoint.pt").write_bytes(b"x")
+    week_ago = time.time() - 8 * 86400
+    for path in (old / "checkpoint.pt", old, old.parent):
+        os.utime(path, (week_ago, week_ago))
+    assert resume.expire_checkpoints(tmp_path) == ["run-old"]
+    assert not old.parent.exists() and (recent / "checkpoint.pt").exists()
+
+
+def test_resume_takes_the_runs_own_parameters(capsys):
+    from tlpipe.cli import main
+
+    assert main(["run", "--resume", "transfer-1", "-p", "seed=1"]) == 2
+    assert "give neither a pipeline nor -p with it" in capsys.readouterr().err

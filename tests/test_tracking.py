@@ -101,6 +101,26 @@ def test_the_next_run_closes_the_runs_of_a_killed_tlpipe_run_and_only_those(clie
     assert tracking.close_abandoned_runs() == []
 
 
+def test_a_resumed_run_is_running_again_under_its_new_owner_and_a_finished_or_live_one_is_refused(client, monkeypatch):
+    for name in ("stopped", "finished", "live"):
+        with tracking.step_run("pretrain", "runs", name, {}):
+            pass
+    parent = {r.data.tags["tlpipe.pipeline_run"]: r.info.run_id for r in runs(client, "pipeline")}
+    client.set_terminated(parent["stopped"], "KILLED")
+    client.set_terminated(parent["finished"], "FINISHED")
+    client.set_tag(parent["live"], "tlpipe.owner", "another-host:41:0")
+
+    tracking.reopen_pipeline_run("stopped")
+    reopened = client.get_run(parent["stopped"])
+    assert reopened.info.status == "RUNNING"
+    assert reopened.data.tags["tlpipe.owner"].split(":")[1] == str(os.getpid())
+    with pytest.raises(TlpipeError, match="run finished finished; there is nothing to resume"):
+        tracking.reopen_pipeline_run("finished")
+    with pytest.raises(TlpipeError, match="run live is still running \\(on another-host, process 41\\)"):
+        tracking.reopen_pipeline_run("live")
+    tracking.reopen_pipeline_run("never-reached-mlflow")  # nothing to reopen, nothing to refuse
+
+
 def test_steps_log_into_the_runs_kubeflows_mlflow_integration_created(client, tmp_path, monkeypatch):
     """KFP 2.17's MLflow plugin creates the pipeline's parent run and a nested run per task, and hands
     the task's run to the pod as MLFLOW_RUN_ID: the step logs there instead of opening runs of its own."""

@@ -41,7 +41,10 @@ def cmd_run(args) -> None:
 
         stack.activate()
 
-    result = local.run(args.pipeline, _params(args.param), verbose=args.verbose)
+    if args.resume and (args.param or args.pipeline):
+        raise TlpipeError(f"--resume {args.resume} goes on with that run's own pipeline and parameters; "
+                          "give neither a pipeline nor -p with it.")
+    result = local.run(args.pipeline or "transfer", _params(args.param), verbose=args.verbose, resumed=args.resume)
     print()
     if result.evaluation:
         print(format_table(result.evaluation))
@@ -163,10 +166,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tlpipe", description="Transfer learning as a production pipeline.")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run a pipeline on this machine (kfp.local)")
-    run.add_argument("pipeline", nargs="?", default="transfer", help="pipeline name (default: transfer)")
+    run.add_argument("pipeline", nargs="?", help="pipeline name (default: transfer)")
     run.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE", help="pipeline parameter")
     run.add_argument("-v", "--verbose", action="store_true", help="show every step's full log, not just progress")
     run.add_argument("--stack", choices=["local"], help="track on the local stack (scripts/stack up): MLflow server, S3")
+    run.add_argument("--resume", metavar="RUN_ID", default="",
+                     help="go on with a run that was interrupted, killed or failed on this machine, from its last checkpoint")
     run.set_defaults(func=cmd_run)
     params = commands.add_parser("params", help="list a pipeline's parameters: name, type, default and meaning")
     params.add_argument("pipeline", nargs="?", default="transfer", help="pipeline name or all (default: transfer)")

@@ -23,9 +23,10 @@ import psutil
 PARENT_ENV = "TLPIPE_PARENT_PID"
 
 
-def owner() -> str:
-    """The `tlpipe run` that started this step as host:pid:start time (a pid alone can be reused), or ""."""
-    parent = os.environ.get(PARENT_ENV)
+def owner(parent: str | None = None) -> str:
+    """The `tlpipe run` that started this step (or process `parent`) as host:pid:start time (a pid alone can
+    be reused), or ""."""
+    parent = parent or os.environ.get(PARENT_ENV)
     if not parent:
         return ""
     try:

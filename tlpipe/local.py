@@ -17,7 +17,7 @@ from pathlib import Path
 
 import psutil
 
-from tlpipe import preflight, settings, storage
+from tlpipe import preflight, resume, settings
 from tlpipe.errors import ERROR_FILE_ENV, TlpipeError
 from tlpipe.evaluate import Evaluation
 from tlpipe.lifetime import PARENT_ENV, end_within
@@ -146,40 +146,45 @@ def _close_interrupted(experiment: str, run_id: str, log_path: Path) -> str:
     """Ends an interrupted run's MLflow runs KILLED (step runs still open FAILED); the one sentence to print."""
     from tlpipe import tracking
 
+    go_on = f"`tlpipe run --resume {run_id}` goes on from where it stopped"
     try:
         if not tracking.pipeline_run_ids(run_id):
-            return f"interrupted before run {run_id} reached MLflow; the log is {log_path}"
+            return f"interrupted before run {run_id} reached MLflow; {go_on}; the log is {log_path}"
         tracking.close_pipeline_run(experiment, run_id, "CANCELLED")
     except Exception as error:  # the tracking server may be what failed
         return f"interrupted; run {run_id} could not be closed in MLflow ({str(error).splitlines()[0][:200]})"
-    return f"interrupted; run {run_id} marked KILLED; the log is {log_path}"
+    return f"interrupted; run {run_id} marked KILLED; {go_on}; the log is {log_path}"
 
 
 _SCRATCH = "tlpipe-run-"  # the scratch folder's prefix, before the run's id
 
 
-def _discard(run_id: str, checkpoint_root: str = "") -> None:
-    """Removes what a run that cannot go on leaves on this machine: its KFP outputs, checkpoints and scratch."""
-    checkpoints = checkpoint_root or str(settings.home() / "checkpoints")
-    folders = [settings.pipeline_root() / run_id, *Path(tempfile.gettempdir()).glob(f"{_SCRATCH}{run_id}-*")]
-    if not storage.is_s3(checkpoints):  # checkpoints on S3 are left to the bucket's lifecycle rules
-        folders.append(Path(checkpoints) / run_id)
-    for folder in folders:
+def _discard_scratch(run_id: str) -> None:
+    """Removes the scratch folder a killed run left (what it kept for a resume stays: tlpipe.resume)."""
+    for folder in Path(tempfile.gettempdir()).glob(f"{_SCRATCH}{run_id}-*"):
         shutil.rmtree(folder, ignore_errors=True)
 
 
 def _close_abandoned() -> None:
-    """Closes (and clears away) the runs of `tlpipe run`s of this machine that were killed outright."""
+    """Closes the runs of `tlpipe run`s of this machine that were killed outright, and removes the
+    checkpoints that no resume took up in time."""
     from tlpipe import tracking
 
     for abandoned in tracking.close_abandoned_runs():
-        _discard(abandoned)
-        print(f"run {abandoned} was left RUNNING by a tlpipe run that is gone; marked KILLED")
+        _discard_scratch(abandoned)
+        print(f"run {abandoned} was left RUNNING by a tlpipe run that is gone; marked KILLED "
+              f"(`tlpipe run --resume {abandoned}` goes on from where it stopped)")
+    for expired in resume.expire_checkpoints(settings.home() / "checkpoints"):
+        print(f"run {expired}'s checkpoints removed: not resumed within {resume.KEEP_DAYS} days")
 
 
-def run(name: str, given: dict[str, str], verbose: bool = False) -> RunResult:
+def run(name: str, given: dict[str, str], verbose: bool = False, resumed: str = "") -> RunResult:
+    """Runs pipeline `name` with the `given` parameters; with `resumed` (a run id), goes on with that stopped
+    run instead, its own pipeline and parameters (tlpipe.resume)."""
     from tlpipe.cluster import pipeline as build_pipeline
 
+    if resumed:
+        name, given = resume.recorded(resumed)
     pipeline = build_pipeline(name)
     arguments = preflight.pipeline_arguments(pipeline, given)
     defaults = {k: spec.default for k, spec in pipeline.component_spec.inputs.items()}
@@ -187,14 +192,25 @@ def run(name: str, given: dict[str, str], verbose: bool = False) -> RunResult:
     os.environ["TLPIPE_HOME"] = str(settings.home())
     preflight.preflight(arguments, defaults)
     _close_abandoned()
+    if resumed:
+        from tlpipe import tracking
+        from tlpipe.data.spec import data_versions
+
+        value = {**defaults, **arguments}.get
+        resume.check_data_unchanged(resumed, data_versions(value("source"), value("target"), value("attributes", "")))
+        tracking.reopen_pipeline_run(resumed)
+        print(f"resuming run {resumed} ({name}): the steps it finished are not run again, and a training step it "
+              "stopped in goes on from its last checkpoint", flush=True)
 
     from kfp import local
 
     # Cluster-only settings (image, display names, caching) are expected to be ignored here.
     warnings.filterwarnings("ignore", message=".*non-Python base image.*")
     warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*")
-    run_id = f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    run_id = resumed or f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     run_root = settings.pipeline_root() / run_id
+    if not resumed:
+        resume.record(run_root, name, given)
     started = time.perf_counter()
     log_path = settings.home() / "logs" / f"{run_id}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -205,12 +221,14 @@ def run(name: str, given: dict[str, str], verbose: bool = False) -> RunResult:
         # The run's scratch, removed with it: KFP's workspace, and (TMPDIR) each task's folder with its
         # ephemeral_component.py.
         (Path(tmp) / "workspace").mkdir()
+        # The cache is the run's own: only a resume of this run finds its finished tasks there.
         local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(run_root),
-                   workspace_root=str(Path(tmp) / "workspace"))
+                   workspace_root=str(Path(tmp) / "workspace"), enable_caching=True,
+                   cache_root=str(run_root / resume.CACHE))
         step_env |= {ERROR_FILE_ENV: str(error_file), "TMPDIR": tmp}
         saved_env = {key: os.environ.get(key) for key in step_env}
         os.environ.update(step_env)
-        view = _LogView(sys.stdout, open(log_path, "w"), verbose)
+        view = _LogView(sys.stdout, open(log_path, "a" if resumed else "w"), verbose)
         terminal, sys.stdout = sys.stdout, view
         previous = signal.signal(signal.SIGTERM, _interrupt)
         failure = ""
@@ -223,7 +241,6 @@ def run(name: str, given: dict[str, str], verbose: bool = False) -> RunResult:
             deadline = end_within(60, f"interrupted; closing run {run_id} took over 60 s, so it ended there")
             _stop_steps()  # before their runs are closed and their files removed, which they would write again
             said = _close_interrupted(arguments.get("experiment", defaults.get("experiment", "tlpipe")), run_id, log_path)
-            _discard(run_id, arguments.get("checkpoint_root", ""))  # a local run is not resumed: a new one starts
             deadline.cancel()
             raise KeyboardInterrupt(said) from None
         finally:
@@ -239,8 +256,11 @@ def run(name: str, given: dict[str, str], verbose: bool = False) -> RunResult:
         raise TlpipeError(f"{failure.rstrip('. ')}; {incomplete_log}." if incomplete_log else failure)
     if incomplete_log:
         print(f"tlpipe: warning: {incomplete_log}", file=sys.stderr)
-    (run_dir,) = run_root.iterdir()
-    results = {key: next((run_dir / p for p in places if (run_dir / p).exists()), None) for key, places in RESULTS.items()}
+    # One folder per attempt (a resume adds one; its cache hits point into the earlier ones): newest first.
+    attempts = sorted((d for d in run_root.iterdir() if d.is_dir() and d.name != resume.CACHE),
+                      key=lambda d: d.stat().st_mtime, reverse=True)
+    results = {key: next((d / p for d in attempts for p in places if (d / p).exists()), None)
+               for key, places in RESULTS.items()}
     report = settings.home() / "reports" / f"{run_id}.html"
     report.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(results["report"], report)

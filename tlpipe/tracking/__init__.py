@@ -38,6 +38,7 @@ from tlpipe.tracking.runs import (
                                   parent_of,
                                   parent_run_id,
                                   pipeline_run_ids,
+                                  reopen_pipeline_run,
                                   run_link,
                                   step_run,
 )
@@ -45,4 +46,4 @@ from tlpipe.tracking.runs import (
 __all__ = ["EpochLogger", "KFP_RUN_ENV", "PIPELINE_RUN_TAG", "ROLE_TAG", "RUN_ENV", "SplitDataset", "artifact_uri",
            "check_reachable", "close_abandoned_runs", "close_pipeline_run", "code_version", "configure", "current_parent", "current_pipeline_run",
            "dataset_hashes", "experiment_id", "kfp_step_run", "log_split", "log_splits_to_parent", "log_to_parent",
-           "parent_of", "parent_run_id", "pipeline_run_ids", "run_link", "step_run", "validation_accuracy"]
+           "parent_of", "parent_run_id", "pipeline_run_ids", "reopen_pipeline_run", "run_link", "step_run", "validation_accuracy"]

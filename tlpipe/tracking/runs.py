@@ -227,6 +227,21 @@ def close_abandoned_runs() -> list[str]:
     return closed
 
 
+def reopen_pipeline_run(pipeline_run: str) -> None:
+    """Marks a stopped local run RUNNING again, owned by this process (`tlpipe run --resume`); refuses a run
+    that finished or that its `tlpipe run` still runs. A run that never reached MLflow has nothing to reopen."""
+    client = configure()
+    for run_id in pipeline_run_ids(pipeline_run):
+        run = client.get_run(run_id)
+        if run.info.status == "FINISHED":
+            raise TlpipeError(f"run {pipeline_run} finished; there is nothing to resume.")
+        if run.info.status == "RUNNING":  # not closed by close_abandoned_runs: its owner lives, or is elsewhere
+            host, pid, _ = run.data.tags.get(OWNER_TAG, "a cluster:?:").rsplit(":", 2)
+            raise TlpipeError(f"run {pipeline_run} is still running (on {host}, process {pid}); it cannot be resumed.")
+        client.set_tag(run_id, OWNER_TAG, lifetime.owner(str(os.getpid())))
+        client.update_run(run_id, status="RUNNING")
+
+
 def code_version() -> str:
     """tlpipe's version plus the git commit when running from a checkout (or $TLPIPE_GIT_SHA)."""
     sha = os.environ.get("TLPIPE_GIT_SHA", "")
