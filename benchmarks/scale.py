@@ -2,6 +2,7 @@
 markdown tables.
 
     .venv/bin/python benchmarks/scale.py [--sizes 10000,50000,200000] [--s3 50000] [--loader 50000]
+                                         [--runs 2000,8000]
 
 For each N it writes a folder of N photo-like JPEGs (10 classes: smooth colour fields, shapes and
 grain, about the size of a real 224 px JPEG) and runs tlpipe's ingest step on it as the source, with a
@@ -10,7 +11,9 @@ process and its children (the decoding workers) every 50 ms. --s3 uploads a fold
 the local stack (SeaweedFS, started here) and ingests it from s3://. Then, on the source_train
 artifact of the --loader run, it measures reads from the shards in storage and in random order, the
 training loader (decode + `photo` augmentation, no model) with 0, 1 and 2 worker processes, and
-ResNet-18's training step at 224 px on this machine.
+ResNet-18's training step at 224 px on this machine. --runs runs the whole transfer pipeline (`tlpipe
+run`, one epoch per training step, 128 px) on folders of each size and reports every step's peak resident
+memory (the step's process with its workers), to show which steps grow with the number of images.
 Space: about 3x the folder's size on the working disk (folder, staged shards, split artifacts).
 """
 
@@ -18,6 +21,7 @@ import argparse
 import datetime
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -69,6 +73,43 @@ def ingest(source: str, target: Path, out: Path, home: Path, extra_env: dict | N
     env = {**os.environ, "TLPIPE_HOME": str(home), **(extra_env or {})}
     env.pop("MLFLOW_TRACKING_URI", None) if not extra_env else None
     return run_measured([sys.executable, "-c", INGEST, source, f"imagefolder:{target}", str(out)], env)
+
+
+# A KFP task's process names its outputs' folder: <pipeline root>/<run>/tlpipe-<pipeline>-<time>/<task>/.
+_TASK = re.compile(r"/tlpipe-[a-z-]+-[0-9-]+/([a-z0-9-]+)/executor_output\.json")
+RUN_PARAMETERS = ["image_size=128", "source_epochs=1", "finetune_epochs=1", "adapt_epochs=1", "target_labels_per_class=5"]
+
+
+def step_peaks(source: Path, target: Path, home: Path) -> tuple[float, dict[str, int]]:
+    """Wall time of `tlpipe run` on the two folders, and the peak resident memory of each step (its
+    process and their children, sampled every 0.1 s) and of the runner itself."""
+    env = {**os.environ, "TLPIPE_HOME": str(home)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    args = [a for p in [f"source=imagefolder:{source}", f"target=imagefolder:{target}", *RUN_PARAMETERS]
+            for a in ("-p", p)]
+    log = home.parent / f"{home.name}.out"
+    started = time.perf_counter()
+    with open(log, "w") as out:
+        process = subprocess.Popen([sys.executable, "-m", "tlpipe.cli", "run", *args], env=env, stdout=out,
+                                   stderr=subprocess.STDOUT)
+        runner, peaks = psutil.Process(process.pid), {}
+        while process.poll() is None:
+            use = {"(tlpipe run itself)": 0}
+            try:
+                use["(tlpipe run itself)"] = runner.memory_info().rss
+                task_of = {runner.pid: "(tlpipe run itself)"}
+                for p in runner.children(recursive=True):  # parents come before their children
+                    found = _TASK.search(" ".join(p.cmdline()))
+                    task_of[p.pid] = found.group(1) if found else task_of.get(p.ppid(), "(tlpipe run itself)")
+                    use[task_of[p.pid]] = use.get(task_of[p.pid], 0) + p.memory_info().rss
+            except psutil.Error:  # a process ended while being read: this sample is incomplete
+                continue
+            for task, rss in use.items():
+                peaks[task] = max(peaks.get(task, 0), rss)
+            time.sleep(0.1)
+    if process.returncode:
+        sys.exit(f"tlpipe run failed; its output is in {log}:\n{log.read_text()[-3000:]}")
+    return time.perf_counter() - started, peaks
 
 
 def loader_rate(source_train: Path, workers: int, batches: int = 20, batch_size: int = 64) -> float:
@@ -139,6 +180,8 @@ def main() -> None:
     parser.add_argument("--sizes", default="10000,50000,200000", help="local folder sizes (comma-separated)")
     parser.add_argument("--s3", type=int, default=50000, help="folder size to ingest from the local S3 stack (0: none)")
     parser.add_argument("--loader", type=int, default=50000, help="the local size whose source_train the loader reads")
+    parser.add_argument("--runs", default="2000,8000", help="folder sizes to run the whole pipeline on, each step's "
+                        "peak memory measured (comma-separated; empty: none)")
     parser.add_argument("--work", default="", help="working folder (default: a temporary one, removed at the end)")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",") if s]
@@ -197,8 +240,32 @@ def main() -> None:
         for order, micros in reads.items():
             print(f"| {order} | {micros:.0f} |")
         print(f"| random / storage order | {reads['random order'] / reads['storage order']:.2f}x |")
+    run_sizes = [int(s) for s in args.runs.split(",") if s]
+    if run_sizes:
+        run_peaks(work, target, run_sizes)
     if not args.work:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def run_peaks(work: Path, target: Path, sizes: list[int]) -> None:
+    measured = {}
+    for n in sizes:
+        folder = work / f"run-source-{n}"
+        make_folder(folder, n, seed=0)
+        measured[n] = step_peaks(folder, target, work / f"run-home-{n}")
+        print(f"tlpipe run on {n:,} source photos: {measured[n][0]:.0f} s", flush=True)
+        shutil.rmtree(folder, ignore_errors=True)
+        shutil.rmtree(work / f"run-home-{n}", ignore_errors=True)
+    tasks = list(dict.fromkeys(t for _, peaks in measured.values() for t in peaks))
+    print(f"\n## Whole run: each step's peak resident memory, MiB (tlpipe run, {', '.join(RUN_PARAMETERS)}; "
+          f"target: {TARGET_IMAGES:,} photos)\n")
+    print("| step | " + " | ".join(f"{n:,} photos" for n in sizes) + f" | {sizes[-1] // sizes[0]}x images |")
+    print("|---|" + "---:|" * (len(sizes) + 1))
+    for task in tasks:
+        values = [measured[n][1].get(task, 0) for n in sizes]
+        ratio = f"{values[-1] / values[0]:.2f}x" if values[0] else ""
+        print(f"| {task} | " + " | ".join(f"{v / 2**20:.0f}" for v in values) + f" | {ratio} |")
+    print("| wall seconds | " + " | ".join(f"{measured[n][0]:.0f}" for n in sizes) + " | |")
 
 
 if __name__ == "__main__":
