@@ -81,8 +81,9 @@ RUN_PARAMETERS = ["image_size=128", "source_epochs=1", "finetune_epochs=1", "ada
 
 
 def step_peaks(source: Path, target: Path, home: Path) -> tuple[float, dict[str, int]]:
-    """Wall time of `tlpipe run` on the two folders, and the peak resident memory of each step (its
-    process and their children, sampled every 0.1 s) and of the runner itself."""
+    """Wall time of `tlpipe run` on the two folders, and the peak memory of each step (its process and
+    their children, sampled every 0.1 s) and of the runner itself. Memory is the proportional set size
+    (PSS): pages a step shares with its forked DataLoader workers count once, not once per process."""
     env = {**os.environ, "TLPIPE_HOME": str(home)}
     env.pop("MLFLOW_TRACKING_URI", None)
     args = [a for p in [f"source=imagefolder:{source}", f"target=imagefolder:{target}", *RUN_PARAMETERS]
@@ -96,12 +97,12 @@ def step_peaks(source: Path, target: Path, home: Path) -> tuple[float, dict[str,
         while process.poll() is None:
             use = {"(tlpipe run itself)": 0}
             try:
-                use["(tlpipe run itself)"] = runner.memory_info().rss
+                use["(tlpipe run itself)"] = runner.memory_full_info().pss
                 task_of = {runner.pid: "(tlpipe run itself)"}
                 for p in runner.children(recursive=True):  # parents come before their children
                     found = _TASK.search(" ".join(p.cmdline()))
                     task_of[p.pid] = found.group(1) if found else task_of.get(p.ppid(), "(tlpipe run itself)")
-                    use[task_of[p.pid]] = use.get(task_of[p.pid], 0) + p.memory_info().rss
+                    use[task_of[p.pid]] = use.get(task_of[p.pid], 0) + p.memory_full_info().pss
             except psutil.Error:  # a process ended while being read: this sample is incomplete
                 continue
             for task, rss in use.items():
@@ -225,10 +226,11 @@ def main() -> None:
         shutil.rmtree(folder, ignore_errors=True)
         shutil.rmtree(out, ignore_errors=True)
         shutil.rmtree(home, ignore_errors=True)
-    print("\n## Ingest (source: N photos at 224 px; target: 1,000)\n")
-    print("| source images | from | seconds | images/s | peak RSS GiB | folder MiB | artifacts MiB | artifacts / folders |")
-    print("|---:|---|---:|---:|---:|---:|---:|---:|")
-    print("\n".join(rows))
+    if rows:
+        print("\n## Ingest (source: N photos at 224 px; target: 1,000)\n")
+        print("| source images | from | seconds | images/s | peak RSS GiB | folder MiB | artifacts MiB | artifacts / folders |")
+        print("|---:|---|---:|---:|---:|---:|---:|---:|")
+        print("\n".join(rows))
     if loader_rows:
         print(f"\n## Training loader on the {args.loader:,}-image source_train (decode + photo augmentation, batches of 64)\n")
         print("| reader | images/s |\n|---|---:|")
@@ -257,8 +259,8 @@ def run_peaks(work: Path, target: Path, sizes: list[int]) -> None:
         shutil.rmtree(folder, ignore_errors=True)
         shutil.rmtree(work / f"run-home-{n}", ignore_errors=True)
     tasks = list(dict.fromkeys(t for _, peaks in measured.values() for t in peaks))
-    print(f"\n## Whole run: each step's peak resident memory, MiB (tlpipe run, {', '.join(RUN_PARAMETERS)}; "
-          f"target: {TARGET_IMAGES:,} photos)\n")
+    print(f"\n## Whole run: each step's peak memory (PSS), MiB (tlpipe run, {', '.join(RUN_PARAMETERS)}; "
+          f"target: {TARGET_IMAGES:,} photos; TLPIPE_RESIDENT_MB={os.environ.get('TLPIPE_RESIDENT_MB', '1024')})\n")
     print("| step | " + " | ".join(f"{n:,} photos" for n in sizes) + f" | {sizes[-1] // sizes[0]}x images |")
     print("|---|" + "---:|" * (len(sizes) + 1))
     for task in tasks:

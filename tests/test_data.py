@@ -178,6 +178,28 @@ def test_exact_duplicates_across_folders_stay_out_of_source_train(tmp_path, tlpi
     assert f"{copies.sum()} of the {len(held_out)} target validation and test images are exact duplicates" in capsys.readouterr().out
 
 
+def test_an_image_is_its_decoded_pixels_whatever_file_holds_it(tmp_path):
+    """One picture saved twice as PNG with other compression (other bytes), at the stored size and
+    larger (resized at ingest), is one identity, the same as the picture held in memory."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    picture, other = (rng.integers(0, 256, (16, 16, 3), dtype=np.uint8) for _ in range(2))
+    for name, array in (("a", picture), ("b", other)):
+        (tmp_path / name).mkdir()
+        Image.fromarray(array).save(tmp_path / name / "fast.png", compress_level=1)
+        Image.fromarray(array).save(tmp_path / name / "small.png", compress_level=9)
+        Image.fromarray(array).resize((32, 32), Image.Resampling.NEAREST).save(tmp_path / name / "large-1.png", compress_level=1)
+        Image.fromarray(array).resize((32, 32), Image.Resampling.NEAREST).save(tmp_path / name / "large-9.png", compress_level=9)
+    assert (tmp_path / "a" / "fast.png").read_bytes() != (tmp_path / "a" / "small.png").read_bytes()
+    # Each class's files in name order: fast, large-1, large-9, small.
+    (fast, large_1, large_9, small), (other_fast, other_large, _, other_small) = load_domain(
+        f"imagefolder:{tmp_path}", 16, 0).ids.reshape(2, 4)
+    held = ImageSet(np.stack([picture, other]), np.array([0, 1]), ["a", "b"]).ids
+    assert fast == small == held[0] and other_fast == other_small == held[1] != held[0]
+    assert large_1 == large_9 != other_large  # resized at ingest, the same way whatever the encoding
+
+
 def test_data_version_changes_exactly_when_a_folder_does(tmp_path):
     from tlpipe.data.spec import data_version, data_versions
 

@@ -15,11 +15,12 @@ from array import array
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 from tlpipe import settings
 from tlpipe.data import shards
-from tlpipe.data.dataset import ImageSet
+from tlpipe.data.dataset import ImageSet, pixel_ids
 from tlpipe.data.shards import ShardedImages
 from tlpipe.errors import TlpipeError
 
@@ -42,10 +43,12 @@ def class_folders(root: Path) -> list[Path]:
     return folders
 
 
-def stored_image(path: str, size: int, shown_as: str | None = None) -> bytes:
-    """Decodes and checks one image file; returns the bytes to store: the file's own when it is
-    already an RGB JPEG or PNG of size x size, else the image in RGB resized and encoded once
-    (JPEG at quality 95 from a JPEG, PNG from anything else)."""
+def stored_image(path: str, size: int, shown_as: str | None = None) -> tuple[bytes, int]:
+    """Decodes and checks one image file; returns the bytes to store (the file's own when it is
+    already an RGB JPEG or PNG of size x size, else the image in RGB resized and encoded once: JPEG at
+    quality 95 from a JPEG, PNG from anything else) and the image's identity: the hash of its decoded
+    pixels at that size (dataset.pixel_ids), as for images held in memory, so that copies of one picture
+    in another file format or under another name are one image to the splits."""
     name = shown_as or path
     try:
         with warnings.catch_warnings():
@@ -58,7 +61,7 @@ def stored_image(path: str, size: int, shown_as: str | None = None) -> bytes:
                     )
                 image.load()
                 if image.mode == "RGB" and image.size == (size, size) and image.format in ("JPEG", "PNG"):
-                    return Path(path).read_bytes()
+                    return Path(path).read_bytes(), int(pixel_ids(np.asarray(image)[None])[0])
                 jpeg = image.format == "JPEG"
                 rgb = image.convert("RGB")
     except TlpipeError:
@@ -71,10 +74,10 @@ def stored_image(path: str, size: int, shown_as: str | None = None) -> bytes:
         rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
     buffer = io.BytesIO()
     rgb.save(buffer, "JPEG", quality=95) if jpeg else rgb.save(buffer, "PNG", compress_level=1)
-    return buffer.getvalue()
+    return buffer.getvalue(), int(pixel_ids(np.asarray(rgb)[None])[0])
 
 
-def _store_many(files: list[tuple[str, str]], size: int) -> list[bytes]:
+def _store_many(files: list[tuple[str, str]], size: int) -> list[tuple[bytes, int]]:
     return [stored_image(path, size, name) for path, name in files]
 
 
@@ -125,7 +128,7 @@ def read_image_folder(root: str | Path, size: int, staging: str | Path, shown_as
     root = Path(root)
     classes, files, labels = listing(root, shown_as)
     writer = shards.ShardWriter(staging)
-    for label, stored in zip(labels, _stored_in_order(root, (shown_as or str(root)).rstrip("/"), files, size)):
-        writer.add(stored, label)
+    for label, (stored, image_id) in zip(labels, _stored_in_order(root, (shown_as or str(root)).rstrip("/"), files, size)):
+        writer.add(stored, label, image_id)
     table = writer.close()
     return ImageSet(ShardedImages.of_folder(staging, size, len(table["ids"])), table["labels"], classes, table["ids"])

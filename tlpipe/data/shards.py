@@ -35,11 +35,6 @@ def digest(stored: bytes) -> bytes:
     return hashlib.sha256(stored).digest()
 
 
-def id_of(image_digest: bytes) -> int:
-    """An image's identity from the digest of its stored bytes: exact duplicates share it."""
-    return int.from_bytes(image_digest[:8], "little")
-
-
 def encode_png(image: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, "PNG", compress_level=1)
@@ -62,10 +57,10 @@ class ShardWriter:
         self._writer = BinaryWriter(str(self.directory / SHARDS), chunk_bytes=CHUNK_BYTES)
         self._ids, self._labels, self._digests = array("Q"), array("q"), bytearray()
 
-    def add(self, stored: bytes, label: int, image_id: int | None = None, image_digest: bytes | None = None) -> None:
+    def add(self, stored: bytes, label: int, image_id: int, image_digest: bytes | None = None) -> None:
         image_digest = image_digest or digest(stored)
         self._writer.add_item(len(self._ids), stored)  # bare bytes: one item is read without its neighbours
-        self._ids.append(id_of(image_digest) if image_id is None else int(image_id))
+        self._ids.append(int(image_id))
         self._labels.append(int(label))
         self._digests += image_digest
 
