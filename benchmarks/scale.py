@@ -105,8 +105,8 @@ def step_peaks(source: Path, target: Path, home: Path) -> tuple[float, dict[str,
                     use[task_of[p.pid]] = use.get(task_of[p.pid], 0) + p.memory_full_info().pss
             except psutil.Error:  # a process ended while being read: this sample is incomplete
                 continue
-            for task, rss in use.items():
-                peaks[task] = max(peaks.get(task, 0), rss)
+            for task, used in use.items():
+                peaks[task] = max(peaks.get(task, 0), used)
             time.sleep(0.1)
     if process.returncode:
         sys.exit(f"tlpipe run failed; its output is in {log}:\n{log.read_text()[-3000:]}")

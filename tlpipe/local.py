@@ -174,7 +174,7 @@ def _close_abandoned() -> None:
         _discard_scratch(abandoned)
         print(f"run {abandoned} was left RUNNING by a tlpipe run that is gone; marked KILLED "
               f"(`tlpipe run --resume {abandoned}` goes on from where it stopped)")
-    for expired in resume.expire_checkpoints(settings.home() / "checkpoints"):
+    for expired in resume.expire_checkpoints(settings.checkpoint_root()):
         print(f"run {expired}'s checkpoints removed: not resumed within {resume.KEEP_DAYS} days")
 
 
@@ -188,6 +188,7 @@ def run(name: str, given: dict[str, str], verbose: bool = False, resumed: str = 
     pipeline = build_pipeline(name)
     arguments = preflight.pipeline_arguments(pipeline, given)
     defaults = {k: spec.default for k, spec in pipeline.component_spec.inputs.items()}
+    values = {**defaults, **arguments}
     # Steps run as child processes: give them absolute locations that do not depend on their cwd.
     os.environ["TLPIPE_HOME"] = str(settings.home())
     preflight.preflight(arguments, defaults)
@@ -196,8 +197,7 @@ def run(name: str, given: dict[str, str], verbose: bool = False, resumed: str = 
         from tlpipe import tracking
         from tlpipe.data.spec import data_versions
 
-        value = {**defaults, **arguments}.get
-        resume.check_data_unchanged(resumed, data_versions(value("source"), value("target"), value("attributes", "")))
+        resume.check_data_unchanged(resumed, data_versions(values["source"], values["target"], values.get("attributes", "")))
         tracking.reopen_pipeline_run(resumed)
         print(f"resuming run {resumed} ({name}): the steps it finished are not run again, and a training step it "
               "stopped in goes on from its last checkpoint", flush=True)
@@ -240,7 +240,7 @@ def run(name: str, given: dict[str, str], verbose: bool = False, resumed: str = 
             sys.stdout = terminal
             deadline = end_within(60, f"interrupted; closing run {run_id} took over 60 s, so it ended there")
             _stop_steps()  # before their runs are closed and their files removed, which they would write again
-            said = _close_interrupted(arguments.get("experiment", defaults.get("experiment", "tlpipe")), run_id, log_path)
+            said = _close_interrupted(values.get("experiment", "tlpipe"), run_id, log_path)
             deadline.cancel()
             raise KeyboardInterrupt(said) from None
         finally:
@@ -256,10 +256,8 @@ def run(name: str, given: dict[str, str], verbose: bool = False, resumed: str = 
         raise TlpipeError(f"{failure.rstrip('. ')}; {incomplete_log}." if incomplete_log else failure)
     if incomplete_log:
         print(f"tlpipe: warning: {incomplete_log}", file=sys.stderr)
-    # One folder per attempt (a resume adds one; its cache hits point into the earlier ones): newest first.
-    attempts = sorted((d for d in run_root.iterdir() if d.is_dir() and d.name != resume.CACHE),
-                      key=lambda d: d.stat().st_mtime, reverse=True)
-    results = {key: next((d / p for d in attempts for p in places if (d / p).exists()), None)
+    newest_first = resume.attempts(run_root)[::-1]
+    results = {key: next((d / p for d in newest_first for p in places if (d / p).exists()), None)
                for key, places in RESULTS.items()}
     report = settings.home() / "reports" / f"{run_id}.html"
     report.parent.mkdir(parents=True, exist_ok=True)

@@ -42,10 +42,17 @@ def recorded(run_id: str) -> tuple[str, dict[str, str]]:
         raise TlpipeError(f"run {run_id} cannot be resumed: its record {path} is unreadable ({error}).") from None
 
 
+def attempts(run_root: Path) -> list[Path]:
+    """The run's kfp.local run folders, oldest first: one per attempt (a resume adds one, and its cache hits
+    point into the earlier ones); their names end in the time they started."""
+    return sorted(d for d in run_root.iterdir() if d.is_dir() and d.name != CACHE)
+
+
 def check_data_unchanged(run_id: str, now: str) -> None:
     """Refuses a resume once the data the run started on has changed (`now`: tlpipe.data.spec.data_versions
     as it reads today): its checkpoints and finished steps belong to the images it split then."""
-    answers = sorted((settings.pipeline_root() / run_id).glob("*/data-version/executor_output.json"))
+    answers = [a / "data-version" / "executor_output.json" for a in attempts(settings.pipeline_root() / run_id)]
+    answers = [answer for answer in answers if answer.is_file()]
     if not answers:  # stopped before it looked
         return
     then = json.loads(answers[0].read_text())["parameterValues"]["Output"]

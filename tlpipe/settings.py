@@ -47,3 +47,8 @@ def artifact_location() -> str | None:
 
 def pipeline_root() -> Path:
     return home() / "pipeline-root"
+
+
+def checkpoint_root() -> Path:
+    """Where training steps checkpoint when the pipeline's checkpoint_root is empty."""
+    return home() / "checkpoints"

@@ -59,7 +59,7 @@ def checkpointed(config: TrainConfig, pipeline_run: str, step: str) -> TrainConf
 
     A retried step (same pipeline run) finds the checkpoint its killed predecessor left.
     """
-    root = config.checkpoint_dir or str(settings.home() / "checkpoints")
+    root = config.checkpoint_dir or str(settings.checkpoint_root())
     return dataclasses.replace(config, checkpoint_dir=f"{root.rstrip('/')}/{pipeline_run}/{step}")
 
 

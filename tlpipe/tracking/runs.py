@@ -87,12 +87,15 @@ def _runs(client: MlflowClient, experiment: str, pipeline_run: str, role: str, *
     return client.search_runs([experiment_id(client, experiment)], filter_string=query, **search)
 
 
-def pipeline_run_ids(pipeline_run: str) -> list[str]:
+def _parent_runs(client: MlflowClient, pipeline_run: str) -> list:
     """The MLflow parent run of a pipeline run, in whichever experiment it is."""
-    client = configure()
     query = f"tags.`{PIPELINE_RUN_TAG}` = '{pipeline_run}' and tags.`{ROLE_TAG}` = 'pipeline'"
     experiments = [e.experiment_id for e in client.search_experiments()]
-    return [r.info.run_id for r in client.search_runs(experiments, filter_string=query)] if experiments else []
+    return client.search_runs(experiments, filter_string=query) if experiments else []
+
+
+def pipeline_run_ids(pipeline_run: str) -> list[str]:
+    return [r.info.run_id for r in _parent_runs(configure(), pipeline_run)]
 
 
 def parent_run_id(client: MlflowClient, experiment: str, pipeline_run: str) -> str:
@@ -231,15 +234,14 @@ def reopen_pipeline_run(pipeline_run: str) -> None:
     """Marks a stopped local run RUNNING again, owned by this process (`tlpipe run --resume`); refuses a run
     that finished or that its `tlpipe run` still runs. A run that never reached MLflow has nothing to reopen."""
     client = configure()
-    for run_id in pipeline_run_ids(pipeline_run):
-        run = client.get_run(run_id)
+    for run in _parent_runs(client, pipeline_run):
         if run.info.status == "FINISHED":
             raise TlpipeError(f"run {pipeline_run} finished; there is nothing to resume.")
         if run.info.status == "RUNNING":  # not closed by close_abandoned_runs: its owner lives, or is elsewhere
             host, pid, _ = run.data.tags.get(OWNER_TAG, "a cluster:?:").rsplit(":", 2)
             raise TlpipeError(f"run {pipeline_run} is still running (on {host}, process {pid}); it cannot be resumed.")
-        client.set_tag(run_id, OWNER_TAG, lifetime.owner(str(os.getpid())))
-        client.update_run(run_id, status="RUNNING")
+        client.set_tag(run.info.run_id, OWNER_TAG, lifetime.owner(str(os.getpid())))
+        client.update_run(run.info.run_id, status="RUNNING")
 
 
 def code_version() -> str:
