@@ -144,7 +144,7 @@ def test_a_photo_folder_on_s3_runs_through_the_pipeline_tracked_on_the_server_wi
     steps = client.search_runs([experiment], f"tags.`tlpipe.pipeline_run` = '{ingest.data.tags['tlpipe.pipeline_run']}'")
     by_step = {r.data.tags["tlpipe.step"]: r for r in steps if "tlpipe.step" in r.data.tags}
     for step in ("pretrain", "finetune", "target-only", "adapt"):
-        assert by_step[step].data.params["augment"] == "photo", step
+        assert by_step[step].data.params["augment"] == "crop", step  # auto: 32 px images are shifted, not cut
     assert ingest.data.params["source"] == "imagefolder:s3://tlpipe/photos/source"
 
     mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])

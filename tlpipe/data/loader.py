@@ -73,11 +73,17 @@ class _Plan:
             epoch, step = epoch + 1, 0
 
 
-class _Decoded(Dataset):
-    """Decodes and augments a batch of (image, seed) pairs; in DataLoader workers."""
+def _viewed(images: torch.Tensor, seeds: torch.Tensor, augments: list) -> list[torch.Tensor]:
+    """One augmented batch per view, each view under seeds of its own (the first under the plan's)."""
+    return [images if augment is None else augment(images, seeds if j == 0 else augmentation.derived_seeds(seeds, j))
+            for j, augment in enumerate(augments)]
 
-    def __init__(self, images, labels: np.ndarray | None, augment: str):
-        self.images, self.labels, self.augment = images, labels, augmentation.get(augment)
+
+class _Decoded(Dataset):
+    """Decodes and augments a batch of (image, seed) pairs into its views; in DataLoader workers."""
+
+    def __init__(self, images, labels: np.ndarray | None, views: tuple[str, ...]):
+        self.images, self.labels, self.augments = images, labels, [augmentation.get(view) for view in views]
 
     def __len__(self) -> int:
         return len(self.images)
@@ -85,10 +91,9 @@ class _Decoded(Dataset):
     def __getitems__(self, plan: list[tuple[int, int]]):
         rows = [row for row, _ in plan]
         images = torch.from_numpy(np.stack([self.images[row] for row in rows]))
-        if self.augment is not None:
-            images = self.augment(images, torch.tensor([seed for _, seed in plan], dtype=torch.int64))
+        views = _viewed(images, torch.tensor([seed for _, seed in plan], dtype=torch.int64), self.augments)
         labels = torch.from_numpy(self.labels[rows]) if self.labels is not None else None
-        return images, labels
+        return views, labels
 
 
 def _as_is(batch):
@@ -101,24 +106,29 @@ def resident(images) -> bool:
 
 class Batches:
     """Endless shuffled minibatches of `data`'s images (and labels, unless labels=False) on the device,
-    augmented with `augment` (tlpipe.augment). `stream` names the sequence, so that two loaders of one
-    run (source and target) shuffle differently under one seed."""
+    augmented with `augment` (tlpipe.augment); with a tuple of augmentations, each batch holds that many
+    views of the same images, each drawn on its own (self-training's weak and strong views). `stream`
+    names the sequence, so that two loaders of one run (source and target) shuffle differently under one
+    seed."""
 
-    def __init__(self, data: ImageSet, batch_size: int, seed: int, stream: str = "", augment: str = "none",
-                 labels: bool = True, workers: int | None = None, share: int = 1):
+    def __init__(self, data: ImageSet, batch_size: int, seed: int, stream: str = "",
+                 augment: str | tuple[str, ...] = "none", labels: bool = True, workers: int | None = None,
+                 share: int = 1):
         """`share`: how many loaders the step reads through at once (adaptation: source and target); they
         split its CPUs and its IN_FLIGHT_BYTES instead of each taking them all."""
         if len(data) == 0:
             raise TlpipeError("cannot train on an empty split.")
-        self.data, self.seed, self.stream, self.augment, self.with_labels = data, seed, stream, augment, labels
-        augmentation.get(augment)
+        self.data, self.seed, self.stream, self.with_labels = data, seed, stream, labels
+        self.views = (augment,) if isinstance(augment, str) else tuple(augment)
+        for view in self.views:
+            augmentation.get(view)
         self.n = len(data)
         self.batch_size = min(batch_size, self.n)
         world = distributed.rank_world()[1]
         if self.batch_size % world:
             raise TlpipeError(f"batch size {self.batch_size} does not split evenly over {world} processes.")
         self.workers = max(1, default_workers() // share) if workers is None else workers
-        batch_bytes = self.batch_size // world * int(np.prod(data.images.shape[1:]))
+        batch_bytes = self.batch_size // world * int(np.prod(data.images.shape[1:])) * len(self.views)
         self.prefetch = max(1, min(PREFETCH, IN_FLIGHT_BYTES // (share * max(1, self.workers) * batch_bytes)))
         self.epoch, self.step = 0, 0
         self._iterator = None
@@ -144,27 +154,24 @@ class Batches:
     def __next__(self) -> tuple[torch.Tensor, ...]:
         if self._iterator is None:
             self._iterator = self._batches(_Plan(self.n, self.batch_size, self.seed, self.stream, self.epoch, self.step))
-        images, labels = next(self._iterator)
+        views, labels = next(self._iterator)
         self.step += 1
         if self.step == self.per_epoch:
             self.epoch, self.step = self.epoch + 1, 0
-        return (images, labels) if self.with_labels else (images,)
+        return (*views, labels) if self.with_labels else tuple(views)
 
     def _batches(self, plan: "_Plan"):
         """The plan's batches on the device: gathered from the images held there, or decoded by workers."""
         if self.on_device:
-            augment = augmentation.get(self.augment)
+            augments = [augmentation.get(view) for view in self.views]
             for index, seeds in plan.spans(on=self.images.device):
-                images = self.images[index]
-                if augment is not None:
-                    images = augment(images, seeds)
-                yield images, self.labels[index]
+                yield _viewed(self.images[index], seeds, augments), self.labels[index]
             return
-        loader = DataLoader(_Decoded(self.data.images, self.data.labels, self.augment), batch_sampler=plan,
+        loader = DataLoader(_Decoded(self.data.images, self.data.labels, self.views), batch_sampler=plan,
                             collate_fn=_as_is, num_workers=self.workers, pin_memory=torch.cuda.is_available(),
                             prefetch_factor=self.prefetch if self.workers else None)
-        for images, labels in loader:
-            yield images.to(device(), non_blocking=True), labels.to(device(), non_blocking=True)
+        for views, labels in loader:
+            yield [v.to(device(), non_blocking=True) for v in views], labels.to(device(), non_blocking=True)
 
 
 def image_batches(images, batch_size: int, workers: int | None = None):
@@ -178,8 +185,8 @@ def image_batches(images, batch_size: int, workers: int | None = None):
     workers = default_workers() if workers is None else workers
     workers = min(workers, (len(images) - 1) // batch_size)  # no worker processes for a batch or two
     spans = ([(row, 0) for row in range(i, min(i + batch_size, len(images)))] for i in range(0, len(images), batch_size))
-    loader = DataLoader(_Decoded(images, None, "none"), batch_sampler=spans, collate_fn=_as_is,
+    loader = DataLoader(_Decoded(images, None, ("none",)), batch_sampler=spans, collate_fn=_as_is,
                         num_workers=max(0, workers), pin_memory=torch.cuda.is_available(),
                         prefetch_factor=PREFETCH if workers > 0 else None)
-    for batch, _ in loader:
+    for (batch,), _ in loader:
         yield batch

@@ -50,8 +50,8 @@ def publish(directory: str, publish_to: str, pipeline_run: str, name: str) -> st
 
 
 def augmenting(config: TrainConfig, meta: dict) -> TrainConfig:
-    """The config with its augmentation resolved for the images it trains on (`auto`: by their spec)."""
-    return dataclasses.replace(config, augment=augment.resolve(config.augment, meta["spec"]))
+    """The config with its augmentation resolved for the images it trains on (`auto`: by what they are)."""
+    return dataclasses.replace(config, augment=augment.resolve(config.augment, meta))
 
 
 def checkpointed(config: TrainConfig, pipeline_run: str, step: str) -> TrainConfig:
