@@ -45,7 +45,8 @@ from tlpipe.train import TrainConfig
 PAIRS = ["digits:digits-m", "syn-digits:digits", "digits-m:digits"]
 STRATEGIES = ["full", "freeze:2", "linear-probe", "l2sp:0.01"]
 UNSUPERVISED = {"DANN": "dann", "CDAN+E": "cdan+e", "DAN": "dan", "Deep CORAL": "coral", "MCC": "mcc",
-                "CDAN+MCC": "cdan+mcc"}
+                "CDAN+MCC": "cdan+mcc", "FixMatch": "fixmatch", "AdaMatch": "adamatch"}
+SEMI_SUPERVISED = "AdaMatch+labels"  # AdaMatch that also learns from the k labelled target images
 # The models a default pipeline run scores: the selection picks among these, by validation accuracy.
 PIPELINE_MODELS = ["source-only", "target-only", "finetune full", "DANN", "DANN+finetune"]
 SELECTED = "selected on validation"
@@ -84,6 +85,9 @@ def run_unit(args, pair: str, seed: int) -> dict[str, tuple[float, float]]:
         if name in UNSUPERVISED:
             adapted[name] = adaptation.adapt(UNSUPERVISED[name], source_model, source_train, unlabelled, adapt_config())
             results[name] = both(adapted[name])
+    if SEMI_SUPERVISED in args.methods:
+        results[SEMI_SUPERVISED] = both(adaptation.adapt("adamatch", source_model, source_train, unlabelled, adapt_config(),
+                                                         labelled=labelled))
     if "DANN+finetune" in args.methods:
         # dann+finetune is DANN, then full fine-tuning on the k labels: the DANN model is its first half.
         dann = adapted.get("DANN") or adaptation.adapt("dann", source_model, source_train, unlabelled, adapt_config())
@@ -142,7 +146,7 @@ def main() -> None:
                                                                  "a torchvision enum, hf-hub:<repo>, timm:<model>.<tag>)")
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--strategies", nargs="*", default=STRATEGIES, help="fine-tuning rows (default: %(default)s)")
-    parser.add_argument("--methods", nargs="*", default=[*UNSUPERVISED, "DANN+finetune"],
+    parser.add_argument("--methods", nargs="*", default=[*UNSUPERVISED, SEMI_SUPERVISED, "DANN+finetune"],
                         help="adaptation rows (default: %(default)s)")
     parser.add_argument("--bottleneck", type=int, default=0, help="adaptation's bottleneck width (0: none)")
     parser.add_argument("--backbone-lr", type=float, default=1.0, help="adaptation's backbone rate as a fraction of lr")

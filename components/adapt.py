@@ -30,9 +30,10 @@ def adapt(
     finetune_backbone_lr: float = 0.1,
 ):
     """Adapts the source model to the unlabelled target domain (DANN, CDAN+E, DAN, Deep CORAL, MCC, CDAN+MCC;
-    +sdat for the adversarial ones, at radius sdat_rho), or with dann+finetune adapts and then fine-tunes on the
-    labelled target images for finetune_epochs (with target_augment and finetune_backbone_lr, as finetune). source_augment applies to the source images (tlpipe.augment: auto,
-    none, colour, photo). bottleneck (a width; 0: none) and backbone_lr (the backbone's rate as a fraction of lr)
+    +sdat for the adversarial ones, at radius sdat_rho; self-training: FixMatch, and AdaMatch, which also learns
+    from the labelled target images where there are any), or with dann+finetune adapts and then fine-tunes on the
+    labelled target images for finetune_epochs (with target_augment and finetune_backbone_lr, as finetune).
+    source_augment applies to the source images (tlpipe.augment). bottleneck (a width; 0: none) and backbone_lr (the backbone's rate as a fraction of lr)
     are the recipe for pretrained backbones. target_val is scored each epoch, only to be watched: adaptation
     chooses nothing by it."""
     from tlpipe.errors import exit_on_user_error

@@ -43,16 +43,20 @@ PARAMETERS = {p.name: p for p in [
               "(full, freeze:<k>, l2sp, zero-shot and dann+finetune's fine-tuning phase) as a fraction of lr, the "
               "new head's; 1: one rate for every layer."),
     Parameter("adapt_method", str, "dann", "Adaptation without target labels: dann, cdan+e, dan, coral, mcc, "
-              "cdan+mcc, dann+sdat, cdan+e+sdat, cdan+mcc+sdat, or dann+finetune (adapt, then fine-tune)."),
+              "cdan+mcc, dann+sdat, cdan+e+sdat, cdan+mcc+sdat, fixmatch (self-training); adamatch (self-training "
+              "that also learns from the labelled target images, where there are any); or dann+finetune (adapt, "
+              "then fine-tune)."),
     Parameter("adapt_bottleneck", int, 0, "Width of a bottleneck layer (linear, batch norm, ReLU) between backbone "
               "and a new head in adaptation; 0: none (256 is the usual choice for ImageNet backbones)."),
     Parameter("adapt_backbone_lr", float, 1.0, "The backbone's learning rate in adaptation as a fraction of lr, "
               "the head's and discriminator's (0.1 is the usual choice for ImageNet backbones)."),
     Parameter("sdat_rho", float, 0.02, "SDAT's neighbourhood radius, for the methods named +sdat."),
     Parameter("source_augment", str, "auto", "Augmentation of the source images in pretraining and adaptation: "
-              "auto (photo for image folders, none otherwise), none, colour or photo."),
+              "auto (for image folders crop up to 64 px a side, photo above; none for the built-in and torchvision "
+              "domains), none, crop, photo, flip, colour, strong, or several joined by + (photo+flip: the ImageNet "
+              "recipe; flip only where a mirrored image has the same class)."),
     Parameter("target_augment", str, "auto", "Augmentation of the labelled target images in fine-tuning, "
-              "target-only and dann+finetune's fine-tuning phase: auto, none, colour or photo."),
+              "target-only and dann+finetune's fine-tuning phase: as source_augment."),
     Parameter("source_epochs", int, 30, "Epochs of training on the source (pretrain; retrain's source model when "
               "there is no champion)."),
     Parameter("finetune_epochs", int, 30, "Epochs of fine-tuning (and of target-only, and of the layer sweep's "

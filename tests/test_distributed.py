@@ -11,7 +11,7 @@ from tlpipe import distributed, tracking
 from tlpipe.data import load_domain, save_dataset
 from tlpipe.errors import TlpipeError
 from tlpipe.evaluate import score
-from tlpipe.methods import dann
+from tlpipe.methods import adapt as adaptation
 from tlpipe.methods.finetune import finetune
 from tlpipe.methods.supervised import pretrain
 from tlpipe.models import Classifier, ModelSpec, load_model
@@ -63,10 +63,15 @@ def test_full_training_on_two_processes_matches_one_within_two_points(digits):
     print(f"test accuracy: 1 process {acc1:.4f}, 2 processes {acc2:.4f}")
 
 
-def test_dann_runs_on_two_processes(digits):
+@pytest.mark.parametrize("method", ["dann", "fixmatch", "adamatch"])
+def test_adaptation_runs_on_two_processes(digits, method):
+    """AdaMatch's source-only pass runs inside its one data-parallel forward, with the labelled target
+    images as a third loader."""
     train, test = digits
     source = source_model(train)
-    adapted = distributed.run(2, dann.adapt, source, train, test.without_labels(), TrainConfig(epochs=1, batch_size=32))
+    labelled = test.subset(np.arange(20)) if method == "adamatch" else None
+    adapted = distributed.run(2, adaptation.adapt, method, source, train, test.without_labels(),
+                              TrainConfig(epochs=1, batch_size=32, backbone_lr=1.0), labelled=labelled)
     assert not torch.equal(adapted.head.weight, source.head.weight)
     assert score(adapted, test).accuracy > 0.5
 

@@ -129,11 +129,17 @@ def test_a_refusal_inside_the_dag_is_one_sentence_and_leaves_the_registry_alone(
 def test_retrain_starts_from_the_champion_and_promotes_only_through_the_gate(first_run, home, registry):
     """A gate no challenger can pass (a gain of 100 points): the retrained candidate is registered as the
     challenger with the gate's evidence, and the champion stays. (Which evidence promotes is a unit test:
-    tests/test_registry.py.)"""
+    tests/test_registry.py.) Adapted by AdaMatch, which also reads the labelled target images and has its
+    pseudo-labels watched on the target validation split."""
     champion = registry.get_model_version_by_alias("tlpipe", "champion")
     before = versions(registry)
-    result = tlpipe_run(home, *TINY, "gate_margin=100", pipeline="retrain")  # the gate: a gain of 100 points
+    result = tlpipe_run(home, *TINY, "gate_margin=100", "adapt_method=adamatch", pipeline="retrain")  # a gain of 100 points
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    _, steps = last_pipeline_run(registry)
+    [adapt] = [r for r in steps if r.data.tags["tlpipe.step"] == "adapt"]
+    assert adapt.data.params["method"] == "adamatch"
+    assert {"val_pseudo_label_share", "val_pseudo_label_accuracy", "train_pseudo_label_threshold"} <= set(adapt.data.metrics)
+    assert "target_labelled" in {i.dataset.name.split("/")[1] for i in adapt.inputs.dataset_inputs}
     assert f"\nchampion-v{champion.version} " in result.stdout
     [start] = list((home / "pipeline-root").glob("*/tlpipe-retrain-*/champion/model"))
     assert json.loads((start / "model.json").read_text())["registered_version"] == str(champion.version)

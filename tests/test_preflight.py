@@ -25,9 +25,9 @@ def defaults_of(transfer) -> dict:
 @pytest.mark.parametrize("given, expected", [
     ({"target": "imagefolder:/no/such/dir"}, "image folder /no/such/dir does not exist"),
     ({"strategy": "freeze:two"}, "unknown fine-tuning strategy 'freeze:two'"),
-    ({"adapt_method": "mmd"}, "unknown adaptation method 'mmd'; use dann, cdan+e, dan, coral, mcc, cdan+mcc, dann+sdat, "
-                              "cdan+e+sdat, cdan+mcc+sdat, dann+finetune"),
-    ({"source_augment": "sepia"}, "unknown augmentation 'sepia'; use none, colour"),
+    ({"adapt_method": "mmd"}, "unknown adaptation method 'mmd'; use dann, cdan+e, dan, coral, mcc, cdan+mcc, fixmatch, "
+                              "adamatch, dann+sdat, cdan+e+sdat, cdan+mcc+sdat, dann+finetune"),
+    ({"source_augment": "sepia"}, "unknown augmentation 'sepia'; use none, crop, photo, flip, colour, strong, auto"),
     ({"select_by": "test"}, "unknown select_by 'test'; use auto, target-val, source-val, im, snd"),
     ({"gate_alpha": "0"}, "gate_alpha must be above 0 and at most 1, got 0.0"),
     ({"blocks": "[0,9]"}, None),  # not a transfer parameter: refused by name

@@ -1,20 +1,21 @@
 """The adapt step's methods by name: alignment without target labels (`<adversarial method>+sdat`:
-sharpness-aware, tlpipe.methods.sdat), and DANN followed by few-shot fine-tuning on the k labelled
-target images."""
+sharpness-aware, tlpipe.methods.sdat), self-training (FixMatch; AdaMatch, which also learns from the k
+labelled target images where there are any), and DANN followed by few-shot fine-tuning on them."""
 
 import dataclasses
 
 from tlpipe.data import ImageSet
 from tlpipe.errors import TlpipeError
-from tlpipe.methods import cdan, coral, dan, dann, mcc
+from tlpipe.methods import adamatch, cdan, coral, dan, dann, fixmatch, mcc
 from tlpipe.methods.finetune import finetune
 from tlpipe.models import Classifier
 from tlpipe.train import LogFn, TrainConfig
 
 UNSUPERVISED = {"dann": dann.adapt, "cdan+e": cdan.adapt, "dan": dan.adapt, "coral": coral.adapt, "mcc": mcc.adapt,
-                "cdan+mcc": mcc.adapt_cdan}
+                "cdan+mcc": mcc.adapt_cdan, "fixmatch": fixmatch.adapt}
 ADVERSARIAL = ("dann", "cdan+e", "cdan+mcc")  # the methods SDAT applies to
-METHODS = (*UNSUPERVISED, *(f"{m}+sdat" for m in ADVERSARIAL), "dann+finetune")
+METHODS = (*UNSUPERVISED, "adamatch", *(f"{m}+sdat" for m in ADVERSARIAL), "dann+finetune")
+USING_TARGET_LABELS = ("adamatch", "dann+finetune")  # the methods that read the k labelled target images
 
 
 def check_method(method: str) -> None:
@@ -25,10 +26,13 @@ def check_method(method: str) -> None:
 def adapt(method: str, source_model: Classifier, source: ImageSet, target: ImageSet, config: TrainConfig,
           log: LogFn | None = None, labelled: ImageSet | None = None,
           finetune_config: TrainConfig | None = None) -> Classifier:
-    """`labelled` (the k-shot target split) and `finetune_config` are used by dann+finetune."""
+    """`labelled` (the k-shot target split) is used by adamatch (where it has images) and dann+finetune,
+    `finetune_config` by dann+finetune."""
     check_method(method)
     if method in UNSUPERVISED:
         return UNSUPERVISED[method](source_model, source, target, config, log)
+    if method == "adamatch":
+        return adamatch.adapt(source_model, source, target, config, log, labelled=labelled)
     if method.endswith("+sdat"):
         return UNSUPERVISED[method.removesuffix("+sdat")](source_model, source, target, config, log, sdat=True)
     if labelled is None or not labelled.is_labelled or len(labelled) == 0:

@@ -12,6 +12,7 @@ and `backbone_lr` trains the backbone at a fraction of the rate of the head and 
 With `sdat`, the classification loss is minimised sharpness-aware (tlpipe.methods.sdat).
 """
 
+import contextlib
 import copy
 import dataclasses
 import math
@@ -51,14 +52,30 @@ class _Joint(nn.Module):
         self.model, self.alignment = model, alignment
 
     def forward(self, source_images, target_images, coeff: float):
-        # Separate passes: batch norm normalises each domain by its own batch statistics, which
-        # removes much of the colour and contrast gap before the alignment loss looks.
-        source_features = self.model.features(source_images)
-        target_features = self.model.features(target_images)
-        source_logits = self.model.head(source_features)
-        target_logits = self.model.head(target_features)
+        # One pass over both domains (the reference implementations'): batch norm normalises source and
+        # target by the joint batch's statistics, and its running statistics, which evaluation uses, are
+        # those same joint statistics, so target images are scored as the model trained on them.
+        features = self.model.features(torch.cat([source_images, target_images]))
+        logits = self.model.head(features)
+        n = len(source_images)
+        source_features, target_features, source_logits, target_logits = features[:n], features[n:], logits[:n], logits[n:]
         loss, metrics = self.alignment(source_features, target_features, source_logits, target_logits, coeff)
         return source_logits, loss, metrics
+
+
+@contextlib.contextmanager
+def untracked_batch_norm(model: nn.Module):
+    """Batch norm on the batch's own statistics, leaving the running ones as they are: for an extra pass
+    over part of a batch (SDAT's ascent point, AdaMatch's source-only logits), whose statistics are not
+    the ones the model is evaluated under."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    for norm in norms:
+        norm.track_running_stats = False
+    try:
+        yield
+    finally:
+        for norm in norms:
+            norm.track_running_stats = True
 
 
 def with_bottleneck(source_model: Classifier, width: int) -> Classifier:
@@ -70,6 +87,18 @@ def with_bottleneck(source_model: Classifier, width: int) -> Classifier:
     backbone = {k: v for k, v in source_model.state_dict().items() if not k.startswith(("head.", "tasks."))}
     model.load_state_dict(backbone, strict=False)
     return model
+
+
+def starting_model(source_model: Classifier, source: ImageSet, target: ImageSet, config: TrainConfig,
+                   name: str) -> Classifier:
+    """The model an adaptation trains, once the data is checked and every RNG seeded: a copy of
+    `source_model` in training mode (under a new bottleneck with config.bottleneck)."""
+    if not source.is_labelled:
+        raise TlpipeError(f"{name} needs labelled source images.")
+    if len(target) == 0:
+        raise TlpipeError(f"{name} needs unlabelled target images; the unlabelled target split is empty.")
+    seed_everything(config.seed)
+    return with_bottleneck(source_model, config.bottleneck).train()
 
 
 def parameter_groups(model: Classifier, alignment: Alignment, config: TrainConfig) -> list[dict]:
@@ -91,12 +120,7 @@ def adapt(
     """Trains a copy of `source_model` on labelled `source` and unlabelled `target` images with the
     classification loss plus the loss of `make_alignment(model)` (built after seeding, so that its
     initial weights follow the seed); with `sdat`, sharpness-aware on the classification loss."""
-    if not source.is_labelled:
-        raise TlpipeError(f"{name} needs labelled source images.")
-    if len(target) == 0:
-        raise TlpipeError(f"{name} needs unlabelled target images; the unlabelled target split is empty.")
-    seed_everything(config.seed)
-    model = with_bottleneck(source_model, config.bottleneck).train()
+    model = starting_model(source_model, source, target, config, name)
     alignment = make_alignment(model).train()
     net = prepare(_Joint(model, alignment), config)
     source_batches = Batches(source, config.batch_size, config.seed, "source", augment=config.augment, share=2)
@@ -109,7 +133,8 @@ def adapt(
         source_images, labels = next(source_batches)
         (target_images,) = next(target_batches)
         if sdat:  # the unwrapped model: this pass only finds the ascent direction, no data-parallel sync
-            optimizer.perturb(F.cross_entropy(model(source_images), labels))
+            with untracked_batch_norm(model):  # nor does it move the running statistics evaluation uses
+                optimizer.perturb(F.cross_entropy(model(source_images), labels))
         class_logits, alignment_loss, metrics = net(source_images, target_images, ganin_lambda(p))
         classification = F.cross_entropy(class_logits, labels)
         return classification + alignment_loss, {"loss": classification, **metrics}

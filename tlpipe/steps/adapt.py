@@ -26,26 +26,30 @@ def adapt(
     target_augment: str = "auto",
     finetune_backbone_lr: float = TrainConfig.backbone_lr,
 ) -> dict:
-    """Adapts the source model to the target domain; dann+finetune then fine-tunes on `target_labelled`
-    for `finetune_epochs` with `target_augment` and `finetune_backbone_lr`, as the finetune step would. `validation` (target_val) is
-    scored every epoch, only to be watched."""
+    """Adapts the source model to the target domain; adamatch also learns from `target_labelled` where it
+    has images; dann+finetune then fine-tunes on it for `finetune_epochs` with `target_augment` and
+    `finetune_backbone_lr`, as the finetune step would. `validation` (target_val) is scored every epoch,
+    only to be watched."""
     adaptation.check_method(method)
     model, _ = load_model(source_model)
     source, source_meta = load_dataset(source_train)
     target, meta = load_dataset(target_unlabelled)
-    labelled, labelled_meta = (load_dataset(target_labelled) if target_labelled and method == "dann+finetune"
+    labelled, labelled_meta = (load_dataset(target_labelled) if target_labelled and method in adaptation.USING_TARGET_LABELS
                                else (None, None))
+    if method == "adamatch" and labelled is not None and len(labelled) == 0:
+        labelled, labelled_meta = None, None  # plain unsupervised adaptation
+    tunes = labelled is not None and method == "dann+finetune"
     val, val_meta = load_dataset(validation) if validation else (None, None)
     config = checkpointed(augmenting(config, source_meta), pipeline_run, "adapt")
     tune_config = dataclasses.replace(config, epochs=finetune_epochs or config.epochs, checkpoint_dir="",
                                       backbone_lr=finetune_backbone_lr,
-                                      augment=augment.resolve(target_augment, labelled_meta["spec"]) if labelled_meta
+                                      augment=augment.resolve(target_augment, labelled_meta) if labelled_meta
                                       else "none")
     params = {"method": method, **config_params(config, ADAPTATION_SETTINGS)}
-    if labelled is not None:
+    if tunes:
         params |= {"finetune_epochs": tune_config.epochs, "finetune_augment": tune_config.augment,
                    "finetune_backbone_lr": tune_config.backbone_lr}
-    total_epochs = config.epochs + (tune_config.epochs if labelled is not None else 0)
+    total_epochs = config.epochs + (tune_config.epochs if tunes else 0)
     inputs = [(source_meta, source_train, "training"), (meta, target_unlabelled, "training"),
               (labelled_meta, target_labelled, "training"), (val_meta, validation, "validation")]
     with training_run("adapt", config, experiment, pipeline_run, params, {"adapt_method": method}, inputs):
