@@ -23,18 +23,19 @@ def adapt(
     source_augment: str,
     experiment: str,
     model: Output[Model],
-    bottleneck: int = 0,
-    backbone_lr: float = 1.0,
+    bottleneck: int = -1,
+    backbone_lr: float = -1.0,
     sdat_rho: float = 0.02,
     target_augment: str = "auto",
     finetune_backbone_lr: float = 0.1,
+    pretrained_weights: str = "",
 ):
     """Adapts the source model to the unlabelled target domain (DANN, CDAN+E, DAN, Deep CORAL, MCC, CDAN+MCC;
     +sdat for the adversarial ones, at radius sdat_rho; self-training: FixMatch, and AdaMatch, which also learns
     from the labelled target images where there are any), or with dann+finetune adapts and then fine-tunes on the
     labelled target images for finetune_epochs (with target_augment and finetune_backbone_lr, as finetune).
     source_augment applies to the source images (tlpipe.augment). bottleneck (a width; 0: none) and backbone_lr (the backbone's rate as a fraction of lr)
-    are the recipe for pretrained backbones. target_val is scored each epoch, only to be watched: adaptation
+    are the recipe for pretrained backbones; -1 takes it where the pipeline's pretrained_weights are set. target_val is scored each epoch, only to be watched: adaptation
     chooses nothing by it."""
     from tlpipe.errors import exit_on_user_error
     from tlpipe.steps.adapt import adapt
@@ -45,5 +46,6 @@ def adapt(
     facts = exit_on_user_error(adapt)(
         source_model.path, source_train.path, target_unlabelled.path, model.path, method, config, experiment, current_pipeline_run(),
         target_labelled.path, finetune_epochs, target_val.path, target_augment, finetune_backbone_lr,
+        bool(pretrained_weights),
     )
     model.metadata.update(facts)

@@ -46,10 +46,12 @@ PARAMETERS = {p.name: p for p in [
               "cdan+mcc, dann+sdat, cdan+e+sdat, cdan+mcc+sdat, fixmatch (self-training); adamatch (self-training "
               "that also learns from the labelled target images, where there are any); or dann+finetune (adapt, "
               "then fine-tune)."),
-    Parameter("adapt_bottleneck", int, 0, "Width of a bottleneck layer (linear, batch norm, ReLU) between backbone "
-              "and a new head in adaptation; 0: none (256 is the usual choice for ImageNet backbones)."),
-    Parameter("adapt_backbone_lr", float, 1.0, "The backbone's learning rate in adaptation as a fraction of lr, "
-              "the head's and discriminator's (0.1 is the usual choice for ImageNet backbones)."),
+    Parameter("adapt_bottleneck", int, -1, "Width of a bottleneck layer (linear, batch norm, ReLU) between backbone "
+              "and a new head in adaptation; 0: none; -1: the recipe for the backbone's start, 256 (the usual choice "
+              "for ImageNet backbones) with pretrained_weights, none without."),
+    Parameter("adapt_backbone_lr", float, -1.0, "The backbone's learning rate in adaptation as a fraction of lr, "
+              "the head's and discriminator's; -1: 0.1 with pretrained_weights (the usual choice for ImageNet "
+              "backbones), 1 without."),
     Parameter("sdat_rho", float, 0.02, "SDAT's neighbourhood radius, for the methods named +sdat."),
     Parameter("source_augment", str, "auto", "Augmentation of the source images in pretraining and adaptation: "
               "auto (for image folders crop up to 64 px a side, photo above; none for the built-in and torchvision "

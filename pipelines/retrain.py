@@ -47,6 +47,7 @@ def build(cluster: Cluster | None = None):
                 target_val=data.outputs["target_val"], method=p.adapt_method, bottleneck=p.adapt_bottleneck,
                 backbone_lr=p.adapt_backbone_lr, sdat_rho=p.sdat_rho, epochs=p.adapt_epochs, finetune_epochs=p.finetune_epochs, source_augment=p.source_augment,
                 target_augment=p.target_augment, finetune_backbone_lr=p.finetune_backbone_lr,
+                pretrained_weights=p.pretrained_weights,
                 **train,
             )
             scores = on.score(

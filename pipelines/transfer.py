@@ -56,6 +56,7 @@ def build(cluster: Cluster | None = None):
                 seed=p.seed, checkpoint_root=p.checkpoint_root,
                 checkpoint_every=p.checkpoint_every, nproc=p.nproc, source_augment=p.source_augment, experiment=p.experiment,
                 target_augment=p.target_augment, finetune_backbone_lr=p.finetune_backbone_lr,
+                pretrained_weights=p.pretrained_weights,
             )
             scores = on.score(
                 evaluate,

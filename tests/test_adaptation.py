@@ -155,3 +155,11 @@ def test_dann_then_finetune_fine_tunes_with_the_target_augmentation_not_none(mon
     adaptation.adapt("dann+finetune", source, colour_set(), colour_set(seed=1, shift=40), config,
                      labelled=colour_set(4, seed=2), finetune_config=tune)
     assert seen == {"augment": "photo", "epochs": 2}
+
+
+def test_adaptation_takes_the_pretrained_recipe_with_pretrained_weights_unless_told_otherwise():
+    auto = TrainConfig(bottleneck=adaptation.AUTO, backbone_lr=adaptation.AUTO)
+    assert (adaptation.recipe(auto, pretrained=True).bottleneck, adaptation.recipe(auto, pretrained=True).backbone_lr) == (256, 0.1)
+    assert (adaptation.recipe(auto, pretrained=False).bottleneck, adaptation.recipe(auto, pretrained=False).backbone_lr) == (0, 1.0)
+    given = TrainConfig(bottleneck=32, backbone_lr=adaptation.AUTO)
+    assert (adaptation.recipe(given, pretrained=True).bottleneck, adaptation.recipe(given, pretrained=True).backbone_lr) == (32, 0.1)

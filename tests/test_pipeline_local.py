@@ -188,7 +188,8 @@ def test_layer_sweep_runs_in_parallel_and_plots_accuracy_against_blocks(home):
 
 def test_a_timm_backbone_with_hub_weights_runs_through_the_pipeline(home, registry, tmp_path):
     """timm:test_resnet started from timm's pretrained tag, read offline from a test-populated Hugging Face
-    cache; adapted by CDAN+MCC with SDAT, a bottleneck and the backbone at 0.1x the rate."""
+    cache; adapted by CDAN+MCC with SDAT, a bottleneck and (by default, with pretrained weights) the
+    backbone at 0.1x the rate."""
     import timm
     import torch
 
@@ -197,7 +198,7 @@ def test_a_timm_backbone_with_hub_weights_runs_through_the_pipeline(home, regist
     reference = timm.create_model("test_resnet", num_classes=1000)
     put_in_hf_cache(tmp_path / "hf", hub_id, {"model.safetensors": reference.state_dict()})
     result = tlpipe_run(home, *TINY, "backbone=timm:test_resnet", "pretrained_weights=timm:test_resnet.r160_in1k",
-                        "adapt_method=cdan+mcc+sdat", "adapt_bottleneck=32", "adapt_backbone_lr=0.1",
+                        "adapt_method=cdan+mcc+sdat", "adapt_bottleneck=32",
                         "finetune_backbone_lr=0.5", "model_name=timm", env={"HF_HUB_CACHE": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert ("every model starts from timm:test_resnet.r160_in1k; target-only is those weights with a new head"
@@ -206,6 +207,7 @@ def test_a_timm_backbone_with_hub_weights_runs_through_the_pipeline(home, regist
     by_step = {r.data.tags["tlpipe.step"]: r for r in steps}
     assert by_step["pretrain"].data.params["backbone"] == "timm:test_resnet"
     adapt = by_step["adapt"].data.params
+    # The bottleneck as given; the backbone's rate, not given, the pretrained recipe's.
     assert (adapt["method"], adapt["bottleneck"], adapt["backbone_lr"]) == ("cdan+mcc+sdat", "32", "0.1")
     assert by_step["finetune"].data.params["backbone_lr"] == "0.5"
     assert "backbone_lr" not in by_step["pretrain"].data.params

@@ -27,6 +27,7 @@ def defaults_of(transfer) -> dict:
     ({"strategy": "freeze:two"}, "unknown fine-tuning strategy 'freeze:two'"),
     ({"adapt_method": "mmd"}, "unknown adaptation method 'mmd'; use dann, cdan+e, dan, coral, mcc, cdan+mcc, fixmatch, "
                               "adamatch, dann+sdat, cdan+e+sdat, cdan+mcc+sdat, dann+finetune"),
+    ({"adapt_bottleneck": -2}, "adapt_bottleneck and adapt_backbone_lr must be 0 or more (or -1"),
     ({"source_augment": "sepia"}, "unknown augmentation 'sepia'; use none, crop, photo, flip, colour, strong, auto"),
     ({"select_by": "test"}, "unknown select_by 'test'; use auto, target-val, source-val, im, snd"),
     ({"gate_alpha": "0"}, "gate_alpha must be above 0 and at most 1, got 0.0"),

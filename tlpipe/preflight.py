@@ -147,8 +147,10 @@ def check_parameters(values: dict) -> None:
                               "(class,<attribute>,...).")
     if "backbone" in values:
         check_backbone(values["backbone"])
-    if values.get("adapt_bottleneck", 0) < 0 or values.get("adapt_backbone_lr", 1.0) < 0 or values.get("sdat_rho", 1.0) <= 0:
-        raise TlpipeError("adapt_bottleneck and adapt_backbone_lr must be 0 or more, and sdat_rho more than 0.")
+    recipe = [values.get(name, 0) for name in ("adapt_bottleneck", "adapt_backbone_lr")]
+    if any(value < 0 and value != adaptation.AUTO for value in recipe) or values.get("sdat_rho", 1.0) <= 0:
+        raise TlpipeError("adapt_bottleneck and adapt_backbone_lr must be 0 or more (or -1: the recipe for how the "
+                          "backbone started), and sdat_rho more than 0.")
     if "blocks" in values:
         _check_blocks(values["blocks"], values.get("backbone", "small-cnn"), values.get("image_size", 32))
     if values.get("adapt_method") not in (None, *adaptation.METHODS):

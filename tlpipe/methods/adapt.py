@@ -18,6 +18,20 @@ METHODS = (*UNSUPERVISED, "adamatch", *(f"{m}+sdat" for m in ADVERSARIAL), "dann
 USING_TARGET_LABELS = ("adamatch", "dann+finetune")  # the methods that read the k labelled target images
 
 
+# Adaptation's recipe for a backbone pretrained on ImageNet-scale data (the DANN and CDAN papers',
+# Transfer-Learning-Library's), and for one trained from random weights on the source alone (the digit
+# benchmark's): a bottleneck width and the backbone's fraction of the learning rate.
+PRETRAINED_RECIPE = {"bottleneck": 256, "backbone_lr": 0.1}
+RANDOM_START_RECIPE = {"bottleneck": 0, "backbone_lr": 1.0}
+AUTO = -1
+
+
+def recipe(config: TrainConfig, pretrained: bool) -> TrainConfig:
+    """`config` with each of bottleneck and backbone_lr left at AUTO set by how the backbone started."""
+    chosen = PRETRAINED_RECIPE if pretrained else RANDOM_START_RECIPE
+    return dataclasses.replace(config, **{k: v for k, v in chosen.items() if getattr(config, k) == AUTO})
+
+
 def check_method(method: str) -> None:
     if method not in METHODS:
         raise TlpipeError(f"unknown adaptation method '{method}'; use {', '.join(METHODS)}.")

@@ -25,12 +25,15 @@ def adapt(
     validation: str = "",
     target_augment: str = "auto",
     finetune_backbone_lr: float = TrainConfig.backbone_lr,
+    pretrained: bool = False,
 ) -> dict:
     """Adapts the source model to the target domain; adamatch also learns from `target_labelled` where it
     has images; dann+finetune then fine-tunes on it for `finetune_epochs` with `target_augment` and
     `finetune_backbone_lr`, as the finetune step would. `validation` (target_val) is scored every epoch,
-    only to be watched."""
+    only to be watched. A bottleneck or backbone_lr of -1 in `config` is the recipe for a backbone that
+    started from pretrained weights (`pretrained`) or from random ones."""
     adaptation.check_method(method)
+    config = adaptation.recipe(config, pretrained)
     model, _ = load_model(source_model)
     source, source_meta = load_dataset(source_train)
     target, meta = load_dataset(target_unlabelled)
