@@ -45,7 +45,7 @@ from tlpipe.train import TrainConfig
 PAIRS = ["digits:digits-m", "syn-digits:digits", "digits-m:digits"]
 STRATEGIES = ["full", "freeze:2", "linear-probe", "l2sp:0.01"]
 UNSUPERVISED = {"DANN": "dann", "CDAN+E": "cdan+e", "DAN": "dan", "Deep CORAL": "coral", "MCC": "mcc",
-                "CDAN+MCC": "cdan+mcc", "FixMatch": "fixmatch", "AdaMatch": "adamatch"}
+                "CDAN+MCC": "cdan+mcc", "FixMatch": "fixmatch", "AdaMatch": "adamatch", "SHOT": "shot"}
 SEMI_SUPERVISED = "AdaMatch+labels"  # AdaMatch that also learns from the k labelled target images
 # The models a default pipeline run scores: the selection picks among these, by validation accuracy.
 PIPELINE_MODELS = ["source-only", "target-only", "finetune full", "DANN", "DANN+finetune"]

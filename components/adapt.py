@@ -32,7 +32,8 @@ def adapt(
 ):
     """Adapts the source model to the unlabelled target domain (DANN, CDAN+E, DAN, Deep CORAL, MCC, CDAN+MCC;
     +sdat for the adversarial ones, at radius sdat_rho; self-training: FixMatch, and AdaMatch, which also learns
-    from the labelled target images where there are any), or with dann+finetune adapts and then fine-tunes on the
+    from the labelled target images where there are any; SHOT, source-free: source_train is never read and the
+    target images take target_augment), or with dann+finetune adapts and then fine-tunes on the
     labelled target images for finetune_epochs (with target_augment and finetune_backbone_lr, as finetune).
     source_augment applies to the source images (tlpipe.augment). bottleneck (a width; 0: none) and backbone_lr (the backbone's rate as a fraction of lr)
     are the recipe for pretrained backbones; -1 takes it where the pipeline's pretrained_weights are set. target_val is scored each epoch, only to be watched: adaptation

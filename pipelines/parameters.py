@@ -44,8 +44,9 @@ PARAMETERS = {p.name: p for p in [
               "new head's; 1: one rate for every layer."),
     Parameter("adapt_method", str, "dann", "Adaptation without target labels: dann, cdan+e, dan, coral, mcc, "
               "cdan+mcc, dann+sdat, cdan+e+sdat, cdan+mcc+sdat, fixmatch (self-training); adamatch (self-training "
-              "that also learns from the labelled target images, where there are any); or dann+finetune (adapt, "
-              "then fine-tune)."),
+              "that also learns from the labelled target images, where there are any); shot (source-free: adapts the "
+              "source model from target images alone, reading no source image); or dann+finetune (adapt, then "
+              "fine-tune)."),
     Parameter("adapt_bottleneck", int, -1, "Width of a bottleneck layer (linear, batch norm, ReLU) between backbone "
               "and a new head in adaptation; 0: none; -1: the recipe for the backbone's start, 256 (the usual choice "
               "for ImageNet backbones) with pretrained_weights, none without."),

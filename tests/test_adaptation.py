@@ -111,7 +111,7 @@ def test_dann_then_finetune_uses_the_target_labels():
 
 def test_unknown_adaptation_method_is_one_sentence():
     with pytest.raises(TlpipeError, match="unknown adaptation method 'mmd'; use dann, cdan\\+e, dan, coral, mcc, cdan\\+mcc, "
-                                             "fixmatch, adamatch, dann\\+sdat, cdan\\+e\\+sdat, cdan\\+mcc\\+sdat, dann\\+finetune"):
+                                             "fixmatch, adamatch, dann\\+sdat, cdan\\+e\\+sdat, cdan\\+mcc\\+sdat, shot, dann\\+finetune"):
         adaptation.check_method("mmd")
 
 

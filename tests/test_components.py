@@ -371,3 +371,27 @@ def test_other_transfer_settings_train_and_are_reported_through_the_components(c
         assert "Multi-task: each task against a single-task model" in report
     else:
         assert load_model(model.path)[0].spec.progressive and "task " not in table
+
+
+def test_a_source_free_adaptation_reads_no_source_image_and_keeps_the_source_head(chain, tmp_path):
+    """SHOT from the source model: its source_train is a path that holds nothing, and the step's MLflow
+    run lists no source split among its inputs."""
+    import torch
+    from mlflow import MlflowClient
+
+    a = chain
+    adapted = artifact(dsl.Model, tmp_path / "shot")
+    adapt.python_func(source_model=a["source_model"], source_train=artifact(dsl.Dataset, tmp_path / "never-written"),
+                      target_unlabelled=a["target_unlabelled"], target_labelled=a["target_labelled"],
+                      target_val=a["target_val"], method="shot", finetune_epochs=1, source_augment="colour",
+                      model=adapted, **(TRAIN | {"experiment": "tests-source-free"}))
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name("tests-source-free").experiment_id
+    [run] = client.search_runs([experiment], "tags.`tlpipe.step` = 'adapt'")
+    assert run.data.params["method"] == "shot"
+    assert {d.dataset.name.split("/")[1] for d in run.inputs.dataset_inputs} == {"target_unlabelled", "target_val"}
+    assert run.data.params["augment"] == "none"  # target_augment's auto for a built-in domain, not source_augment
+    source, _ = load_model(a["source_model"].path)
+    model, meta = load_model(adapted.path)
+    assert meta["method"] == "shot" and torch.equal(model.head.weight, source.head.weight)
+    assert not torch.equal(model.blocks[0][0].weight, source.blocks[0][0].weight)

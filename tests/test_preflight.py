@@ -26,7 +26,7 @@ def defaults_of(transfer) -> dict:
     ({"target": "imagefolder:/no/such/dir"}, "image folder /no/such/dir does not exist"),
     ({"strategy": "freeze:two"}, "unknown fine-tuning strategy 'freeze:two'"),
     ({"adapt_method": "mmd"}, "unknown adaptation method 'mmd'; use dann, cdan+e, dan, coral, mcc, cdan+mcc, fixmatch, "
-                              "adamatch, dann+sdat, cdan+e+sdat, cdan+mcc+sdat, dann+finetune"),
+                              "adamatch, dann+sdat, cdan+e+sdat, cdan+mcc+sdat, shot, dann+finetune"),
     ({"adapt_bottleneck": -2}, "adapt_bottleneck and adapt_backbone_lr must be 0 or more (or -1"),
     ({"source_augment": "sepia"}, "unknown augmentation 'sepia'; use none, crop, photo, flip, colour, strong, auto"),
     ({"select_by": "test"}, "unknown select_by 'test'; use auto, target-val, source-val, im, snd"),

@@ -223,3 +223,45 @@ def test_pseudo_labels_are_watched_on_target_validation_labels_when_a_method_pse
     assert "val_pseudo_label_accuracy" in capsys.readouterr().out
     logger(0, {"loss": 0.5}, model)  # a method that does not pseudo-label
     assert "pseudo_label" not in capsys.readouterr().out
+
+
+def test_shot_information_maximisation_is_mean_entropy_minus_the_entropy_of_the_mean():
+    from tlpipe.methods.shot import information_maximisation
+
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.0, 0.0, 0.0], [-1.0, 3.0, 0.5]])
+    p = [softmax(r) for r in logits.tolist()]
+    entropy = np.mean([-sum(v * math.log(v) for v in row) for row in p])
+    mean = [np.mean([row[k] for row in p]) for k in range(3)]
+    assert information_maximisation(logits).item() == pytest.approx(entropy + sum(m * math.log(m) for m in mean), abs=1e-4)
+    # Confident and spread over the classes is the minimum, -log K; all on one class is not.
+    assert information_maximisation(torch.eye(3) * 50).item() == pytest.approx(-math.log(3), abs=1e-3)
+    assert information_maximisation(torch.tensor([[50.0, 0, 0]] * 3)).item() == pytest.approx(0.0, abs=1e-3)
+
+
+def test_shot_labels_each_image_by_its_nearest_class_centroid_not_by_its_prediction():
+    from tlpipe.methods.shot import centroid_labels
+
+    # Two clusters of features along two directions; the classifier's probabilities get one image of
+    # each cluster wrong, and the centroids put them right.
+    g = torch.Generator().manual_seed(0)
+    features = torch.cat([torch.tensor([5.0, 0.0]) + 0.3 * torch.randn(10, 2, generator=g),
+                          torch.tensor([0.0, 5.0]) + 0.3 * torch.randn(10, 2, generator=g)])
+    probabilities = torch.tensor([[0.8, 0.2]] * 10 + [[0.2, 0.8]] * 10)
+    probabilities[3], probabilities[15] = torch.tensor([0.3, 0.7]), torch.tensor([0.6, 0.4])
+    assert centroid_labels(features, probabilities).tolist() == [0] * 10 + [1] * 10
+
+
+def test_shot_adapts_the_feature_extractor_under_the_frozen_source_head_from_target_images_alone(tmp_path, capsys):
+    source, target = trained_source(), colour_set(seed=2, shift=80).without_labels()
+    config = TrainConfig(backbone_lr=1.0, epochs=3, batch_size=16)
+    adapted = adaptation.adapt("shot", source, None, target, config)
+    assert torch.equal(adapted.head.weight, source.head.weight)  # the source hypothesis, bit for bit
+    assert not torch.equal(adapted.blocks[0][0].weight, source.blocks[0][0].weight)
+    assert all(p.requires_grad for p in adapted.parameters())  # a model to fine-tune later, as any other
+    checkpointed = dataclasses.replace(config, checkpoint_dir=str(tmp_path / "ck"))
+    with pytest.raises(Stop):
+        adaptation.adapt("shot", source, None, target, checkpointed, log=stop_in_epoch(1))
+    resumed = adaptation.adapt("shot", source, None, target, checkpointed)
+    assert "resuming from the checkpoint after epoch 1/3" in capsys.readouterr().out
+    for a, b in zip(adapted.state_dict().values(), resumed.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

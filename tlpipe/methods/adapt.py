@@ -1,12 +1,13 @@
 """The adapt step's methods by name: alignment without target labels (`<adversarial method>+sdat`:
 sharpness-aware, tlpipe.methods.sdat), self-training (FixMatch; AdaMatch, which also learns from the k
-labelled target images where there are any), and DANN followed by few-shot fine-tuning on them."""
+labelled target images where there are any), source-free adaptation (SHOT: no source image read), and DANN
+followed by few-shot fine-tuning on the labelled target images."""
 
 import dataclasses
 
 from tlpipe.data import ImageSet
 from tlpipe.errors import TlpipeError
-from tlpipe.methods import adamatch, cdan, coral, dan, dann, fixmatch, mcc
+from tlpipe.methods import adamatch, cdan, coral, dan, dann, fixmatch, mcc, shot
 from tlpipe.methods.finetune import finetune
 from tlpipe.models import Classifier
 from tlpipe.train import LogFn, TrainConfig
@@ -14,7 +15,8 @@ from tlpipe.train import LogFn, TrainConfig
 UNSUPERVISED = {"dann": dann.adapt, "cdan+e": cdan.adapt, "dan": dan.adapt, "coral": coral.adapt, "mcc": mcc.adapt,
                 "cdan+mcc": mcc.adapt_cdan, "fixmatch": fixmatch.adapt}
 ADVERSARIAL = ("dann", "cdan+e", "cdan+mcc")  # the methods SDAT applies to
-METHODS = (*UNSUPERVISED, "adamatch", *(f"{m}+sdat" for m in ADVERSARIAL), "dann+finetune")
+METHODS = (*UNSUPERVISED, "adamatch", *(f"{m}+sdat" for m in ADVERSARIAL), "shot", "dann+finetune")
+SOURCE_FREE = ("shot",)  # the methods that read no source image
 USING_TARGET_LABELS = ("adamatch", "dann+finetune")  # the methods that read the k labelled target images
 
 
@@ -45,6 +47,8 @@ def adapt(method: str, source_model: Classifier, source: ImageSet, target: Image
     check_method(method)
     if method in UNSUPERVISED:
         return UNSUPERVISED[method](source_model, source, target, config, log)
+    if method == "shot":
+        return shot.adapt(source_model, None, target, config, log)
     if method == "adamatch":
         return adamatch.adapt(source_model, source, target, config, log, labelled=labelled)
     if method.endswith("+sdat"):

@@ -35,7 +35,10 @@ def adapt(
     adaptation.check_method(method)
     config = adaptation.recipe(config, pretrained)
     model, _ = load_model(source_model)
-    source, source_meta = load_dataset(source_train)
+    source_free = method in adaptation.SOURCE_FREE
+    if source_free:  # it adapts the model as it is: no new layers to train without source labels
+        config = dataclasses.replace(config, bottleneck=model.spec.bottleneck)
+    source, source_meta = (None, None) if source_free else load_dataset(source_train)
     target, meta = load_dataset(target_unlabelled)
     labelled, labelled_meta = (load_dataset(target_labelled) if target_labelled and method in adaptation.USING_TARGET_LABELS
                                else (None, None))
@@ -43,7 +46,10 @@ def adapt(
         labelled, labelled_meta = None, None  # plain unsupervised adaptation
     tunes = labelled is not None and method == "dann+finetune"
     val, val_meta = load_dataset(validation) if validation else (None, None)
-    config = checkpointed(augmenting(config, source_meta), pipeline_run, "adapt")
+    if source_free:  # it trains on target images alone: theirs is target_augment
+        config = checkpointed(augmenting(dataclasses.replace(config, augment=target_augment), meta), pipeline_run, "adapt")
+    else:
+        config = checkpointed(augmenting(config, source_meta), pipeline_run, "adapt")
     tune_config = dataclasses.replace(config, epochs=finetune_epochs or config.epochs, checkpoint_dir="",
                                       backbone_lr=finetune_backbone_lr,
                                       augment=augment.resolve(target_augment, labelled_meta) if labelled_meta
