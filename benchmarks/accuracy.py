@@ -26,15 +26,17 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
+from pathlib import Path
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
 
 import numpy as np
 import torch
 
-from tlpipe.augment import AUGMENTATIONS
-from tlpipe.data import load_domain, split_source, split_target
+from tlpipe import augment
+from tlpipe.data import ImageSet, load_domain, split_source, split_target
 from tlpipe.evaluate import score
 from tlpipe.methods import adapt as adaptation
 from tlpipe.methods.finetune import finetune
@@ -59,14 +61,38 @@ def run_unit(args, pair: str, seed: int) -> dict[str, tuple[float, float]]:
     source_name, target_name = pair.split(":")
     source = load_domain(source_name, args.image_size, seed)
     target = load_domain(target_name, args.image_size, seed)
+    with tempfile.TemporaryDirectory() as folders:
+        if args.as_folders:  # read back as a user's image folders are, splits and `auto` included
+            source, target = (load_domain(as_image_folder(data, Path(folders) / name), args.image_size, seed,
+                                          Path(folders) / f"{name}-staging")
+                              for data, name in ((source, "source"), (target, "target")))
+        return _run_methods(args, pair, seed, source, target)
+
+
+def as_image_folder(data: ImageSet, root: Path) -> str:
+    """`data` written as an image folder (a folder per class, a PNG per image); its dataset spec."""
+    from PIL import Image
+
+    for name in data.classes:
+        (root / name).mkdir(parents=True, exist_ok=True)
+    for i, (image, label) in enumerate(zip(np.asarray(data.images), data.labels)):
+        Image.fromarray(image).save(root / data.classes[label] / f"{i:05d}.png")
+    return f"imagefolder:{root}"
+
+
+def _run_methods(args, pair: str, seed: int, source: ImageSet, target: ImageSet) -> dict[str, tuple[float, float]]:
+    spec = "imagefolder:" if args.as_folders else pair
+    source_augment = augment.resolve(args.source_augment, {"spec": spec, "shape": source.images.shape})
+    target_augment = augment.resolve(args.target_augment, {"spec": spec, "shape": target.images.shape})
     source_train = split_source(source, seed)[0]
     parts = split_target(target, args.k, args.val, seed)
     labelled, unlabelled = parts.labelled, parts.unlabelled
     both = lambda model: (score(model, parts.val).accuracy, score(model, parts.test).accuracy)  # noqa: E731
-    config = lambda epochs: TrainConfig(epochs=epochs, batch_size=64, lr=0.01, seed=seed)  # noqa: E731
-    # Source augmentation applies where source images are trained on (pretraining, adaptation) and to
-    # the oracle, whose training recipe is the source model's on target labels.
-    source_config = lambda epochs: dataclasses.replace(config(epochs), augment=args.source_augment)  # noqa: E731
+    # Target augmentation applies where the labelled target images are trained on (fine-tuning,
+    # target-only), as in the pipeline; source augmentation where source images are (pretraining,
+    # adaptation) and to the oracle, whose training recipe is the source model's on target labels.
+    config = lambda epochs: TrainConfig(epochs=epochs, batch_size=64, lr=0.01, seed=seed, augment=target_augment)  # noqa: E731
+    source_config = lambda epochs: dataclasses.replace(config(epochs), augment=source_augment)  # noqa: E731
     weights = read_weights(args.pretrained_weights) if args.pretrained_weights else None
     new_model = lambda: Classifier(ModelSpec(args.backbone, source.classes, args.image_size), weights,  # noqa: E731
                                    args.pretrained_weights)
@@ -153,8 +179,14 @@ def main() -> None:
     parser.add_argument("--source-epochs", type=int, default=30)
     parser.add_argument("--finetune-epochs", type=int, default=30)
     parser.add_argument("--adapt-epochs", type=int, default=120)
-    parser.add_argument("--source-augment", default="none", choices=list(AUGMENTATIONS),
-                        help="augmentation of the source images in pretraining and adaptation (and of the oracle's)")
+    parser.add_argument("--source-augment", default="none",
+                        help="augmentation of the source images in pretraining and adaptation (and of the oracle's): "
+                             "a tlpipe.augment name, or auto as the pipeline resolves it")
+    parser.add_argument("--target-augment", default="none",
+                        help="augmentation of the labelled target images in fine-tuning and target-only")
+    parser.add_argument("--as-folders", action="store_true",
+                        help="write both domains as image folders and read them back through imagefolder:, the "
+                             "path (and the `auto` augmentation) of a user's own images")
     parser.add_argument("--jobs", type=int, default=os.cpu_count(), help="units (pair, seed) run side by side")
     parser.add_argument("--out", help="also write the tables, command, machine and date to this markdown file")
     parser.add_argument("--units", help="a JSON-lines file of finished units (pair, seed): each is added as it "
@@ -195,7 +227,8 @@ def main() -> None:
                   f"Settings: k={args.k} labels and {args.val} validation images per class, {args.backbone} "
                   f"({args.pretrained_weights or 'random start'}, {args.image_size} px), adaptation bottleneck "
                   f"{args.bottleneck} and backbone rate x{args.backbone_lr}, epochs source/finetune/adapt "
-                  f"{args.source_epochs}/{args.finetune_epochs}/{args.adapt_epochs}, source augmentation {args.source_augment}, "
+                  f"{args.source_epochs}/{args.finetune_epochs}/{args.adapt_epochs}, source/target augmentation {args.source_augment}/{args.target_augment}"
+                  f"{', domains read as image folders' if args.as_folders else ''}, "
                   f"seeds {args.seeds}  \n"
                   f"Machine: {machine}  \nDate: {time.strftime('%Y-%m-%d', time.gmtime())}  \n"
                   f"Wall time: {seconds:.0f} s with {args.jobs} jobs\n\n")

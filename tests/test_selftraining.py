@@ -101,19 +101,32 @@ def batch_mean_at_first_norm(model, images):
     return seen["x"].mean((0, 2, 3))
 
 
-def test_alignment_normalises_source_and_target_together_and_keeps_those_statistics_for_evaluation():
+def test_alignment_normalises_each_domain_by_its_own_statistics_and_ends_with_the_targets():
     torch.manual_seed(0)
     model = Classifier(ModelSpec("small-cnn", ["a", "b", "c"], 32)).train()
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.momentum = 1.0  # running statistics = the last batch's
     source, target = two_domains()
     joint = domain._Joint(model, DannLoss(model.feature_dim)).train()
-    joint(source, target, 0.5)
-    expected = batch_mean_at_first_norm(model, torch.cat([source, target]))
-    torch.testing.assert_close(first_norm(model).running_mean, expected, rtol=1e-4, atol=1e-4)
-    # Not the target's own statistics (separate passes would have left those): the domains differ here.
-    assert not torch.allclose(first_norm(model).running_mean, batch_mean_at_first_norm(model, target), atol=1e-3)
+    source_logits, _, _ = joint(source, target, 0.5)
+    torch.testing.assert_close(source_logits, model(source))  # the source batch alone, not mixed with the target
+    # After adaptation, the running statistics are the target images' (evaluation normalises target
+    # images as their training batches were), not the mixture of both domains that training passed.
+    target_set = colour_set(seed=2, shift=80)
+    adapted = adaptation.adapt("dann", trained_source(), colour_set(), target_set.without_labels(),
+                               TrainConfig(backbone_lr=1.0, epochs=1, batch_size=16))
+    expected = batch_mean_at_first_norm(adapted, torch.from_numpy(target_set.images))
+    torch.testing.assert_close(first_norm(adapted).running_mean, expected, rtol=1e-4, atol=1e-4)
+    assert not adapted.training
+    mixed = batch_mean_at_first_norm(adapted, torch.from_numpy(np.concatenate([colour_set().images, target_set.images])))
+    assert not torch.allclose(first_norm(adapted).running_mean, mixed, atol=1e-2)
+
+
+def test_target_statistics_change_batch_norm_and_nothing_else():
+    model = trained_source().train()
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    domain.target_statistics(model, colour_set(seed=2, shift=80).images)
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, weights[k])}
+    assert changed and all("running" in k or "num_batches" in k for k in changed), changed
+    assert model.training and first_norm(model).momentum == 0.1  # modes and momentum as they were
 
 
 def test_extra_passes_leave_the_running_statistics_alone():

@@ -63,6 +63,7 @@ def target_loss(source_weak_logits: torch.Tensor, target_weak_logits: torch.Tens
 
 class AdaMatch(Objective):
     strong_source = True
+    joint_statistics = True
 
     def forward(self, source_views, labels, target_weak, target_strong, progress):
         source = torch.cat(source_views)  # weak, then strong

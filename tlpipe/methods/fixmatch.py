@@ -33,8 +33,9 @@ def consistency(weak_logits: torch.Tensor, strong_logits: torch.Tensor,
 class FixMatch(Objective):
     def forward(self, source_views, labels, target_weak, target_strong, progress):
         (source,) = source_views
-        logits = self.model(torch.cat([source, target_weak, target_strong]))
-        source_logits, weak_logits, strong_logits = logits.split([len(source), len(target_weak), len(target_strong)])
+        # A pass per domain, as in alignment (tlpipe.methods.domain): each normalised by its own statistics.
+        source_logits = self.model(source)
+        weak_logits, strong_logits = self.model(torch.cat([target_weak, target_strong])).chunk(2)
         supervised = F.cross_entropy(source_logits, labels)
         unlabelled, mask = consistency(weak_logits, strong_logits)
         return supervised + UNLABELLED_WEIGHT * unlabelled, {

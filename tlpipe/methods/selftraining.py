@@ -4,10 +4,11 @@ Each step reads labelled source images (with the source augmentation, and for Ad
 too) and unlabelled target images in two views, weak (`crop`) and strong (`strong`, tlpipe.augment).
 The model labels each weak target view; where it is confident, the strong view of that image is trained
 towards the label, so the model learns to classify the target the way it already does where it is
-sure, and to do so under heavy distortion. The views of both domains go through the network in one
-pass: batch norm normalises them by the joint batch's statistics, and evaluation uses running
-statistics of those same batches. The methods differ in their `Objective`, the module around the model
-that turns the pass's logits into the loss.
+sure, and to do so under heavy distortion. The methods differ in their `Objective`, the module around
+the model that turns its logits into the loss. Batch norm: FixMatch passes each domain on its own and
+ends with the target's statistics (tlpipe.methods.domain.target_statistics), as alignment does;
+AdaMatch passes both domains together and keeps those joint statistics, which its random logit
+interpolation trains the classifier to hold under.
 
 When the target has a few labelled images, AdaMatch trains on them as on source images
 (semi-supervised adaptation); the loop reads them as a third stream.
@@ -20,7 +21,7 @@ from torch import nn
 
 from tlpipe.data import ImageSet
 from tlpipe.data.loader import Batches
-from tlpipe.methods.domain import starting_model
+from tlpipe.methods.domain import starting_model, target_statistics
 from tlpipe.models import Classifier
 from tlpipe.train import LogFn, TrainConfig, fit, prepare, sgd, transfer_groups
 
@@ -33,6 +34,7 @@ class Objective(nn.Module):
     one forward). `strong_source`: whether it also reads a strong view of the source images."""
 
     strong_source = False
+    joint_statistics = False  # True: keep the running statistics of training, not the target's
 
     def __init__(self, model: Classifier):
         super().__init__()
@@ -91,4 +93,4 @@ def self_train(
                        + (labelled_batches.batch_size * len(views) if labelled_batches is not None else 0))
     fit(step, optimizer, config.epochs, steps_per_epoch, log, config.checkpoint_dir, config.checkpoint_every,
         state=state, images_per_step=images_per_step, checkpoint_minutes=config.checkpoint_minutes)
-    return model.eval()
+    return (model if objective.joint_statistics else target_statistics(model, target.images)).eval()

@@ -27,6 +27,7 @@ from tlpipe.data import ImageSet
 from tlpipe.data.loader import Batches
 from tlpipe.distributed import device
 from tlpipe.errors import TlpipeError
+from tlpipe.methods.domain import target_statistics
 from tlpipe.models import Classifier
 from tlpipe.scoring import scoring_batches
 from tlpipe.train import LogFn, TrainConfig, fit, prepare, seed_everything, sgd, transfer_groups
@@ -125,4 +126,4 @@ def adapt(source_model: Classifier, source: ImageSet | None, target: ImageSet, c
         checkpoint_minutes=config.checkpoint_minutes)
     for p in model.head.parameters():
         p.requires_grad_(True)
-    return model.eval()
+    return target_statistics(model, target.images).eval()
