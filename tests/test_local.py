@@ -72,15 +72,21 @@ def test_a_resume_on_data_that_changed_since_the_run_started_is_refused(tlpipe_h
 def test_checkpoints_nobody_resumed_for_a_week_are_removed_and_recent_ones_kept(tmp_path):
     from tlpipe import resume
 
-    old, recent = tmp_path / "run-old" / "pretrain", tmp_path / "run-recent" / "pretrain"
-    for folder in (old, recent):
+    home, users = tmp_path / "checkpoints", tmp_path / "my-checkpoints"  # the default place, a checkpoint_root given
+    old = home / "transfer-20261101-101010-a1b2c3" / "pretrain"
+    recent = home / "transfer-20261201-101010-d4e5f6" / "pretrain"
+    old_there = users / "retrain-20261101-101010-0a0b0c" / "adapt"
+    not_a_run = users / "photos" / "class_a"  # the user's own folder, as old
+    for folder in (old, recent, old_there, not_a_run):
         folder.mkdir(parents=True)
         (folder / "checkpoint.pt").write_bytes(b"x")
     week_ago = time.time() - 8 * 86400
-    for path in (old / "checkpoint.pt", old, old.parent):
-        os.utime(path, (week_ago, week_ago))
-    assert resume.expire_checkpoints(tmp_path) == ["run-old"]
-    assert not old.parent.exists() and (recent / "checkpoint.pt").exists()
+    for folder in (old, old_there, not_a_run):
+        for path in (folder / "checkpoint.pt", folder, folder.parent):
+            os.utime(path, (week_ago, week_ago))
+    assert resume.expire_checkpoints(home, users) == ["transfer-20261101-101010-a1b2c3", "retrain-20261101-101010-0a0b0c"]
+    assert not old.parent.exists() and not old_there.parent.exists()
+    assert (recent / "checkpoint.pt").exists() and (not_a_run / "checkpoint.pt").exists()
 
 
 def test_resume_takes_the_runs_own_parameters(capsys):

@@ -165,16 +165,18 @@ def _discard_scratch(run_id: str) -> None:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _close_abandoned() -> None:
+def _close_abandoned(checkpoint_root: str = "") -> None:
     """Closes the runs of `tlpipe run`s of this machine that were killed outright, and removes the
-    checkpoints that no resume took up in time."""
+    checkpoints that no resume took up in time (the default place's, and `checkpoint_root`'s when it is
+    a local folder)."""
     from tlpipe import tracking
 
     for abandoned in tracking.close_abandoned_runs():
         _discard_scratch(abandoned)
         print(f"run {abandoned} was left RUNNING by a tlpipe run that is gone; marked KILLED "
               f"(`tlpipe run --resume {abandoned}` goes on from where it stopped)")
-    for expired in resume.expire_checkpoints(settings.checkpoint_root()):
+    given = [Path(checkpoint_root)] if checkpoint_root and "://" not in checkpoint_root else []
+    for expired in resume.expire_checkpoints(settings.checkpoint_root(), *given):
         print(f"run {expired}'s checkpoints removed: not resumed within {resume.KEEP_DAYS} days")
 
 
@@ -192,7 +194,7 @@ def run(name: str, given: dict[str, str], verbose: bool = False, resumed: str = 
     # Steps run as child processes: give them absolute locations that do not depend on their cwd.
     os.environ["TLPIPE_HOME"] = str(settings.home())
     preflight.preflight(arguments, defaults)
-    _close_abandoned()
+    _close_abandoned(values.get("checkpoint_root", ""))
     if resumed:
         from tlpipe import tracking
         from tlpipe.data.spec import data_versions

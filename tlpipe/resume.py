@@ -61,12 +61,16 @@ def check_data_unchanged(run_id: str, now: str) -> None:
                           f"{now}); start a new run on the data as it is.")
 
 
-def expire_checkpoints(checkpoint_root: Path, days: float = KEEP_DAYS) -> list[str]:
-    """Removes the checkpoints of runs not touched for `days` (interrupted and never resumed); their names."""
-    if not checkpoint_root.is_dir():
-        return []
+LOCAL_RUN_ID = re.compile(r"[\w-]+-\d{8}-\d{6}-[0-9a-f]{6}")  # how tlpipe.local names a run
+
+
+def expire_checkpoints(*checkpoint_roots: Path, days: float = KEEP_DAYS) -> list[str]:
+    """Removes the checkpoints of local runs not touched for `days` (interrupted and never resumed) under
+    each root; their names. Only folders named as local runs are: a root may be a folder of the user's."""
     cutoff, expired = time.time() - days * 86400, []
-    for run in sorted(p for p in checkpoint_root.iterdir() if p.is_dir()):
+    runs = [p for root in checkpoint_roots if root.is_dir() for p in root.iterdir()
+            if p.is_dir() and LOCAL_RUN_ID.fullmatch(p.name)]
+    for run in sorted(runs):
         if max((p.stat().st_mtime for p in [run, *run.rglob("*")]), default=0) < cutoff:
             shutil.rmtree(run, ignore_errors=True)
             expired.append(run.name)
