@@ -12,6 +12,7 @@ gets HTTP 401.
 
 import json
 import os
+import random
 import secrets
 import signal
 import socket
@@ -33,10 +34,35 @@ def directory() -> Path:
     return settings.home() / "stack"
 
 
-def _free_port() -> int:
+def _port_is_free(port: int) -> bool:
+    """Whether a server could listen on the port now. SO_REUSEADDR as the servers set it: a port whose
+    last connections linger in TIME_WAIT after a stop is free to them, only a listener takes it."""
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+def _free_ports(names: list[str], avoid: frozenset[int] = frozenset()) -> dict[str, int]:
+    """Distinct free loopback ports outside the kernel's ephemeral range. A port from that range (what
+    bind(0) and outgoing connections get) can be handed to another program, another test's server
+    included, between choosing it here and the server binding it; one outside it goes only to a server
+    told to take it."""
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999  # Linux's default; macOS's range (49152-65535) lies above it
+    pool = range(10000, low) if low > 12000 else range(high + 1, 65536)
+    chosen: dict[str, int] = {}
+    pick = random.SystemRandom()
+    while len(chosen) < len(names):
+        port = pick.choice(pool)
+        if port not in chosen.values() and port not in avoid and _port_is_free(port):
+            chosen[names[len(chosen)]] = port
+    return chosen
 
 
 def config() -> dict:
@@ -44,7 +70,7 @@ def config() -> dict:
     path = directory() / "stack.json"
     cfg = json.loads(path.read_text()) if path.exists() else {}
     fresh = {
-        "ports": lambda: {name: _free_port() for name in SEAWEED_PORTS + ["mlflow"]},
+        "ports": lambda: _free_ports(SEAWEED_PORTS + ["mlflow"]),
         "access_key": lambda: "tlpipe",
         "secret_key": lambda: secrets.token_urlsafe(24),
         "mlflow_user": lambda: "tlpipe",
@@ -95,7 +121,9 @@ def _start(name: str, command: list[str], env: dict[str, str]) -> None:
     (directory() / f"{name}.pid").write_text(str(process.pid))
 
 
-def _wait(name: str, url: str, seconds: float) -> None:
+def _wait(name: str, url: str, seconds: float, any_answer: bool) -> None:
+    """Waits for the server to answer at `url`: with any HTTP status when `any_answer` (S3 refuses an
+    anonymous request), else with 200 only, so that another program on the port is not taken for it."""
     deadline = time.time() + seconds
     while time.time() < deadline:
         if _pid(name) is None:
@@ -104,7 +132,9 @@ def _wait(name: str, url: str, seconds: float) -> None:
             urllib.request.urlopen(url, timeout=2)
             return
         except urllib.error.HTTPError:
-            return  # it answers, which is all we wait for
+            if any_answer:
+                return
+            time.sleep(0.3)
         except OSError:
             time.sleep(0.3)
     raise TlpipeError(f"the {name} server did not answer at {url} within {seconds:.0f} s; see {directory() / (name + '.log')}.")
@@ -122,8 +152,20 @@ def _create_bucket(env: dict[str, str]) -> None:
         s3.create_bucket(Bucket=BUCKET)
 
 
+def _take_free_ports(cfg: dict) -> None:
+    """Moves each server that is not running off any of its ports that another program took since the
+    stack chose them (the stack's clients read the new ones from `stack env`)."""
+    servers = {"s3": SEAWEED_PORTS, "mlflow": ["mlflow"]}
+    taken = [port for server, names in servers.items() if _pid(server) is None
+             for port in names if not _port_is_free(cfg["ports"][port])]
+    if taken:
+        cfg["ports"].update(_free_ports(taken, avoid=frozenset(cfg["ports"].values())))
+        (directory() / "stack.json").write_text(json.dumps(cfg, indent=2))
+
+
 def up() -> dict[str, str]:
     cfg = config()
+    _take_free_ports(cfg)
     env = environment(cfg)
     ports = cfg["ports"]
     data = directory() / "s3-data"
@@ -141,10 +183,10 @@ def up() -> dict[str, str]:
         # Volumes as many as fit the free disk (-volume.max=0) at 1 GB each: at weed's default 30 GB a disk
         # with less than 60 GB free has no volume to grow a bucket into, and every PUT fails.
         _start("s3", [str(weed), "server", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-volume.max=0",
-                      "-master.volumeSizeLimitMB=1024",
+                      "-master.volumeSizeLimitMB=1024", "-master.telemetry=false",
                       "-s3", f"-s3.port={ports['s3']}", f"-s3.config={s3_config}", "-s3.port.iceberg=0",
                       "-s3.port.lance=0", *flags], {})
-    _wait("s3", env["AWS_ENDPOINT_URL_S3"], 60)
+    _wait("s3", env["AWS_ENDPOINT_URL_S3"], 60, any_answer=True)
     _create_bucket(env)
     if _pid("mlflow") is None:
         auth = directory() / "mlflow-auth.ini"
@@ -156,7 +198,7 @@ def up() -> dict[str, str]:
                           "--port", str(ports["mlflow"]), "--workers", "1",
                           "--backend-store-uri", f"sqlite:///{directory() / 'mlflow.db'}",
                           "--artifacts-destination", f"s3://{BUCKET}/mlartifacts"], server_env)
-    _wait("mlflow", env["MLFLOW_TRACKING_URI"] + "/health", 120)
+    _wait("mlflow", env["MLFLOW_TRACKING_URI"] + "/health", 120, any_answer=False)
     (directory() / "stack.env").write_text("".join(f"export {k}={v}\n" for k, v in env.items()))
     (directory() / "stack.env").chmod(0o600)  # it holds the stack's credentials
     return env
