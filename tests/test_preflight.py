@@ -115,3 +115,83 @@ def test_a_training_config_that_would_train_nothing_is_refused():
     for bad in ({"epochs": 0}, {"batch_size": 0}, {"epochs": -3}):
         with pytest.raises(TlpipeError, match="training needs epochs and batch_size of 1 or more"):
             TrainConfig(**bad)
+
+
+def test_every_data_problem_is_found_at_once_from_the_listings_before_anything_runs(tmp_path, tlpipe_home, transfer):
+    """Classes that differ, a target class too small for k=10, an empty class: one refusal naming each,
+    with advice that holds for all of them (not "lower k" where no k would do)."""
+    source = write_image_folder(tmp_path / "source", classes=("a", "b", "c", "e"), per_class=3)
+    target = write_image_folder(tmp_path / "target", classes=("a", "b", "d"), per_class=25, seed=1)
+    for extra in (target / "a").glob("*.png"):
+        if int(extra.stem) >= 4:
+            extra.unlink()
+    (source / "e").joinpath("0.png").unlink()
+    for name in ("1.png", "2.png"):
+        (source / "e" / name).unlink()
+    arguments = preflight.pipeline_arguments(transfer, {"source": f"imagefolder:{source}", "target": f"imagefolder:{target}"})
+    with pytest.raises(TlpipeError) as refused:
+        preflight.preflight(arguments, defaults_of(transfer))
+    message = str(refused.value)
+    assert message.startswith("3 problems, found before anything ran:")
+    assert "source classes 'e' have no images" in message
+    assert "only in source ['c', 'e'], only in target ['d']" in message
+    assert ("target class 'a' has 4 image(s); target_labels_per_class=10 needs at least 11 (10 labelled and one held "
+            "out for testing): add images (with target_labels_per_class=10, about 19 per class hold for 95% of seeds).") in message
+    assert "lower target_labels_per_class" not in message  # 4 images hold no k for 95% of seeds
+
+
+def test_a_class_that_splits_only_for_some_seeds_is_warned_of_and_the_advice_works(tmp_path, tlpipe_home, transfer, capsys):
+    source = write_image_folder(tmp_path / "source", per_class=30)
+    target = write_image_folder(tmp_path / "target", per_class=15, seed=1)
+    arguments = preflight.pipeline_arguments(transfer, {"source": f"imagefolder:{source}", "target": f"imagefolder:{target}"})
+    preflight.preflight(arguments, defaults_of(transfer))
+    err = capsys.readouterr().err
+    assert err.count("tlpipe: warning: target class") == 3
+    advice = "or lower target_labels_per_class to 7 or less"
+    assert advice in err
+    lowered = preflight.pipeline_arguments(transfer, {**{k: str(v) for k, v in arguments.items()}, "target_labels_per_class": "7"})
+    preflight.preflight(lowered, defaults_of(transfer))
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_the_census_odds_are_the_splits_own(tmp_path):
+    """How often a class of n images splits into k labelled and held-out ones, from the listing alone,
+    agrees with what split_target does over many seeds."""
+    import numpy as np
+
+    from tlpipe.data import ImageSet, census, split_target
+
+    n, k, seeds = 14, 10, 400
+    labels = np.r_[np.zeros(n, np.int64), np.ones(60, np.int64)]  # class 1 keeps the unlabelled split non-empty
+    images = np.random.default_rng(0).integers(0, 255, (len(labels), 8, 8, 3), dtype=np.uint8)
+    data = ImageSet(images, labels, ["small", "large"])
+    held = 0
+    for seed in range(seeds):
+        try:
+            split_target(data, k, 0, seed)
+            held += 1
+        except TlpipeError:
+            pass
+    expected = census.split_holds(n, k)
+    assert abs(held / seeds - expected) < 3 * (expected * (1 - expected) / seeds) ** 0.5 + 0.01, (held / seeds, expected)
+    assert census.images_needed(10) == 19 and census.most_labels(19) == 10
+
+
+def test_a_champion_of_other_classes_is_refused_before_training(tmp_path, tlpipe_home, transfer):
+    import mlflow
+
+    from tlpipe import registry, tracking
+    from tlpipe.models import Classifier, ModelSpec, save_model
+
+    save_model(tmp_path / "earlier", Classifier(ModelSpec("small-cnn", ["cat", "dog"], 16)))
+    client = tracking.configure()
+    with mlflow.start_run(experiment_id=tracking.experiment_id(client, "earlier")):
+        registry.log_and_register(tmp_path / "earlier", "shared", {tracking.PIPELINE_RUN_TAG: "run-earlier"})
+    client.set_registered_model_alias("shared", "champion", "1")
+    source = write_image_folder(tmp_path / "source", per_class=30)
+    target = write_image_folder(tmp_path / "target", per_class=30, seed=1)
+    given = {"source": f"imagefolder:{source}", "target": f"imagefolder:{target}", "model_name": "shared"}
+    with pytest.raises(TlpipeError, match=r"the champion of 'shared' \(version 1\) predicts classes \['cat', 'dog'\], the "
+                                          r"source data has \['a', 'b', 'c'\]; give another model_name"):
+        preflight.preflight(preflight.pipeline_arguments(transfer, given), defaults_of(transfer))
+    preflight.preflight(preflight.pipeline_arguments(transfer, {**given, "model_name": "fresh"}), defaults_of(transfer))

@@ -4,11 +4,12 @@ types, their values checked, and what is cheap to check now and expensive after 
 
 import difflib
 import json
+import sys
 from pathlib import Path
 
 from tlpipe import augment, selection, storage, tracking
 from tlpipe.cluster import check_cluster_checkpoint_root
-from tlpipe.data import check_spec
+from tlpipe.data import census, check_spec
 from tlpipe.data.spec import BUILTIN, spec_location
 from tlpipe.errors import TlpipeError
 from tlpipe.methods import adapt as adaptation
@@ -16,6 +17,7 @@ from tlpipe.methods.finetune import parse_strategy
 from tlpipe.models.backbones import build_backbone, check_backbone
 from tlpipe.models.weights import hub_file, is_hub_name
 from tlpipe.registry import Gate
+from tlpipe.registry.champion import champion_classes
 
 
 def _json_list(value: str) -> list:
@@ -84,9 +86,19 @@ def preflight(arguments: dict, defaults: dict, on_cluster: bool = False) -> list
     tracking server, which the pods see and this machine may not, are not. Returns what was not checked.
     """
     values = {**defaults, **arguments}
-    check_parameters(values)
+    problems: list[str] = []
+
+    def checked(check, *args):
+        """Runs one check, noting its refusal in `problems` so that every problem is found in one go."""
+        try:
+            return check(*args)
+        except TlpipeError as error:
+            problems.append(str(error))
+            return None
+
+    checked(check_parameters, values)
     if on_cluster and "checkpoint_root" in values:
-        check_cluster_checkpoint_root(values["checkpoint_root"])
+        checked(check_cluster_checkpoint_root, values["checkpoint_root"])
     skipped = []
     s3 = not on_cluster or storage.has_credentials()
 
@@ -101,29 +113,82 @@ def preflight(arguments: dict, defaults: dict, on_cluster: bool = False) -> list
         skipped.append(f"{name} {location} (a path the pods read)")
         return False
 
+    counts = {}
     for key in ("source", "target"):
         if key in values:
-            location = spec_location(values[key])
-            check_spec(values[key], read=not location or reachable(key, location))
+            location = checked(spec_location, values[key])
+            if location is not None:
+                counts[key] = checked(check_spec, values[key], not location or reachable(key, location))
+    refused, warnings = _census_problems(counts, values)
+    problems += refused
     weights = values.get("pretrained_weights")
     if weights and is_hub_name(weights):
         if on_cluster:
             skipped.append(f"pretrained_weights {weights} (the pods download it, or find it in their cache)")
         else:
-            hub_file(weights)  # downloaded into its cache now (or found there), or one sentence on why not
+            checked(hub_file, weights)  # downloaded into its cache now (or found there), or one sentence on why not
     elif weights and reachable("pretrained_weights", weights):
         if storage.is_s3(weights):
-            storage.check_bucket(weights)
+            checked(storage.check_bucket, weights)
         elif not Path(weights).is_file():
-            raise TlpipeError(f"pretrained weights file {weights} does not exist.")
+            problems.append(f"pretrained weights file {weights} does not exist.")
     for key in ("publish_to", "checkpoint_root"):
         if storage.is_s3(values.get(key, "")) and reachable(key, values[key]):
-            storage.check_bucket(values[key])
+            checked(storage.check_bucket, values[key])
     if on_cluster:
         skipped.append("the MLflow tracking server (the pods reach it through the cluster's Secret)")
     else:
-        tracking.check_reachable()
+        try:
+            tracking.check_reachable()
+        except TlpipeError as error:
+            problems.append(str(error))
+        else:
+            checked(_check_champion, values, counts.get("source"))
+    problems = list(dict.fromkeys(problems))  # an unreachable bucket read by both domains is one problem
+    if problems:
+        raise TlpipeError(problems[0] if len(problems) == 1 else
+                          f"{len(problems)} problems, found before anything ran:\n  - " + "\n  - ".join(problems))
+    for warning in warnings:
+        print(f"tlpipe: warning: {warning}", file=sys.stderr, flush=True)
     return skipped
+
+
+def _census_problems(counts: dict[str, dict[str, int] | None], values: dict) -> tuple[list[str], list[str]]:
+    """The image folders' classes and per-class counts (from their listings) against what ingest needs:
+    the same classes in both domains, images in every class, target classes that the split by content can
+    cut into k labelled and held-out images. The refusals and the warnings, one sentence each."""
+    source, target = counts.get("source"), counts.get("target")
+    refused = []
+    for name, domain in (("source", source), ("target", target)):
+        empty = [c for c, n in (domain or {}).items() if n == 0]
+        if empty:
+            refused.append(f"{name} classes {', '.join(map(repr, empty))} have no images; add PNG or JPEG files or "
+                           "remove their folders.")
+    if source and target and list(source) != list(target):
+        only_source, only_target = sorted(set(source) - set(target)), sorted(set(target) - set(source))
+        refused.append(f"source and target classes differ: only in source {only_source}, only in target {only_target}; "
+                       "both domains need the same class folders.")
+    warnings = []
+    labelled = values.get("target_labels_per_class")
+    if target and isinstance(labelled, int) and labelled >= 0:
+        sized = {c: n for c, n in target.items() if n > 0}
+        too_small, uncertain = census.target_problems(sized, labelled)
+        refused += too_small
+        warnings += uncertain
+    return refused, warnings
+
+
+def _check_champion(values: dict, source: dict[str, int] | None) -> None:
+    """A champion registered under model_name that predicts other classes than the source data's: the
+    run would train, then fail to register (or to start retraining from it)."""
+    if not values.get("model_name") or not source:
+        return
+    found = champion_classes(values["model_name"])
+    if found and found[1] != list(source):
+        version, classes = found
+        raise TlpipeError(f"the champion of '{values['model_name']}' (version {version}) predicts classes {classes}, the "
+                          f"source data has {list(source)}; give another model_name (e.g. -p model_name=<new name>) or "
+                          "the champion's classes.")
 
 
 # The least value each number may take: a count of epochs or a batch of 0 trains nothing (or divides by

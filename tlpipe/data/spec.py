@@ -15,7 +15,7 @@ from pathlib import Path
 
 import tlpipe
 from tlpipe import storage
-from tlpipe.data import builtin, imagefolder, torchvision_datasets
+from tlpipe.data import builtin, census, imagefolder, torchvision_datasets
 from tlpipe.data.dataset import ImageSet
 from tlpipe.errors import TlpipeError
 
@@ -41,25 +41,28 @@ def spec_location(spec: str) -> str:
     return location.split(":", 1)[1] if kind == "torchvision" else location
 
 
-def check_spec(spec: str, read: bool = True) -> None:
+def check_spec(spec: str, read: bool = True) -> dict[str, int] | None:
     """Cheap checks that can run before a pipeline starts (the full validation runs at ingest); with
-    read=False only the spec's form, not its data."""
+    read=False only the spec's form, not its data. Returns an image folder's images per class, from its
+    listing (tlpipe.data.census); None for the other kinds or when not read."""
     kind, location = _parse(spec)
     if not read:
         if kind == "torchvision":
             torchvision_datasets.dataset_class(location.split(":", 1)[0])
-        return
-    if kind == "imagefolder" and storage.is_s3(location):
-        storage.check_bucket(location)
-        if not storage.list_keys(location):
+        return None
+    if kind == "imagefolder":
+        if storage.is_s3(location):
+            storage.check_bucket(location)
+        counts = census.image_counts(location)  # a local folder that is missing or has no sub-folders raises
+        if not counts:
             raise TlpipeError(f"image folder {location} is empty or does not exist; give a prefix with one sub-folder per class.")
-    elif kind == "imagefolder":
-        imagefolder.class_folders(Path(location))
-    elif kind == "torchvision":
+        return counts
+    if kind == "torchvision":
         name, root = location.split(":", 1)
         torchvision_datasets.dataset_class(name)
         if not Path(root).is_dir():
             raise TlpipeError(f"torchvision dataset root {root} does not exist; put the dataset's files there first.")
+    return None
 
 
 def data_version(spec: str) -> str:
