@@ -266,7 +266,8 @@ def test_each_model_is_logged_in_the_run_that_trained_it_and_registered_from_the
     loaded = mlflow.pyfunc.load_model("models:/tests-model@champion")
     assert loaded.metadata.saved_input_example_info is not None
     predicted = loaded.predict(np.random.default_rng(0).integers(0, 256, (3, 40, 48, 3), dtype=np.uint8))
-    assert predicted.shape == (3,) and set(predicted.tolist()) <= set(range(10))
+    assert len(predicted) == 3 and set(predicted["class_id"]) <= set(range(10))
+    assert ((predicted["confidence"] > 0) & (predicted["confidence"] <= 1)).all()
 
 
 def test_runs_list_the_splits_they_read_with_the_hashes_ingest_wrote(chain):

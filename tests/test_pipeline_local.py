@@ -100,24 +100,28 @@ def test_champion_reproduces_the_reported_accuracy(first_run, home, registry):
     test, _ = load_dataset(test_dir)
     images = np.asarray(test.images)  # what a user hands the registered model: decoded pixels
     predicted = model.predict(images)
-    assert predicted.shape == (len(test),)
-    assert (predicted == test.labels).mean() == pytest.approx(reported, abs=1e-12)
+    assert list(predicted.columns) == ["class_id", "class", "confidence"] and len(predicted) == len(test)
+    assert (predicted["class_id"].to_numpy() == test.labels).mean() == pytest.approx(reported, abs=1e-12)
+    assert (predicted["class"] == [test.classes[i] for i in predicted["class_id"]]).all()
     big = np.repeat(np.repeat(images[:4], 2, axis=1), 3, axis=2)  # any H and W: 64 x 96
-    assert model.predict(big).shape == (4,)
+    assert len(model.predict(big)) == 4
 
 
 def test_a_refusal_inside_the_dag_is_one_sentence_and_leaves_the_registry_alone(first_run, home, registry, tmp_path):
-    """Ingest refuses domains of different classes: the run stops there with one sentence and exit 2, no
-    traceback, and the registry as it was. (Every other refusal is a unit test: tests/test_preflight.py.)"""
+    """A corrupt image, which only ingest sees (preflight reads listings, not pixels): the run stops there
+    with one sentence and exit 2, no traceback, and the registry as it was. The folders have the
+    champion's classes, so preflight lets the run start. (Every other refusal is a unit test:
+    tests/test_preflight.py.)"""
     before = versions(registry)
     champion = str(registry.get_model_version_by_alias("tlpipe", "champion").version)
-    source = write_image_folder(tmp_path / "source", per_class=10)
-    target = write_image_folder(tmp_path / "target", per_class=10, seed=1)
-    (target / "c").rename(target / "d")
+    digits = [str(i) for i in range(10)]
+    source = write_image_folder(tmp_path / "source", classes=digits, per_class=12)
+    target = write_image_folder(tmp_path / "target", classes=digits, per_class=12, seed=1)
+    (target / "3" / "0.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     result = tlpipe_run(home, *TINY, f"source=imagefolder:{source}", f"target=imagefolder:{target}", "image_size=16")
     assert result.returncode == 2
     errors = [line for line in result.stderr.splitlines() if line.startswith("tlpipe: error:")]
-    expected = "source and target classes differ: only in source ['c'], only in target ['d']"
+    expected = "target/3/0.png: it is corrupt or truncated"
     assert len(errors) == 1 and expected in errors[0], result.stderr[-2000:]
     assert "Traceback" not in result.stderr
     assert versions(registry) == before

@@ -150,7 +150,7 @@ def test_a_photo_folder_on_s3_runs_through_the_pipeline_tracked_on_the_server_wi
     mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
     mlflow.set_registry_uri(env["MLFLOW_TRACKING_URI"])
     model = mlflow.pyfunc.load_model("models:/photos-s3@champion")
-    assert model.predict(np.zeros((3, 20, 20, 3), dtype=np.uint8)).shape == (3,)
+    assert len(model.predict(np.zeros((3, 20, 20, 3), dtype=np.uint8))) == 3
 
     # The S3 secret reaches no MLflow parameter, tag, registry tag or log.
     secret = env["AWS_SECRET_ACCESS_KEY"]

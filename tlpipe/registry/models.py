@@ -8,13 +8,15 @@ from pathlib import Path
 import mlflow
 import numpy as np
 from mlflow.models.signature import ModelSignature
-from mlflow.types.schema import Schema, TensorSpec
+from mlflow.types.schema import ColSpec, Schema
 
 import tlpipe
 
+# Outputs only: the model checks its input itself (tlpipe.serving.as_images), in one sentence, and takes a
+# single image or the integers of a JSON request, which an input schema would refuse or cast first.
 SIGNATURE = ModelSignature(
-    inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1, 3))]),
-    outputs=Schema([TensorSpec(np.dtype(np.int64), (-1,))]),
+    inputs=None,
+    outputs=Schema([ColSpec("long", "class_id"), ColSpec("string", "class"), ColSpec("double", "confidence")]),
 )
 
 
@@ -29,7 +31,8 @@ LOGGED_MODEL_FILE = "mlflow_model.json"  # beside a model artifact: the LoggedMo
 
 def log_model(model_dir: str | Path, input_example: np.ndarray | None = None, name: str = "model"):
     """Logs `model_dir` as a pyfunc LoggedModel of the active run: models from code (serving.py),
-    safetensors weights, the tlpipe package as code; uint8 images of any size in, class ids out."""
+    safetensors weights, the tlpipe package as code; images of any size in, class ids, names and
+    confidences out (tlpipe.serving)."""
     package = Path(tlpipe.__file__).resolve().parent
     return mlflow.pyfunc.log_model(
         name=name,
