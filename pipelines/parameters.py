@@ -73,6 +73,8 @@ PARAMETERS = {p.name: p for p in [
               "the target test split gives p below this (above 0, at most 1)."),
     Parameter("gate_margin", float, 0.0, "The champion gate: promote only with a test accuracy gain of at least "
               "this many points."),
+    Parameter("min_accuracy", float, 0.0, "The quality floor: no version whose target test accuracy is below this "
+              "(0 to 1) becomes the champion, the first one included; 0: off. The table prints chance to set it by."),
     Parameter("model_name", str, "tlpipe", "The registered model's name in the MLflow model registry."),
     Parameter("experiment", str, "tlpipe", "The MLflow experiment the runs go to."),
     Parameter("publish_to", str, "", "Also copy the dataset splits and the registered model to "
@@ -92,7 +94,7 @@ PARAMETERS = {p.name: p for p in [
 TRANSFER = ["source", "target", "target_labels_per_class", "target_val_per_class", "seed", "image_size", "backbone",
             "pretrained_weights", "strategy", "finetune_backbone_lr", "adapt_method", "adapt_bottleneck", "adapt_backbone_lr", "sdat_rho",
             "source_augment", "target_augment", "source_epochs", "finetune_epochs", "adapt_epochs", "batch_size", "lr",
-            "select_by", "gate_alpha", "gate_margin", "model_name", "experiment", "publish_to", "checkpoint_root",
+            "select_by", "gate_alpha", "gate_margin", "min_accuracy", "model_name", "experiment", "publish_to", "checkpoint_root",
             "checkpoint_every", "nproc", "unseen_classes", "attributes"]
 RETRAIN = TRANSFER
 LAYER_SWEEP = ["source", "target", "target_labels_per_class", "target_val_per_class", "seed", "image_size", "backbone",

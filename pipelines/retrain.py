@@ -64,6 +64,7 @@ def build(cluster: Cluster | None = None):
                 evaluation_report=scores.outputs["report"],
                 target_test=data.outputs["target_test"], model_name=p.model_name, experiment=p.experiment,
                 publish_to=p.publish_to, gate_alpha=p.gate_alpha, gate_margin=p.gate_margin,
+                min_accuracy=p.min_accuracy,
             )
 
     pipeline = parameters.signature("retrain", parameters.RETRAIN, steps, checkpoint_root=on.checkpoint_root, adapt_epochs=60)

@@ -374,3 +374,25 @@ def test_the_lease_is_renewed_through_failed_reads(tlpipe_home, monkeypatch):
         assert held.tags["owner"] == lease.owner
         assert float(held.tags["lease_until"]) > time.time()  # renewed after the failures
     assert not client.search_registered_models("name = 'flaky.gate-lock'")
+
+
+def test_min_accuracy_keeps_a_first_champion_below_it_out_and_says_so(models):
+    """The quality floor: an untrained first version is registered as the challenger, with the verdict
+    recorded like the gate's, and no champion; a version above the floor then becomes the champion."""
+    root, accuracy, test = models
+    client = tracking.configure()
+    mlflow.set_experiment(experiment_id=tracking.experiment_id(client, "gate"))
+    floor = registry.Gate(min_accuracy=0.9)
+    with mlflow.start_run():
+        weak = registry.register(client, root / "weak", "floored", test, {tracking.PIPELINE_RUN_TAG: "run-1"}, floor)
+    assert not weak.promoted and weak.alias == "challenger" and weak.champion_version == ""
+    assert weak.verdict == (f"not promoted: {accuracy['weak']:.2%} on the test split is below min_accuracy 90.00% "
+                            "(chance 33.33%)")
+    assert registry.champion_version(client, "floored") is None
+    tags = client.get_model_version("floored", weak.version).tags
+    assert tags["tlpipe.gate.verdict"] == weak.verdict and tags["tlpipe.gate.chance_accuracy"] == "0.333333"
+    with mlflow.start_run():
+        strong = registry.register(client, root / "strong", "floored", test, {tracking.PIPELINE_RUN_TAG: "run-2"}, floor)
+    assert strong.promoted and strong.verdict == "promoted: the first champion" and accuracy["strong"] >= 0.9
+    with pytest.raises(TlpipeError, match="min_accuracy is a test accuracy from 0 to 1"):
+        registry.Gate(min_accuracy=90)

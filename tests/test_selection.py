@@ -88,3 +88,32 @@ def test_select_by_is_checked():
     with pytest.raises(TlpipeError, match="select_by=target-val needs target validation images"):
         selection.resolve("target-val", 0)
     assert selection.resolve("auto", 0) == "im" and selection.resolve("auto", 5) == "target-val"
+
+
+def test_the_table_says_what_chance_is_and_warns_when_no_model_learned_the_task(blind_models, tmp_path):
+    """What a 3-class folder whose models all answered "triangle" gave: every model at chance, tied, and the
+    first one promoted with no word of it."""
+    from tlpipe.report import write_report
+
+    torch.manual_seed(0)
+    stuck = Classifier(ModelSpec("small-cnn", ["r", "g", "b"], 16))
+    with torch.no_grad():
+        stuck.head.bias[:] = torch.tensor([0.0, 1e4, 0.0])  # answers "g" whatever the image
+    test = colour_images([12, 6, 6], 2)
+    evaluation = compare({"a": (stuck, "candidate"), "b": (copy.deepcopy(stuck), "candidate")}, test,
+                         val=colour_images([4, 4, 4], 4))
+    assert evaluation.chance == pytest.approx(0.5)  # always "r", the most frequent test class
+    assert evaluation.warnings == [
+        "every model scored the same 25.00% on the target test split with the same confusion matrix; they may all "
+        "answer the same way whatever the image (train longer, check the data and lr)",
+        "a answers 'g' for 100% of the target test images", "b answers 'g' for 100% of the target test images",
+        "the selected model a scores 25.00%, no better than chance (50.00%: always answering the most frequent test class)"]
+    table = format_table(evaluation)
+    assert "chance 50.00% (always the most frequent test class)" in table
+    assert "warning: a answers 'g' for 100% of the target test images" in table
+    write_report(tmp_path / "report.html", evaluation, "t", {})
+    page = (tmp_path / "report.html").read_text()
+    assert "Chance is 50.00%" in page and '<p class="warning"><b>Warning:</b> every model scored the same' in page
+    learned = compare(blind_models, colour_images([10, 10, 10], 3), val=colour_images([4, 4, 4], 4))
+    assert learned.result("no-green").accuracy == learned.result("no-blue").accuracy  # tied, but not alike
+    assert learned.warnings == [] and learned.chance == pytest.approx(1 / 3)

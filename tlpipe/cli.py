@@ -83,7 +83,12 @@ def _print_registration(reg) -> None:
               f"v{reg.previous_champion} {reg.previous_champion_accuracy:.2%}; only v{reg.version} right on "
               f"{reg.challenger_only}, only v{reg.previous_champion} on {reg.champion_only}; "
               f"one-sided exact McNemar p = {reg.p_value:.3g}")
-    print(f"champion: version {reg.champion_version} ({reg.verdict})")
+    if reg.chance is not None:
+        print(f"chance: {reg.chance:.2%} (always the most frequent test class)")
+    if reg.champion_version:
+        print(f"champion: version {reg.champion_version} ({reg.verdict})")
+    else:
+        print(f"no champion: {reg.verdict}")
 
 
 def _registry_client(args):

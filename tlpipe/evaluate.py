@@ -44,6 +44,9 @@ class Evaluation:
     selected_by: str = "target-val"  # a key of tlpipe.selection.CRITERIA
     val_count: int = 0
     pretrained_weights: str = ""  # where every model's backbone started ("": random initialisation)
+    # What guessing scores on the test split: always answering its most frequent class.
+    chance: float = 0.0
+    warnings: list[str] = field(default_factory=list)  # signs that no model learned the task (quality_warnings)
 
     def result(self, name: str) -> Result:
         return next(r for r in self.results if r.name == name)
@@ -93,8 +96,39 @@ def compare(models: dict[str, tuple[Classifier, str]], test: ImageSet, best_of: 
         r.val_accuracy, r.selection_score = val_accuracy.get(r.name), chosen_by[r.name]
     eligible = [r for r in results if best_of == "all" or r.role == "candidate"]
     best = max(eligible, key=lambda r: r.selection_score).name
+    chance = chance_accuracy(test.labels)
     return Evaluation(results, best, test.classes, test.content_hash(), len(test), list(unseen), selected_by=criterion,
-                      val_count=val_count)
+                      val_count=val_count, chance=chance, warnings=quality_warnings(results, best, test.classes, chance))
+
+
+def chance_accuracy(labels: np.ndarray) -> float:
+    """The accuracy of always answering the most frequent class: what a model that learned nothing scores."""
+    return float(np.bincount(labels).max() / len(labels)) if len(labels) else 0.0
+
+
+COLLAPSED = 0.95  # one class taking this share of a model's predictions: it answers (almost) one class
+
+
+def quality_warnings(results: list[Result], best: str, classes: list[str], chance: float) -> list[str]:
+    """Sentences for the signs that no model learned the task: every model tied alike, a model answering one
+    class for (almost) every image, the selected model no better than chance."""
+    warnings = []
+    # Tied models with the same confusion matrix: alike to the last image count, as models that answer
+    # regardless of the image are (two different models can tie on accuracy alone).
+    if len(results) > 1 and all(r.confusion == results[0].confusion for r in results):
+        warnings.append(f"every model scored the same {results[0].accuracy:.2%} on the target test split with the same "
+                        "confusion matrix; they may all answer the same way whatever the image (train longer, check "
+                        "the data and lr)")
+    for r in results:
+        predicted = np.asarray(r.confusion).sum(0)
+        if predicted.sum() and predicted.max() >= COLLAPSED * predicted.sum():
+            warnings.append(f"{r.name} answers '{classes[int(predicted.argmax())]}' for "
+                            f"{predicted.max() / predicted.sum():.0%} of the target test images")
+    selected = next(r for r in results if r.name == best)
+    if selected.accuracy <= chance:
+        warnings.append(f"the selected model {best} scores {selected.accuracy:.2%}, no better than chance "
+                        f"({chance:.2%}: always answering the most frequent test class)")
+    return warnings
 
 
 def task_accuracy(model: Classifier, test: ImageSet, task: str) -> float:

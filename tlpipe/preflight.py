@@ -226,7 +226,7 @@ def check_parameters(values: dict) -> None:
     if "select_by" in values:
         selection.resolve(values["select_by"], values.get("target_val_per_class", 0))
     if "gate_alpha" in values:
-        Gate(values["gate_alpha"], values.get("gate_margin", 0.0))
+        Gate(values["gate_alpha"], values.get("gate_margin", 0.0), values.get("min_accuracy", 0.0))
 
 
 def _check_blocks(blocks: list, backbone: str, image_size: int) -> None:

@@ -36,7 +36,9 @@ def format_table(evaluation: Evaluation) -> str:
             cells += f" {r.seen_accuracy:>8.2%} {r.unseen_accuracy:>8.2%} {r.unseen_among_unseen:>8.2%}"
         lines.append(f"{r.name:<14} {r.role:<10} {val} {r.accuracy:>8.2%}{cells}{mark}")
     lines.append(f"selected by {selection_note(evaluation)}; test acc: target test split, "
-                 f"{evaluation.test_count} images, reported only")
+                 f"{evaluation.test_count} images, reported only; chance {evaluation.chance:.2%} (always the most "
+                 "frequent test class)")
+    lines += [f"warning: {w}" for w in evaluation.warnings]
     lines.append(start_note(evaluation))
     if distances:
         lines.append("A-dist: proxy A-distance between source and target test features (0: indistinguishable, 2: separable)")
@@ -141,6 +143,8 @@ def write_report(path: str | Path, evaluation: Evaluation, title: str, facts: di
                     f'src="data:image/png;base64,{base64.b64encode(tsne).decode()}">' if tsne else "")
     fact_rows = "".join(f"<tr><th>{esc(str(k))}</th><td>{_linked(str(v))}</td></tr>" for k, v in facts.items())
     best = evaluation.result(evaluation.best)
+    warning_list = ('<p class="warning"><b>Warning:</b> ' + "; ".join(esc(w) for w in evaluation.warnings) + ".</p>"
+                    if evaluation.warnings else "")
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{esc(title)}</title>
@@ -155,6 +159,7 @@ td:first-child, th:first-child {{ text-align: left; }}
 table.facts td {{ text-align: left; white-space: normal; overflow-wrap: anywhere; }}
 table.facts th {{ background: #f4f4f4; }}
 tr.best {{ background: #e6f4ea; }}
+p.warning {{ background: #fdecea; padding: 0.4em 0.7em; }}
 img {{ max-width: 100%; height: auto; }}
 </style></head><body>
 <h1>{esc(title)}</h1>
@@ -162,7 +167,9 @@ img {{ max-width: 100%; height: auto; }}
 <h2>Accuracy: target validation and test splits</h2>
 <div class="scroll"><table><tr><th>model</th><th>role</th><th>validation</th><th>test ({evaluation.test_count} images)</th>{head}</tr>{''.join(rows)}</table></div>
 <p>Selected: <b>{esc(evaluation.best)}</b>, by {esc(selection_note(evaluation))}. The test split only reports: no
-model or epoch was chosen by it.{distance_note} {esc(start_note(evaluation, sentence=True))}</p>
+model or epoch was chosen by it. Chance is {evaluation.chance:.2%} (always answering the most frequent test
+class).{distance_note} {esc(start_note(evaluation, sentence=True))}</p>
+{warning_list}
 {GATE_MARK}
 <h2>Test accuracy per class</h2>
 <div class="scroll"><table><tr><th>model</th>{class_head}</tr>{''.join(class_rows)}</table></div>
@@ -192,6 +199,8 @@ def add_gate_section(report_in: str | Path, report_out: str | Path, registration
     r = registration
     rows = [("registered", f"{r.model_name} version {r.version} (alias {r.alias})"),
             ("test accuracy", f"{r.accuracy:.2%} on {r.test_images} target test images")]
+    if r.chance is not None:
+        rows.append(("chance", f"{r.chance:.2%} (always answering the most frequent test class)"))
     if r.p_value is not None:
         rows += [(f"champion v{r.previous_champion}", f"{r.previous_champion_accuracy:.2%} on the same images"),
                  ("only the new version right", str(r.challenger_only)),

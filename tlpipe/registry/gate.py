@@ -46,21 +46,42 @@ def paired_comparison(challenger: Classifier, champion: Classifier, test: ImageS
 
 @dataclass
 class Gate:
-    """When a challenger replaces the champion: p < alpha and a gain of at least `margin` points."""
+    """When a challenger replaces the champion: p < alpha and a gain of at least `margin` points. No
+    version below `min_accuracy` (a test accuracy from 0 to 1; 0: no floor) becomes the champion, the
+    first one included."""
 
     alpha: float = 0.05
     margin: float = 0.0
+    min_accuracy: float = 0.0
 
     def __post_init__(self):
         if not 0 < self.alpha <= 1:
             raise TlpipeError(f"gate_alpha must be above 0 and at most 1, got {self.alpha}.")
         if not 0 <= self.margin <= 100:
             raise TlpipeError(f"gate_margin is a gain in accuracy points, from 0 to 100; got {self.margin}.")
+        if not 0 <= self.min_accuracy <= 1:
+            raise TlpipeError(f"min_accuracy is a test accuracy from 0 to 1 (0: no floor), got {self.min_accuracy}.")
+
+    def below_floor(self, accuracy: float, chance: float) -> str:
+        """Why a version of this test accuracy may not be the champion ("" when it may)."""
+        if accuracy >= self.min_accuracy:
+            return ""
+        return f"{accuracy:.2%} on the test split is below min_accuracy {self.min_accuracy:.2%} (chance {chance:.2%})"
+
+    def first(self, accuracy: float, chance: float) -> tuple[bool, str]:
+        """Whether the first version of a model becomes its champion, and the verdict."""
+        if why := self.below_floor(accuracy, chance):
+            return False, f"not promoted: {why}"
+        return True, "promoted: the first champion"
 
     def passes(self, evidence: PairedComparison) -> bool:
-        return evidence.p_value < self.alpha and evidence.gain >= self.margin
+        return (evidence.p_value < self.alpha and evidence.gain >= self.margin
+                and evidence.challenger_accuracy >= self.min_accuracy)
 
-    def verdict(self, evidence: PairedComparison, champion: str) -> str:
+    def verdict(self, evidence: PairedComparison, champion: str, chance: float = 0.0) -> str:
+        if evidence.p_value < self.alpha and evidence.gain >= self.margin and (
+                why := self.below_floor(evidence.challenger_accuracy, chance)):
+            return f"kept champion v{champion}: better, but {why}"
         if self.passes(evidence):
             return f"promoted: better than champion v{champion} (p={evidence.p_value:.3g} < {self.alpha:g})"
         why = (f"p={evidence.p_value:.3g} >= {self.alpha:g}" if evidence.p_value >= self.alpha
@@ -82,6 +103,7 @@ class Registration:
     challenger_only: int | None = None  # test images only the challenger gets right
     champion_only: int | None = None  # test images only the champion gets right
     test_images: int = 0
+    chance: float | None = None  # the test accuracy of always answering the most frequent test class
 
     @property
     def alias(self) -> str:
@@ -100,7 +122,8 @@ class Registration:
         facts = {"verdict": self.verdict, "promoted": str(self.promoted), "p_value": self.p_value,
                  "challenger_accuracy": self.accuracy, "champion_accuracy": self.previous_champion_accuracy,
                  "challenger_only": self.challenger_only, "champion_only": self.champion_only,
-                 "champion_version": self.previous_champion, "test_images": self.test_images}
+                 "champion_version": self.previous_champion, "test_images": self.test_images,
+                 "chance_accuracy": self.chance}
         return {f"tlpipe.gate.{k}": f"{v:.6g}" if isinstance(v, float) else str(v) for k, v in facts.items()
                 if v is not None}
 
@@ -111,4 +134,4 @@ class Registration:
         return cls(model_name, version, get("challenger_accuracy", float), get("promoted", str) == "True", version,
                    get("champion_version", str), get("champion_accuracy", float), get("verdict", str),
                    get("p_value", float), get("challenger_only", int), get("champion_only", int),
-                   get("test_images", int) or 0)
+                   get("test_images", int) or 0, get("chance_accuracy", float))

@@ -8,7 +8,7 @@ from mlflow.exceptions import MlflowException
 from tlpipe.data import ImageSet
 from tlpipe.distributed import device
 from tlpipe.errors import TlpipeError
-from tlpipe.evaluate import score
+from tlpipe.evaluate import chance_accuracy, score
 from tlpipe.models import load_model
 from tlpipe.registry.champion import champion_model, champion_version, unanswered
 from tlpipe.registry.gate import Gate, Registration, paired_comparison
@@ -48,9 +48,12 @@ def register(client, model_dir: str | Path, model_name: str, test: ImageSet, tag
         current = champion_version(client, model_name)
         if current is not None and str(current.version) == version:  # a retried step that had promoted
             return Registration.load_tags(model_name, version, client.get_model_version(model_name, version).tags)
+        chance = chance_accuracy(test.labels)
         if current is None:
-            result = Registration(model_name, version, score(challenger, test).accuracy, True, version, None, None,
-                                  "promoted: the first champion", test_images=len(test))
+            accuracy = score(challenger, test).accuracy
+            promoted, verdict = gate.first(accuracy, chance)
+            result = Registration(model_name, version, accuracy, promoted, version if promoted else "", None, None,
+                                  verdict, test_images=len(test))
         elif seen := _may_have_seen(current, tags):
             result = Registration(model_name, version, score(challenger, test).accuracy, False, str(current.version),
                                   str(current.version), None, f"kept champion v{current.version}: not compared: {seen}",
@@ -68,8 +71,9 @@ def register(client, model_dir: str | Path, model_name: str, test: ImageSet, tag
             promoted = gate.passes(evidence)
             result = Registration(
                 model_name, version, evidence.challenger_accuracy, promoted, version if promoted else str(current.version),
-                str(current.version), evidence.champion_accuracy, gate.verdict(evidence, str(current.version)),
+                str(current.version), evidence.champion_accuracy, gate.verdict(evidence, str(current.version), chance),
                 evidence.p_value, evidence.challenger_only, evidence.champion_only, len(test))
+        result.chance = chance
         lease.check()
         for key, value in result.tags().items():
             client.set_model_version_tag(model_name, version, key, value)

@@ -28,6 +28,7 @@ def register(
     gate_margin: float = 0.0,
     report_in: str = "",
     report_out: str = "",
+    min_accuracy: float = 0.0,
 ):
     """Registers the selected model: it becomes the champion only if the paired test on the target test
     split shows it better, the challenger otherwise (tlpipe.registry); writes the evaluation report `report_in` with
@@ -35,7 +36,7 @@ def register(
     from tlpipe.registry import SPLIT_SEED_TAG, Gate
     from tlpipe.registry import register as register_version
 
-    gate = Gate(gate_alpha, gate_margin)
+    gate = Gate(gate_alpha, gate_margin, min_accuracy)
     evaluation = Evaluation.load(evaluation_path)
     test, meta = load_dataset(target_test)
     if meta["content_hash"] != evaluation.test_hash:
@@ -65,14 +66,14 @@ def register(
     tags = {**tracking.dataset_hashes(experiment, pipeline_run), **{k: v for k, v in facts.items() if v != ""}}
     if publish_to:
         tags["tlpipe.published"] = publish(best_model, publish_to, pipeline_run, "model")
-    params = {"model_name": model_name, "gate_alpha": gate_alpha, "gate_margin": gate_margin}
+    params = {"model_name": model_name, "gate_alpha": gate_alpha, "gate_margin": gate_margin, "min_accuracy": min_accuracy}
     with tracking.step_run("register", experiment, pipeline_run, params, shared=params):
         client = tracking.configure()
         tracking.log_split(meta, target_test, "test")
         registration = register_version(client, best_model, model_name, test, tags, gate)
         client.update_model_version(model_name, registration.version, description=(
             f"{best.name} ({model_meta.get('method', '')}) of pipeline run {pipeline_run}: {best.accuracy:.2%} on "
-            f"{registration.test_images} target test images. Gate: {registration.verdict}. Its parameters, data and "
+            f"{registration.test_images} target test images (chance {registration.chance:.2%}). Gate: {registration.verdict}. Its parameters, data and "
             "training curves are on the source run."))
         mlflow.log_metrics({"accuracy": registration.accuracy})
         if registration.p_value is not None:
