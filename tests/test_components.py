@@ -68,7 +68,7 @@ def chain(tmp_path_factory):
     a["final_report"] = artifact(dsl.HTML, root / "final-report.html")
     register.python_func(best_model=a["best_model"], evaluation=a["evaluation"], evaluation_report=a["report"],
                          target_test=a["target_test"], model_name="tests-model", experiment="tests",
-                         publish_to=str(root / "published"), gate_alpha=0.05, gate_margin=0.0,
+                         publish_to=str(root / "published"), gate_alpha=0.05, gate_margin=0.0, min_accuracy=0.0,
                          registration=a["registration"], report=a["final_report"])
     close_run.python_func(experiment="tests", status=dsl.PipelineTaskFinalStatus("SUCCEEDED", "run-1", "exit-handler-1",
                                                                                   None, None))
