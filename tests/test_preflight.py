@@ -195,3 +195,21 @@ def test_a_champion_of_other_classes_is_refused_before_training(tmp_path, tlpipe
                                           r"source data has \['a', 'b', 'c'\]; give another model_name"):
         preflight.preflight(preflight.pipeline_arguments(transfer, given), defaults_of(transfer))
     preflight.preflight(preflight.pipeline_arguments(transfer, {**given, "model_name": "fresh"}), defaults_of(transfer))
+
+
+@pytest.mark.parametrize("given, expected", [
+    ({"strategy": "freeze:99"}, "strategy=freeze:99: the small-cnn backbone has 4 blocks; give freeze:0 to freeze:4."),
+    ({"strategy": "copy:5"}, "strategy=copy:5: the small-cnn backbone has 4 blocks; give copy:0 to copy:4."),
+    ({"adapt_method": "DANN"}, "unknown adaptation method 'DANN'; did you mean 'dann'? use dann,"),
+    ({"backbone": "ResNet18"}, "unknown backbone 'ResNet18'; did you mean 'resnet18'? choose one of"),
+    ({"strategy": "Linear-Probe"}, "unknown fine-tuning strategy 'Linear-Probe'; did you mean 'linear-probe'? use"),
+])
+def test_names_in_another_case_get_the_right_one_and_k_stays_within_the_blocks(transfer, tlpipe_home, given, expected):
+    with pytest.raises(TlpipeError) as refused:
+        preflight.preflight(preflight.pipeline_arguments(transfer, given), defaults_of(transfer))
+    assert expected in str(refused.value)
+
+
+def test_a_misspelt_parameter_name_gets_the_closest_one(transfer):
+    with pytest.raises(TlpipeError, match="has no parameter 'Source_Epochs'; did you mean 'source_epochs'\\? its"):
+        preflight.pipeline_arguments(transfer, {"Source_Epochs": "1"})

@@ -15,6 +15,20 @@ class TlpipeError(Exception):
     """A problem the user can fix; str(error) is the one sentence they see."""
 
 
+def did_you_mean(value: str, choices) -> str:
+    """" did you mean 'x'?" for the choice `value` was likely meant as (another case of it, or a close
+    spelling), or "" when none is close."""
+    import difflib
+
+    choices = list(choices)
+    same = [c for c in choices if c.lower() == value.lower()]
+    close = same or difflib.get_close_matches(value, choices, n=1) or difflib.get_close_matches(
+        value.lower(), [c.lower() for c in choices], n=1)
+    if close and close[0] not in choices:
+        close = [next(c for c in choices if c.lower() == close[0])]
+    return f" did you mean '{close[0]}'?" if close else ""
+
+
 # Set by the local runner so that it can repeat the failing step's sentence at the end of a run.
 ERROR_FILE_ENV = "TLPIPE_ERROR_FILE"
 

@@ -2,7 +2,6 @@
 types, their values checked, and what is cheap to check now and expensive after training started
 (data, weights, buckets, the tracking server)."""
 
-import difflib
 import json
 import sys
 from pathlib import Path
@@ -11,7 +10,7 @@ from tlpipe import augment, selection, storage, tracking
 from tlpipe.cluster import check_cluster_checkpoint_root
 from tlpipe.data import census, check_spec
 from tlpipe.data.spec import BUILTIN, spec_location
-from tlpipe.errors import TlpipeError
+from tlpipe.errors import TlpipeError, did_you_mean
 from tlpipe.methods import adapt as adaptation
 from tlpipe.methods.finetune import parse_strategy
 from tlpipe.models.backbones import build_backbone, check_backbone
@@ -65,9 +64,7 @@ def pipeline_arguments(pipeline, given: dict[str, str]) -> dict:
     arguments = {}
     for name, value in given.items():
         if name not in inputs:
-            close = difflib.get_close_matches(name, list(inputs), n=1)
-            hint = f"did you mean '{close[0]}'? " if close else ""
-            raise TlpipeError(f"pipeline {pipeline.name} has no parameter '{name}'; {hint}its parameters are "
+            raise TlpipeError(f"pipeline {pipeline.name} has no parameter '{name}';{did_you_mean(name, inputs)} its parameters are "
                               f"{', '.join(inputs)} (`tlpipe params` describes them).")
         kind = inputs[name].type
         try:
@@ -212,6 +209,8 @@ def check_parameters(values: dict) -> None:
                               "(class,<attribute>,...).")
     if "backbone" in values:
         check_backbone(values["backbone"])
+        if "strategy" in values:
+            _check_strategy_blocks(values["strategy"], values["backbone"], values.get("image_size", 32))
     recipe = [values.get(name, 0) for name in ("adapt_bottleneck", "adapt_backbone_lr")]
     if any(value < 0 and value != adaptation.AUTO for value in recipe) or values.get("sdat_rho", 1.0) <= 0:
         raise TlpipeError("adapt_bottleneck and adapt_backbone_lr must be 0 or more (or -1: the recipe for how the "
@@ -219,7 +218,8 @@ def check_parameters(values: dict) -> None:
     if "blocks" in values:
         _check_blocks(values["blocks"], values.get("backbone", "small-cnn"), values.get("image_size", 32))
     if values.get("adapt_method") not in (None, *adaptation.METHODS):
-        raise TlpipeError(f"unknown adaptation method '{values['adapt_method']}'; use {', '.join(adaptation.METHODS)}.")
+        raise TlpipeError(f"unknown adaptation method '{values['adapt_method']}';"
+                          f"{did_you_mean(values['adapt_method'], adaptation.METHODS)} use {', '.join(adaptation.METHODS)}.")
     for name in ("source_augment", "target_augment"):
         if name in values:
             augment.check(values[name])
@@ -227,6 +227,16 @@ def check_parameters(values: dict) -> None:
         selection.resolve(values["select_by"], values.get("target_val_per_class", 0))
     if "gate_alpha" in values:
         Gate(values["gate_alpha"], values.get("gate_margin", 0.0), values.get("min_accuracy", 0.0))
+
+
+def _check_strategy_blocks(strategy: str, backbone: str, image_size: int) -> None:
+    """freeze:k, copy:k and copy+:k within the backbone's blocks: freeze:99 would freeze every block and
+    train the head alone, a linear probe under another name."""
+    name, k = parse_strategy(strategy)
+    if name in ("freeze", "copy", "copy+"):
+        n = len(build_backbone(backbone, image_size).blocks)
+        if k > n:
+            raise TlpipeError(f"strategy={strategy}: the {backbone} backbone has {n} blocks; give {name}:0 to {name}:{n}.")
 
 
 def _check_blocks(blocks: list, backbone: str, image_size: int) -> None:

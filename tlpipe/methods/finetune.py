@@ -26,7 +26,7 @@ from typing import Callable
 import torch
 
 from tlpipe.data import ImageSet
-from tlpipe.errors import TlpipeError
+from tlpipe.errors import TlpipeError, did_you_mean
 from tlpipe.methods.multitask import multitask
 from tlpipe.methods.progressive import progressive
 from tlpipe.methods.supervised import train_classifier
@@ -90,7 +90,8 @@ def parse_strategy(strategy: str) -> tuple[str, float | str]:
             return name, known.argument(arg) if colon else known.default
     except ValueError:
         pass
-    raise TlpipeError(f"unknown fine-tuning strategy '{strategy}'; use {STRATEGIES}.")
+    raise TlpipeError(f"unknown fine-tuning strategy '{strategy}';{'' if known else did_you_mean(name, STRATEGY_TABLE)} use "
+                      f"{STRATEGIES}.")
 
 
 def uses_source(strategy: str) -> bool:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from tlpipe.errors import TlpipeError
+from tlpipe.errors import TlpipeError, did_you_mean
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -235,7 +235,8 @@ def check_backbone(name: str) -> None:
         if not timm.is_model(name.removeprefix("timm:")):
             raise TlpipeError(f"'{name.removeprefix('timm:')}' is not a timm model (timm.list_models() names them; e.g. timm:resnet50).")
     elif name not in BACKBONES:
-        raise TlpipeError(f"unknown backbone '{name}'; choose one of {', '.join(BACKBONES)}, or timm:<any timm model>.")
+        raise TlpipeError(f"unknown backbone '{name}';{did_you_mean(name, BACKBONES)} choose one of {', '.join(BACKBONES)}, "
+                          "or timm:<any timm model>.")
 
 
 def build_backbone(name: str, input_size: int, weights: dict | None = None, source: str = "") -> Backbone:
