@@ -25,7 +25,8 @@ def test_a_log_on_a_full_disk_keeps_the_run_on_screen_and_says_why_it_is_incompl
     said = view.close_log(Path("/home/user/.tlpipe/logs/transfer-1.log"))
     assert said == "the log /home/user/.tlpipe/logs/transfer-1.log is incomplete: no space left on device at /home/user/.tlpipe/logs"
     shown = terminal.getvalue().splitlines()
-    assert len(shown) == 401 and shown[-1] == STEP_FAILED.strip()  # the step's own sentence still reaches the user
+    # The step's own sentence still reaches the user, without colour codes off a terminal (a pipe, a CI log).
+    assert len(shown) == 401 and shown[-1] == "tlpipe: error: the MLflow store refused the step's run (database or disk is full)"
 
 
 def test_a_log_with_room_is_complete(tmp_path):
@@ -94,3 +95,18 @@ def test_resume_takes_the_runs_own_parameters(capsys):
 
     assert main(["run", "--resume", "transfer-1", "-p", "seed=1"]) == 2
     assert "give neither a pipeline nor -p with it" in capsys.readouterr().err
+
+
+def test_the_steps_notes_reach_the_terminal_and_colour_only_a_terminal(tmp_path):
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    note = "[ingest] tlpipe: note: target_val_per_class=10: classes a have fewer held-out images\n"
+    piped, terminal = io.StringIO(), Terminal()
+    for out in (piped, terminal):
+        view = _LogView(out, open(tmp_path / "run.log", "w"), verbose=False)
+        view.write("\x1b[32mINFO\x1b[0m:root:a line only the log keeps\n" + note + STEP_FAILED)
+        view.close_log(tmp_path / "run.log")
+    assert piped.getvalue().splitlines() == [note.strip(), STEP_FAILED.strip().replace("\x1b[31m", "").replace("\x1b[0m", "")]
+    assert terminal.getvalue().splitlines() == [note.strip(), STEP_FAILED.strip()]

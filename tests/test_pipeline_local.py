@@ -123,6 +123,7 @@ def test_a_refusal_inside_the_dag_is_one_sentence_and_leaves_the_registry_alone(
     errors = [line for line in result.stderr.splitlines() if line.startswith("tlpipe: error:")]
     expected = "target/3/0.png: it is corrupt or truncated"
     assert len(errors) == 1 and expected in errors[0], result.stderr[-2000:]
+    assert f"; the full log is {home / 'logs'}/" in errors[0] and "\x1b[" not in result.stdout + result.stderr
     assert "Traceback" not in result.stderr
     assert versions(registry) == before
     assert str(registry.get_model_version_by_alias("tlpipe", "champion").version) == champion

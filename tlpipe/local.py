@@ -64,13 +64,15 @@ _COMPUTE = re.compile(re.escape(COMPUTE_MARK) + r" ([0-9.]+) s")
 
 
 class _LogView(io.TextIOBase):
-    """Sends the whole KFP log to a file and only task status, progress and errors to the terminal;
-    times each task as its lines go by (kfp.local runs one task at a time)."""
+    """Sends the whole KFP log to a file and only task status, progress, the steps' notes and errors to
+    the terminal, in colour only when it is one; times each task as its lines go by (kfp.local runs one
+    task at a time)."""
 
-    SHOWN = ("Executing task", "finished with status", "] epoch ", "tlpipe: error")
+    SHOWN = ("Executing task", "finished with status", "] epoch ", "tlpipe: error", "tlpipe: note")
 
     def __init__(self, terminal, log_file, verbose: bool):
         self.terminal, self.log_file, self.verbose, self.pending = terminal, log_file, verbose, ""
+        self.colour = getattr(terminal, "isatty", lambda: False)()
         self.log_error: OSError | None = None
         self.steps: list[StepTime] = []
         self.started: dict[str, list[float]] = {}
@@ -87,7 +89,7 @@ class _LogView(io.TextIOBase):
         for line in lines:
             self._time(line)
             if self.verbose or any(mark in line for mark in self.SHOWN):
-                self.terminal.write(line.strip() + "\n")
+                self.terminal.write((line if self.colour else _COLOUR.sub("", line)).strip() + "\n")
         return len(text)
 
     def _time(self, line: str) -> None:
@@ -237,7 +239,8 @@ def run(name: str, given: dict[str, str], verbose: bool = False, resumed: str = 
         try:
             pipeline(**arguments)
         except RuntimeError as error:
-            failure = error_file.read_text() if error_file.exists() else f"{error}; the full log is {log_path}"
+            said = error_file.read_text().strip().rstrip(".") if error_file.exists() else str(error)
+            failure = f"{said}; the full log is {log_path}"
         except KeyboardInterrupt:
             sys.stdout = terminal
             deadline = end_within(60, f"interrupted; closing run {run_id} took over 60 s, so it ended there")

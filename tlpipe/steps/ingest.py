@@ -59,11 +59,11 @@ def ingest(
         source_train, source_val, source_test = split_source(source_data, seed, unseen)
         parts = split_target(target_data, target_labels_per_class, target_val_per_class, seed, unseen)
         if parts.val_short:
-            print(f"target_val_per_class={target_val_per_class}: classes {', '.join(parts.val_short)} have fewer held-out "
+            print(f"tlpipe: note: target_val_per_class={target_val_per_class}: classes {', '.join(parts.val_short)} have fewer held-out "
                   "images, so half of those validate and half test", flush=True)
         shared = shared_with_source(source_data, np.concatenate([parts.val.ids, parts.test.ids]), source_train)
         if shared:
-            print(f"{shared} of the {len(parts.val) + len(parts.test)} target validation and test images are exact "
+            print(f"tlpipe: note: {shared} of the {len(parts.val) + len(parts.test)} target validation and test images are exact "
                   "duplicates of source images (for built-in domains: drawn from the same glyph); all are held out of "
                   "source_train", flush=True)
         splits = {"source_train": (source, source_train), "source_val": (source, source_val),
