@@ -20,13 +20,9 @@ def did_you_mean(value: str, choices) -> str:
     spelling), or "" when none is close."""
     import difflib
 
-    choices = list(choices)
-    same = [c for c in choices if c.lower() == value.lower()]
-    close = same or difflib.get_close_matches(value, choices, n=1) or difflib.get_close_matches(
-        value.lower(), [c.lower() for c in choices], n=1)
-    if close and close[0] not in choices:
-        close = [next(c for c in choices if c.lower() == close[0])]
-    return f" did you mean '{close[0]}'?" if close else ""
+    by_lower = {c.lower(): c for c in choices}  # another case of a choice matches it exactly
+    close = difflib.get_close_matches(value.lower(), list(by_lower), n=1)
+    return f" did you mean '{by_lower[close[0]]}'?" if close else ""
 
 
 # Set by the local runner so that it can repeat the failing step's sentence at the end of a run.

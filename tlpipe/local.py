@@ -72,7 +72,7 @@ class _LogView(io.TextIOBase):
 
     def __init__(self, terminal, log_file, verbose: bool):
         self.terminal, self.log_file, self.verbose, self.pending = terminal, log_file, verbose, ""
-        self.colour = getattr(terminal, "isatty", lambda: False)()
+        self.colour = terminal.isatty()
         self.log_error: OSError | None = None
         self.steps: list[StepTime] = []
         self.started: dict[str, list[float]] = {}

@@ -74,13 +74,15 @@ class Gate:
             return False, f"not promoted: {why}"
         return True, "promoted: the first champion"
 
+    def shown_better(self, evidence: PairedComparison) -> bool:
+        """The paired test's rule alone: significant at alpha, with at least the margin's gain."""
+        return evidence.p_value < self.alpha and evidence.gain >= self.margin
+
     def passes(self, evidence: PairedComparison) -> bool:
-        return (evidence.p_value < self.alpha and evidence.gain >= self.margin
-                and evidence.challenger_accuracy >= self.min_accuracy)
+        return self.shown_better(evidence) and evidence.challenger_accuracy >= self.min_accuracy
 
     def verdict(self, evidence: PairedComparison, champion: str, chance: float = 0.0) -> str:
-        if evidence.p_value < self.alpha and evidence.gain >= self.margin and (
-                why := self.below_floor(evidence.challenger_accuracy, chance)):
+        if self.shown_better(evidence) and (why := self.below_floor(evidence.challenger_accuracy, chance)):
             return f"kept champion v{champion}: better, but {why}"
         if self.passes(evidence):
             return f"promoted: better than champion v{champion} (p={evidence.p_value:.3g} < {self.alpha:g})"
