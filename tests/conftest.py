@@ -9,6 +9,23 @@ from tlpipe import storage
 torch.set_num_threads(2)
 
 
+def _cost(item) -> int:
+    """0 for whole pipeline runs and the stack, 1 for other slow tests, 2 for unit tests."""
+    marks = {m.name for m in item.iter_markers()}
+    return 0 if marks & {"e2e", "stack"} else 1 if "slow" in marks else 2
+
+
+def pytest_collection_modifyitems(items):
+    """Files in order of cost, the costliest first, each file's tests kept in their order. The workers
+    take whole files (scripts/test: --dist loadfile --no-loadscope-reorder), so a long file started
+    last would run on its own at the end while the other worker idles."""
+    file_cost: dict[str, int] = {}
+    for item in items:
+        file_cost[item.path] = min(file_cost.get(item.path, 2), _cost(item))
+    order = {path: i for i, path in enumerate(file_cost)}
+    items.sort(key=lambda item: (file_cost[item.path], order[item.path]))
+
+
 @pytest.fixture
 def tlpipe_home(tmp_path, monkeypatch):
     """An empty embedded default (MLflow on SQLite, pipeline root) for one test."""

@@ -114,7 +114,7 @@ def test_ctrl_c_ends_a_run_in_one_sentence_killed(tmp_path):
 
 
 def test_a_stopped_run_resumes_from_its_checkpoint_and_finishes(tmp_path):
-    run = Run(tmp_path / "home", [a for p in ["source_epochs=40", *LONG[1:]] for a in ("-p", p)])  # it finishes
+    run = Run(tmp_path / "home", [a for p in ["source_epochs=12", *LONG[1:]] for a in ("-p", p)])  # it finishes
     run_id = interrupted(run, pretraining_steps(run), signal.SIGTERM)  # a `kill`, a stopping container
 
     again = Run(run.home, ["--resume", run_id])
@@ -123,7 +123,7 @@ def test_a_stopped_run_resumes_from_its_checkpoint_and_finishes(tmp_path):
     assert code == 0, out[-2000:] + err[-2000:]
     assert f"resuming run {run_id} (transfer)" in out
     log = (run.home / "logs" / f"{run_id}.log").read_text()
-    assert re.search(r"resuming from the checkpoint after epoch [1-9][0-9]*/40", log)  # pretrain's, not from 0
+    assert re.search(r"resuming from the checkpoint after epoch [1-9][0-9]*/12", log)  # pretrain's, not from 0
     executed = set(re.findall(r"Executing task \S*'([\w-]+)'", out))
     assert "pretrain" in executed and "ingest" not in executed  # the finished step was a cache hit
     [parent] = [r for r in runs(run.home) if r.data.tags.get("tlpipe.role") == "pipeline"]

@@ -10,6 +10,7 @@ import time
 import urllib.error
 import urllib.request
 import warnings
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -76,6 +77,27 @@ def test_the_champion_predicts_class_names_and_confidences_in_process(champion):
     assert [c.name for c in model.metadata.get_output_schema().inputs] == ["class_id", "class", "confidence"]
     with pytest.raises(MlflowException, match="got float64"):  # ImagesRefused, loaded from the model's code
         model.predict(images / 255.0)
+
+
+@pytest.mark.slow  # a fresh Python process
+def test_a_fresh_process_serves_from_the_modules_logged_with_the_model(champion):
+    """The model carries the tlpipe modules that loading and calling it import, and only those: a new
+    process imports every tlpipe module from the model's code folder (a missing one would fail), and the
+    steps are not among them."""
+    code = f"""
+import json, sys, mlflow, numpy as np
+mlflow.set_tracking_uri({settings.tracking_uri()!r})
+print(len(mlflow.pyfunc.load_model({champion!r}).predict(np.zeros((2, 16, 16, 3), np.uint8))))
+print(json.dumps({{name: module.__file__ for name, module in sys.modules.items() if name.startswith("tlpipe")}}))
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    predicted, modules = result.stdout.splitlines()[-2:]
+    modules = json.loads(modules)
+    assert predicted == "2" and {"tlpipe.models", "tlpipe.scoring"} <= set(modules)
+    assert all("/artifacts/code/tlpipe/" in path for path in modules.values()), modules
+    logged = Path(mlflow.artifacts.download_artifacts(champion)) / "code" / "tlpipe"
+    assert (logged / "models" / "classifier.py").is_file() and not (logged / "steps").exists()
 
 
 def _post(url: str, body: dict) -> tuple[int, dict]:
