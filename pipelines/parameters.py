@@ -1,6 +1,6 @@
 """The pipelines' parameters, declared once: name, type, default and meaning.
 
-Each pipeline names the parameters it takes (`TRANSFER`, `RETRAIN`, `LAYER_SWEEP`) and `signature`
+Each pipeline names the parameters it takes (`TRANSFER`, `RETRAIN`, `LAYER_SWEEP`, `PREDICT`) and `signature`
 turns the list into the function KFP compiles: the same defaults everywhere, and the meanings as the
 pipeline's documented arguments, which KFP writes into the compiled IR (the Kubeflow UI's run form
 shows them), `tlpipe params` prints and the docs' parameter reference lists.
@@ -30,8 +30,9 @@ PARAMETERS = {p.name: p for p in [
               "the model by; 0: no target validation labels (select_by then decides)."),
     Parameter("seed", int, 0, "Seeds the splits, initialisation and batch order: same inputs and seed, same metrics "
               "on CPU."),
-    Parameter("image_size", int, 32, "Pixels per side the images are stored and trained at (at least 8); raise it "
-              "for photos, e.g. 224 for ImageNet backbones."),
+    Parameter("image_size", int, 32, "Pixels per side the images are stored and trained at (at least 8, and what the "
+              "backbone takes: 16 for small-cnn; a run that is given less says the smallest); raise it for photos, e.g. "
+              "224 for ImageNet backbones."),
     Parameter("backbone", str, "small-cnn", "The network: small-cnn, resnet18, resnet50, mobilenet_v3_large, "
               "mobilenet_v3_small, efficientnet_b0, or timm:<model> for any timm model."),
     Parameter("pretrained_weights", str, "", "Where the backbone starts: a .safetensors or .pth file (local or "
@@ -77,8 +78,8 @@ PARAMETERS = {p.name: p for p in [
               "(0 to 1) becomes the champion, the first one included; 0: off. The table prints chance to set it by."),
     Parameter("model_name", str, "tlpipe", "The registered model's name in the MLflow model registry."),
     Parameter("experiment", str, "tlpipe", "The MLflow experiment the runs go to."),
-    Parameter("publish_to", str, "", "Also copy the dataset splits and the registered model to "
-              "<publish_to>/<pipeline run>/ (a folder or s3://bucket/prefix); empty: no copy."),
+    Parameter("publish_to", str, "", "Also copy the dataset splits and the registered model (predict: the "
+              "predictions) to <publish_to>/<pipeline run>/ (a folder or s3://bucket/prefix); empty: no copy."),
     Parameter("checkpoint_root", str, "", "Where training steps checkpoint (a folder or s3://); empty: "
               "$TLPIPE_HOME/checkpoints locally; on a cluster an s3:// location."),
     Parameter("checkpoint_every", int, 1, "Epochs between checkpoints."),
@@ -87,6 +88,10 @@ PARAMETERS = {p.name: p for p in [
               "they appear only in the test splits."),
     Parameter("attributes", str, "", "Class attribute table for zero-shot (CSV: class,<attribute>,...; local or "
               "s3://); the digit domains have a built-in one."),
+    Parameter("model", str, "models:/tlpipe@champion", "The registered model that predicts: models:/<name>@<alias> "
+              "or models:/<name>/<version>."),
+    Parameter("images", str, "", "The images to predict: imagefolder:<folder or s3://bucket/prefix>, every PNG and "
+              "JPEG file in it at any depth; a file in a folder named after a class is also checked against it."),
     Parameter("blocks", list, [0, 1, 2, 3, 4], "The layer sweep's k values: how many of the backbone's blocks are "
               "copied from the source model (JSON list, e.g. [0,2,4])."),
 ]}
@@ -100,6 +105,7 @@ RETRAIN = TRANSFER
 LAYER_SWEEP = ["source", "target", "target_labels_per_class", "target_val_per_class", "seed", "image_size", "backbone",
                "pretrained_weights", "blocks", "source_augment", "source_epochs", "finetune_epochs", "batch_size", "lr",
                "experiment", "checkpoint_root", "checkpoint_every", "nproc"]
+PREDICT = ["model", "images", "experiment", "publish_to"]
 
 
 def signature(name: str, names: list[str], body: Callable[[SimpleNamespace], None], **defaults) -> Callable:

@@ -35,6 +35,19 @@ def tlpipe_home(tmp_path, monkeypatch):
     return home
 
 
+@pytest.fixture
+def hf_cache(tmp_path, monkeypatch):
+    """An empty Hugging Face cache, offline, for this process and the tlpipe processes a test starts
+    (helpers.put_in_hf_cache fills it)."""
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hf"
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return cache
+
+
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     """The local stack (SeaweedFS S3 + MLflow server) on free loopback ports, started by tlpipe's own

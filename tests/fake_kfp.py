@@ -17,6 +17,8 @@ class FakeKfp:
         self.experiments: dict[str, dict] = {}
         self.runs: dict[str, dict] = {}
         self.recurring_runs: dict[str, dict] = {}
+        self.states: list[str] = []  # what each GET of a run answers next (the last one stays), e.g. RUNNING, FAILED
+        self.run_error = ""  # the run's error message once it is FAILED
         self.fail: dict[tuple[str, str], tuple[int, str]] = {}  # (method, path) -> (status, message)
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.url = f"http://127.0.0.1:{self.server.server_port}"
@@ -56,6 +58,13 @@ class FakeKfp:
             run = {**body, "run_id": str(uuid.uuid4()), "state": "PENDING"}
             self.runs[run["run_id"]] = run
             return 200, run
+        if path.startswith(f"{API}/runs/") and method == "GET":
+            run = self.runs.get(path.rsplit("/", 1)[1])
+            if run is None:
+                return 404, {"error": "run not found", "message": "run not found"}
+            if self.states:
+                run["state"] = self.states.pop(0) if len(self.states) > 1 else self.states[0]
+            return 200, {**run, **({"error": {"code": 2, "message": self.run_error}} if run["state"] == "FAILED" else {})}
         if path == f"{API}/recurringruns" and method == "POST":
             run = {**body, "recurring_run_id": str(uuid.uuid4()), "status": "ENABLED"}
             self.recurring_runs[run["recurring_run_id"]] = run

@@ -27,6 +27,53 @@ def artifact(kind, path: Path):
     return kind(uri=str(path))
 
 
+def transfer(root: Path, experiment: str = "tests", ingest_args: dict | None = None, backbone: str = "small-cnn",
+             pretrained_weights: str = "", strategy: str = "freeze:1", finetune_args: dict | None = None,
+             method: str = "dann+finetune", adapt_args: dict | None = None, register_as: str = "") -> dict:
+    """The transfer pipeline's components, in its order, each through its python_func: ingest -> pretrain ->
+    finetune / target-only / adapt -> evaluate (-> register as `register_as`); their artifacts by name."""
+    a = {name: artifact(dsl.Dataset, root / name) for name in SPLITS}
+    ingest.python_func(**({"source": "digits", "target": "digits-m", "target_labels_per_class": 5, "target_val_per_class": 10,
+                          "seed": 0, "image_size": 32, "data_version": "", "experiment": experiment,
+                          "publish_to": str(root / "published"), "unseen_classes": "", "attributes": ""}
+                          | (ingest_args or {})), **a)
+    for name in ("source_model", "finetuned", "target_only", "adapted", "best_model"):
+        a[name] = artifact(dsl.Model, root / name)
+    train = TRAIN | {"experiment": experiment}
+    pretrain.python_func(source_train=a["source_train"], source_val=a["source_val"], backbone=backbone,
+                         pretrained_weights=pretrained_weights, source_augment="colour", model=a["source_model"], **train)
+    # As on a cluster: strategies that do not train on the source are not given source_train.
+    uses_source = {"source_train": a["source_train"]} if strategy.startswith(("zero-shot", "multitask")) else {}
+    finetune.python_func(source_model=a["source_model"], target_labelled=a["target_labelled"], target_val=a["target_val"],
+                         strategy=strategy, step_name="finetune", model=a["finetuned"], **uses_source, **(finetune_args or {}),
+                         **train)
+    finetune.python_func(source_model=a["source_model"],
+                         target_labelled=a["target_labelled"], target_val=a["target_val"], strategy="scratch",
+                         step_name="target-only", model=a["target_only"], **train)
+    adapt.python_func(source_model=a["source_model"], source_train=a["source_train"],
+                      target_unlabelled=a["target_unlabelled"], target_labelled=a["target_labelled"],
+                      target_val=a["target_val"], method=method, finetune_epochs=1, source_augment="colour",
+                      model=a["adapted"], pretrained_weights=pretrained_weights, **(adapt_args or {}), **train)
+    a["evaluation"] = artifact(dsl.Artifact, root / "evaluation.json")
+    a["report"] = artifact(dsl.HTML, root / "report.html")
+    a["metrics"] = artifact(dsl.Metrics, root / "metrics")
+    a["confusion"] = artifact(dsl.ClassificationMetrics, root / "confusion")
+    evaluate.python_func(target_test=a["target_test"], target_val=a["target_val"], source_val=a["source_val"],
+                         target_unlabelled=a["target_unlabelled"], select_by="auto", source_test=a["source_test"],
+                         source_only=a["source_model"], target_only=a["target_only"],
+                         finetuned=a["finetuned"], adapted=a["adapted"], experiment=experiment,
+                         evaluation=a["evaluation"], report=a["report"], metrics=a["metrics"],
+                         confusion=a["confusion"], best_model=a["best_model"])
+    if register_as:
+        a["registration"] = artifact(dsl.Artifact, root / "registration.json")
+        a["final_report"] = artifact(dsl.HTML, root / "final-report.html")
+        register.python_func(best_model=a["best_model"], evaluation=a["evaluation"], evaluation_report=a["report"],
+                             target_test=a["target_test"], model_name=register_as, experiment=experiment,
+                             publish_to=str(root / "published"), gate_alpha=0.05, gate_margin=0.0, min_accuracy=0.0,
+                             registration=a["registration"], report=a["final_report"])
+    return a
+
+
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory):
     """Runs ingest -> pretrain -> finetune/target-only/adapt -> evaluate -> register once."""
@@ -35,41 +82,7 @@ def chain(tmp_path_factory):
     mp.setenv("TLPIPE_HOME", str(root / "home"))
     mp.delenv("MLFLOW_TRACKING_URI", raising=False)
     mp.setenv("TLPIPE_PIPELINE_RUN", "run-1")  # what tlpipe run or the pod's label sets
-    a = {name: artifact(dsl.Dataset, root / name) for name in SPLITS}
-    ingest.python_func(source="digits", target="digits-m", target_labels_per_class=5, target_val_per_class=10, seed=0,
-                       image_size=32, data_version="",
-                       experiment="tests", publish_to=str(root / "published"), unseen_classes="",
-                       attributes="", **a)
-    for name in ("source_model", "finetuned", "target_only", "adapted", "best_model"):
-        a[name] = artifact(dsl.Model, root / name)
-    pretrain.python_func(source_train=a["source_train"], source_val=a["source_val"], backbone="small-cnn", pretrained_weights="",
-                         source_augment="colour", model=a["source_model"], **TRAIN)
-    # As on a cluster: strategies that do not train on the source are not given source_train.
-    finetune.python_func(source_model=a["source_model"],
-                         target_labelled=a["target_labelled"], target_val=a["target_val"], strategy="freeze:1",
-                         step_name="finetune", model=a["finetuned"], **TRAIN)
-    finetune.python_func(source_model=a["source_model"],
-                         target_labelled=a["target_labelled"], target_val=a["target_val"], strategy="scratch",
-                         step_name="target-only", model=a["target_only"], **TRAIN)
-    adapt.python_func(source_model=a["source_model"], source_train=a["source_train"],
-                      target_unlabelled=a["target_unlabelled"], target_labelled=a["target_labelled"],
-                      target_val=a["target_val"], method="dann+finetune", finetune_epochs=1, source_augment="colour", model=a["adapted"], **TRAIN)
-    a["evaluation"] = artifact(dsl.Artifact, root / "evaluation.json")
-    a["report"] = artifact(dsl.HTML, root / "report.html")
-    a["metrics"] = artifact(dsl.Metrics, root / "metrics")
-    a["confusion"] = artifact(dsl.ClassificationMetrics, root / "confusion")
-    evaluate.python_func(target_test=a["target_test"], target_val=a["target_val"], source_val=a["source_val"],
-                         target_unlabelled=a["target_unlabelled"], select_by="auto", source_test=a["source_test"],
-                         source_only=a["source_model"], target_only=a["target_only"],
-                         finetuned=a["finetuned"], adapted=a["adapted"], experiment="tests",
-                         evaluation=a["evaluation"], report=a["report"], metrics=a["metrics"],
-                         confusion=a["confusion"], best_model=a["best_model"])
-    a["registration"] = artifact(dsl.Artifact, root / "registration.json")
-    a["final_report"] = artifact(dsl.HTML, root / "final-report.html")
-    register.python_func(best_model=a["best_model"], evaluation=a["evaluation"], evaluation_report=a["report"],
-                         target_test=a["target_test"], model_name="tests-model", experiment="tests",
-                         publish_to=str(root / "published"), gate_alpha=0.05, gate_margin=0.0, min_accuracy=0.0,
-                         registration=a["registration"], report=a["final_report"])
+    a = transfer(root, register_as="tests-model")
     close_run.python_func(experiment="tests", status=dsl.PipelineTaskFinalStatus("SUCCEEDED", "run-1", "exit-handler-1",
                                                                                   None, None))
     yield a
@@ -194,6 +207,7 @@ def test_one_parent_run_with_a_nested_run_per_step(chain):
 
     client = MlflowClient()
     exp = client.get_experiment_by_name("tests")
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI opens on the runs, not GenAI
     runs = client.search_runs([exp.experiment_id])
     parents = [r for r in runs if r.data.tags.get("tlpipe.role") == "pipeline"]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
@@ -232,6 +246,11 @@ def test_the_parent_run_summarises_the_pipeline_run(chain):
                                     "target_labels_per_class", "select_by")} == {
         "source": "digits", "target": "digits-m", "backbone": "small-cnn", "strategy": "freeze:1",
         "adapt_method": "dann+finetune", "seed": "0", "target_labels_per_class": "5", "select_by": "target-val"}
+    # How long and how each model trained, as the chain's components were given it.
+    assert {k: params[k] for k in ("source_epochs", "finetune_epochs", "adapt_epochs", "lr", "batch_size",
+                                    "source_augment", "target_augment")} == {
+        "source_epochs": "1", "finetune_epochs": "1", "adapt_epochs": "1", "lr": "0.01", "batch_size": "64",
+        "source_augment": "colour", "target_augment": "none"}
     evaluation = json.loads(Path(chain["evaluation"].path).read_text())
     for r in evaluation["results"]:
         assert parent.data.metrics[f"{r['name']}_test_accuracy"] == pytest.approx(r["accuracy"])
@@ -396,3 +415,68 @@ def test_a_source_free_adaptation_reads_no_source_image_and_keeps_the_source_hea
     model, meta = load_model(adapted.path)
     assert meta["method"] == "shot" and torch.equal(model.head.weight, source.head.weight)
     assert not torch.equal(model.blocks[0][0].weight, source.blocks[0][0].weight)
+
+
+def test_zero_shot_keeps_the_unseen_classes_out_of_training_and_reports_them(tmp_path, monkeypatch):
+    """strategy=zero-shot:attributes with unseen_classes=7,8,9 through every component: ingest keeps the
+    unseen classes out of every labelled split a model trains or is chosen on, finetune trains the attribute head
+    on the source too, and evaluate scores seen, unseen and unseen-among-unseen images in the table and
+    the report."""
+    from tlpipe.evaluate import Evaluation
+    from tlpipe.report import format_table
+
+    monkeypatch.setenv("TLPIPE_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("TLPIPE_PIPELINE_RUN", "run-zero-shot")
+    a = transfer(tmp_path, "tests-zero-shot", {"unseen_classes": "7,8,9"}, strategy="zero-shot:attributes", method="dann")
+    for split in ("source_train", "source_val", "target_labelled", "target_val"):
+        data, meta = load_dataset(a[split].path)
+        assert not {"7", "8", "9"} & {meta["classes"][i] for i in set(data.labels.tolist())}, split
+    test, _ = load_dataset(a["target_test"].path)
+    assert {7, 8, 9} <= set(test.labels.tolist())
+    model, meta = load_model(a["finetuned"].path)
+    assert meta["method"] == "finetune:zero-shot:attributes" and model.spec.head == "attributes"
+    evaluation = Evaluation.load(a["evaluation"].path)
+    table = format_table(evaluation)
+    assert evaluation.unseen == ["7", "8", "9"] and "unseen classes 7, 8, 9 (never in training)" in table and "unseen*" in table
+    assert "Zero-shot: unseen classes 7, 8, 9" in Path(a["report"].path).read_text()
+
+
+def test_a_timm_backbone_from_hub_weights_runs_through_the_components(tmp_path, monkeypatch, hf_cache):
+    """timm:test_resnet started from timm's pretrained tag, read offline from a test-populated Hugging Face
+    cache; adapted by CDAN+MCC with SDAT, a bottleneck and (by default, with pretrained weights) the
+    backbone at 0.1x the rate; registered with timm in its serving requirements."""
+    import mlflow
+    import timm
+    import torch
+    from helpers import put_in_hf_cache
+    from mlflow import MlflowClient
+
+    from tlpipe.report import format_table
+
+    torch.manual_seed(0)
+    hub_id = timm.models.get_pretrained_cfg("test_resnet.r160_in1k").hf_hub_id
+    reference = timm.create_model("test_resnet", num_classes=1000)
+    put_in_hf_cache(hf_cache, hub_id, {"model.safetensors": reference.state_dict()})
+    monkeypatch.setenv("TLPIPE_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("TLPIPE_PIPELINE_RUN", "run-timm")
+    a = transfer(tmp_path, "tests-timm", backbone="timm:test_resnet", pretrained_weights="timm:test_resnet.r160_in1k",
+                 strategy="full", finetune_args={"backbone_lr": 0.5}, method="cdan+mcc+sdat",
+                 adapt_args={"bottleneck": 32}, register_as="timm")
+    from tlpipe.evaluate import Evaluation
+
+    assert ("every model starts from timm:test_resnet.r160_in1k; target-only is those weights with a new head"
+            in format_table(Evaluation.load(a["evaluation"].path)))
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name("tests-timm").experiment_id
+    by_step = {r.data.tags["tlpipe.step"]: r for r in client.search_runs([experiment], "tags.`tlpipe.role` = 'step'")}
+    assert by_step["pretrain"].data.params["backbone"] == "timm:test_resnet"
+    adapt_params = by_step["adapt"].data.params
+    # The bottleneck as given; the backbone's rate, not given, the pretrained recipe's.
+    assert (adapt_params["method"], adapt_params["bottleneck"], adapt_params["backbone_lr"]) == ("cdan+mcc+sdat", "32", "0.1")
+    assert by_step["finetune"].data.params["backbone_lr"] == "0.5" and "backbone_lr" not in by_step["pretrain"].data.params
+    assert "train_mcc_loss" in by_step["adapt"].data.metrics
+    assert a["registration"].metadata["version"] == "1"
+    # A serving environment built from the registered model gets timm.
+    assert f"timm=={timm.__version__}" in Path(mlflow.pyfunc.get_model_dependencies("models:/timm/1")).read_text()

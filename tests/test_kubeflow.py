@@ -14,7 +14,7 @@ from tlpipe.cluster import CPU_IMAGE, Cluster, Resources, Toleration, compile_pi
 
 REPO = Path(__file__).resolve().parents[1]
 TRAINING = {"pretrain", "finetune", "adapt", "champion", "layer-transfer"}
-SCORING = {"evaluate", "evaluate-retrain", "register"}
+SCORING = {"evaluate", "evaluate-retrain", "register", "predict"}
 LIGHT = {"data-version", "strategy-uses-source", "ingest", "close-run", "layer-sweep-report"}
 
 
@@ -166,7 +166,7 @@ def test_only_strategies_that_train_on_the_source_download_source_train(tmp_path
     assert finetunes == expected
 
 
-@pytest.mark.parametrize("name", ["transfer", "retrain", "layer-sweep"])
+@pytest.mark.parametrize("name", ["transfer", "retrain", "layer-sweep", "predict"])
 def test_every_step_runs_inside_an_exit_handler_that_closes_the_mlflow_run(tmp_path, name):
     spec, _ = load_ir(compiled(name, Cluster()))
     root = spec["root"]["dag"]["tasks"]
@@ -175,6 +175,22 @@ def test_every_step_runs_inside_an_exit_handler_that_closes_the_mlflow_run(tmp_p
     assert close["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
     assert close["dependentTasks"] == ["exit-handler-1"]
     assert close["inputs"]["parameters"]["status"] == {"taskFinalStatus": {"producerTask": "exit-handler-1"}}
+
+
+def test_predict_runs_on_one_gpu_uncached_with_the_model_and_images_it_is_given(tmp_path):
+    spec, platform = load_ir(compiled("predict", Cluster(gpus=2, shm_size="4Gi")))
+    tasks = tasks_of(spec)
+    assert set(tasks) == {"predict", "close-run"}
+    body = tasks["predict"]
+    assert not body.get("cachingOptions", {}).get("enableCache")  # the alias moves, the folder changes
+    for name in ("model", "images", "publish_to"):
+        assert body["inputs"]["parameters"][name] == pipeline_parameter(name)
+    executor = executor_of(spec, "predict")
+    assert spec["deploymentSpec"]["executors"][executor]["container"]["resources"]["accelerator"]["resourceCount"] == "1"
+    assert platform[executor]["emptyDirMounts"][0]["mountPath"] == "/dev/shm"  # for the workers that decode the files
+    defaults = {k: v.get("defaultValue") for k, v in spec["root"]["inputDefinitions"]["parameters"].items()}
+    assert defaults["model"] == "models:/tlpipe@champion"
+    assert all(v.get("description") for v in spec["root"]["inputDefinitions"]["parameters"].values())
 
 
 def test_layer_sweep_fans_out_over_blocks_on_gpus_and_collects_the_points(tmp_path):
@@ -341,6 +357,25 @@ def test_submit_sends_the_compiled_pipeline_and_parameters(kfp_server, capsys):
     second = kfp_server.sent("POST", "/runs")[1]["body"]
     committed = yaml.safe_load_all((REPO / "pipelines/compiled/retrain.yaml").read_text())
     assert second["pipeline_spec"]["pipeline_spec"] == next(committed)
+
+
+@pytest.mark.parametrize("states, code, said", [
+    (["PENDING", "RUNNING", "SUCCEEDED"], 0, "SUCCEEDED: "),
+    (["RUNNING", "FAILED"], 2, "ended FAILED: pretrain: OOMKilled; its steps' logs are at "),
+    (["RUNNING", "CANCELED"], 2, "ended CANCELED; its steps' logs are at "),  # kfp's own wait would not end here
+])
+def test_submit_wait_follows_the_run_to_its_end(kfp_server, capsys, monkeypatch, states, code, said):
+    from tlpipe import remote
+
+    monkeypatch.setattr(remote, "WAIT_POLL_SECONDS", 0.01)
+    kfp_server.states, kfp_server.run_error = list(states), "pretrain: OOMKilled."
+    compiled_file = str(REPO / "pipelines/compiled/retrain.yaml")
+    assert main(["submit", compiled_file, "--host", kfp_server.url, "--token", "tok-1", "--wait"]) == code
+    out, err = capsys.readouterr()
+    run_id = next(iter(kfp_server.runs))
+    assert [line.split(": ")[1] for line in out.splitlines() if line.startswith(f"run {run_id}: ")] == list(
+        dict.fromkeys(states))
+    assert f"{said}{kfp_server.url}/#/runs/details/{run_id}" in (out if code == 0 else err)
 
 
 @pytest.mark.slow

@@ -110,3 +110,31 @@ def test_the_steps_notes_reach_the_terminal_and_colour_only_a_terminal(tmp_path)
         view.close_log(tmp_path / "run.log")
     assert piped.getvalue().splitlines() == [note.strip(), STEP_FAILED.strip().replace("\x1b[31m", "").replace("\x1b[0m", "")]
     assert terminal.getvalue().splitlines() == [note.strip(), STEP_FAILED.strip()]
+
+
+def test_a_run_that_failed_after_evaluate_prints_its_table_and_report(tlpipe_home, monkeypatch, capsys):
+    """register failed: evaluate's evaluation and report are in the run's folder; `tlpipe run` prints the
+    table and the report's path before the one sentence, and still exits 2."""
+    from tlpipe import local
+    from tlpipe.cli import main
+    from tlpipe.evaluate import Evaluation, Result
+
+    attempt = tlpipe_home / "pipeline-root" / "transfer-1" / "tlpipe-transfer-2026-12-04-03-00-00-000000"
+    (attempt / "evaluate").mkdir(parents=True)
+    results = [Result("source-only", "baseline", 0.5, {}, [[1, 1], [1, 1]], val_accuracy=0.5),
+               Result("adapted", "candidate", 0.75, {}, [[2, 0], [1, 1]], val_accuracy=0.8)]
+    Evaluation(results, "adapted", ["a", "b"], "sha256:0", 4, chance=0.5, val_count=10).save(attempt / "evaluate" / "evaluation")
+    (attempt / "evaluate" / "report").write_text("<html>evaluate's report</html>")
+    failed = local._collected("transfer-1", attempt.parent, tlpipe_home / "logs" / "transfer-1.log", 1.0, [])
+    assert failed.evaluation.best == "adapted" and failed.registration is None
+    assert failed.report.read_text() == "<html>evaluate's report</html>"
+
+    def run(*args, **kwargs):
+        raise local.RunFailed("the MLflow server stopped answering in register", failed)
+
+    monkeypatch.setattr(local, "run", run)
+    assert main(["run"]) == 2
+    out, err = capsys.readouterr()
+    assert "the run failed after evaluate; what it measured:" in out and "adapted        candidate" in out
+    assert f"report (without the registry's section): {failed.report}" in out
+    assert err.strip() == "tlpipe: error: the MLflow server stopped answering in register"

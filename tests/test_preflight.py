@@ -101,6 +101,9 @@ def test_ingest_refuses_data_that_cannot_be_split_before_any_training(tmp_path, 
     ({"target_labels_per_class": "-1"}, "target_labels_per_class must be 0 or more, got -1."),
     ({"target_val_per_class": "-2"}, "target_val_per_class must be 0 or more, got -2."),
     ({"image_size": "0"}, "image_size must be 8 or more, got 0."),
+    # The smallest size is found by trying: small-cnn's 5x5 kernels outgrow a 12 px image's feature maps.
+    ({"image_size": "12"}, "the small-cnn backbone needs images of at least 16 px, and image_size is 12; set -p "
+                           "image_size=16 or more."),
     ({"lr": "0"}, "lr must be more than 0, got 0.0."),
 ])
 def test_numbers_out_of_range_are_refused_before_anything_runs(transfer, tlpipe_home, given, expected):
@@ -213,3 +216,16 @@ def test_names_in_another_case_get_the_right_one_and_k_stays_within_the_blocks(t
 def test_a_misspelt_parameter_name_gets_the_closest_one(transfer):
     with pytest.raises(TlpipeError, match="has no parameter 'Source_Epochs'; did you mean 'source_epochs'\\? its"):
         preflight.pipeline_arguments(transfer, {"Source_Epochs": "1"})
+
+
+def test_local_paths_are_recorded_as_absolute_locations(tmp_path, monkeypatch):
+    """`imagefolder:data/source` names a folder only from where it was typed: the run records where it is."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "attrs.csv").write_text("class,a\n")
+    given = {"source": "imagefolder:data/source", "target": "digits-m", "images": "imagefolder:s3://team/new",
+             "attributes": "attrs.csv", "pretrained_weights": "timm:resnet50.a1_in1k", "publish_to": "out/published",
+             "checkpoint_root": "", "seed": 3}
+    assert preflight.absolute_locations(given) == given | {
+        "source": f"imagefolder:{tmp_path}/data/source", "attributes": f"{tmp_path}/attrs.csv",
+        "publish_to": f"{tmp_path}/out/published"}
+    assert preflight.absolute_locations({"source": "torchvision:MNIST:data"})["source"] == f"torchvision:MNIST:{tmp_path}/data"

@@ -70,6 +70,20 @@ def test_the_data_version_of_an_s3_folder_changes_when_an_object_is_rewritten(st
     assert data_version("imagefolder:s3://tlpipe/tests/versioned") != first
 
 
+def test_images_to_predict_stream_from_an_s3_prefix_as_from_their_folder(stack, tmp_path):
+    """Batch prediction's reading (tlpipe.data.files): the S3 listing leaves folder markers out, the
+    objects are read in parallel and decoded to the pixels of the same files on disk."""
+    from tlpipe.data.files import file_batches, image_files
+
+    local = write_image_folder(tmp_path / "batch", per_class=7, size=20)
+    storage.upload(local, "s3://tlpipe/tests/predict")
+    storage.client().put_object(Bucket="tlpipe", Key="tests/predict/a/", Body=b"")
+    on_s3, on_disk = image_files("imagefolder:s3://tlpipe/tests/predict"), image_files(f"imagefolder:{local}")
+    assert on_s3.names == on_disk.names and len(on_s3.names) == 21
+    pixels = [torch.cat(list(file_batches(files, 16, batch_size=8, workers=2))) for files in (on_s3, on_disk)]
+    assert torch.equal(*pixels)
+
+
 def test_a_corrupt_image_in_s3_is_named_by_its_uri(stack, tmp_path):
     local = write_image_folder(tmp_path / "folder", per_class=2)
     (local / "c" / "1.png").write_bytes(b"\x89PNG broken")

@@ -19,17 +19,6 @@ from tlpipe.models import Classifier, ModelSpec, read_weights
 from tlpipe.models import weights as hub
 
 
-@pytest.fixture
-def hf_cache(tmp_path, monkeypatch):
-    from huggingface_hub import constants
-
-    cache = tmp_path / "hf"
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))  # for the tlpipe processes tests start
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    return cache
-
-
 def test_hf_hub_weights_load_from_the_cache_offline_safetensors_first(hf_cache):
     torch.manual_seed(0)
     reference = timm.create_model("resnet18", num_classes=1000)

@@ -44,7 +44,14 @@ def cmd_run(args) -> None:
     if args.resume and (args.param or args.pipeline):
         raise TlpipeError(f"--resume {args.resume} goes on with that run's own pipeline and parameters; "
                           "give neither a pipeline nor -p with it.")
-    result = local.run(args.pipeline or "transfer", _params(args.param), verbose=args.verbose, resumed=args.resume)
+    try:
+        result = local.run(args.pipeline or "transfer", _params(args.param), verbose=args.verbose, resumed=args.resume)
+    except local.RunFailed as failed:  # what it measured before the failure is still worth reading
+        if failed.result.evaluation:
+            print(f"\nthe run failed after evaluate; what it measured:\n\n"
+                  f"{format_table(failed.result.evaluation)}\n\nreport (without the registry's section): "
+                  f"{failed.result.report}", flush=True)
+        raise
     print()
     if result.evaluation:
         print(format_table(result.evaluation))
@@ -54,7 +61,10 @@ def cmd_run(args) -> None:
         print()
     if result.registration:
         _print_registration(result.registration)
-    print(f"report: {result.report}")
+    if result.predictions:
+        _print_predictions(result.predictions)
+    if result.report:
+        print(f"report: {result.report}")
     print(f"log: {result.log}")
     _print_mlflow_run(result.run_id)
     print()
@@ -89,6 +99,26 @@ def _print_registration(reg) -> None:
         print(f"champion: version {reg.champion_version} ({reg.verdict})")
     else:
         print(f"no champion: {reg.verdict}")
+
+
+def _print_predictions(folder: Path) -> None:
+    from tlpipe.steps.predict import PREDICTIONS_FILE, SUMMARY_FILE, UNSURE_BELOW, PredictionSummary
+
+    s = PredictionSummary.load(folder / SUMMARY_FILE)
+    print(f"predicted {s.count} images of {s.images} with {s.model_name} version {s.version} ({s.model})")
+    width = max(len("class"), *(len(c) for c in s.classes))
+    print(f"{'class':<{width}} {'images':>8} {'share':>7}")
+    for name, n in s.predicted.items():
+        print(f"{name:<{width}} {n:>8} {n / s.count:>7.1%}")
+    print(f"mean confidence {s.mean_confidence:.1%}; {s.unsure_share:.1%} below {UNSURE_BELOW:.0%}; mean entropy "
+          f"{s.mean_entropy:.2f} (0 certain, 1 uniform over the classes)")
+    if s.folder_agreement is not None:
+        print(f"folders named after a class: {s.folder_count} images, {s.folder_agreement:.1%} predicted as their "
+              "folder's class (a test figure only if the model never trained on these images)")
+    if s.skipped:
+        print(f"left out, not PNG or JPEG: {s.skipped_count} file{'s' if s.skipped_count > 1 else ''} ({', '.join(s.skipped[:3])}"
+              f"{', ...' if s.skipped_count > 3 else ''})")
+    print(f"predictions: {folder / PREDICTIONS_FILE}")
 
 
 def _registry_client(args):
@@ -167,9 +197,43 @@ def cmd_weights(args) -> None:
     print(f"mirrored {args.name} to {mirror(args.name, args.destination)}")
 
 
+# Each command's help ends with these (tests/test_cli.py parses every one of them).
+EXAMPLES = {
+    "run": ["tlpipe run", "tlpipe run -p source=imagefolder:data/source -p target=imagefolder:data/target -p model_name=photos",
+            "tlpipe run predict -p images=imagefolder:data/new -p model=models:/photos@champion",
+            "tlpipe run retrain --stack local -p target=imagefolder:s3://team/photos/target",
+            "tlpipe run --resume transfer-20261204-031500-1a2b3c"],
+    "params": ["tlpipe params", "tlpipe params predict", "tlpipe params all"],
+    "examples": ["tlpipe examples data/source --images 2000", "tlpipe examples data/target --images 600 --shift 1.0"],
+    "registry": ["tlpipe registry", "tlpipe registry --model-name photos --stack local"],
+    "rollback": ["tlpipe rollback --model-name photos", "tlpipe rollback --model-name photos --to 3"],
+    "compile": ["tlpipe compile", "tlpipe compile transfer --image registry.example.com/tlpipe/trainer:0.1.0 --gpus 2"],
+    "submit": ["tlpipe submit transfer --host https://kubeflow.example.com/pipeline -p target=imagefolder:s3://team/target --wait",
+               "tlpipe submit pipelines/compiled/retrain.yaml --host http://localhost:8080"],
+    "schedule": ['tlpipe schedule retrain --cron "0 0 3 * * *" --host http://localhost:8080 -p model_name=photos'],
+    "schedule-list": ["tlpipe schedule list --host http://localhost:8080"],
+    "schedule-delete": ["tlpipe schedule delete 5f0e4c1e-0000-4000-8000-000000000000 --host http://localhost:8080"],
+    "screenshot": ["tlpipe screenshot .tlpipe/reports/transfer-20261204-031500-1a2b3c.html --out shots"],
+    "weights": ["tlpipe weights mirror timm:resnet50.a1_in1k s3://team/weights --stack local"],
+    "stack": ["tlpipe stack up", 'eval "$(tlpipe stack env)"', "tlpipe stack down"],
+}
+STACK_ACTIONS = ("up: start SeaweedFS (S3) and the MLflow server on this machine (their data under $TLPIPE_HOME/stack); "
+                 "down: stop them, keeping their data; status: whether they run, and where; env: the export lines that "
+                 "point MLflow, boto3 and tlpipe at them")
+
+
+def _versions() -> str:
+    from importlib.metadata import version
+
+    return f"tlpipe {version('tlpipe')} ({', '.join(f'{d} {version(d)}' for d in ('torch', 'torchvision', 'kfp', 'mlflow'))})"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tlpipe", description="Transfer learning as a production pipeline.")
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(prog="tlpipe", description="Transfer learning as a production pipeline.",
+                                     epilog="`tlpipe COMMAND --help` shows a command's options and examples.")
+    parser.add_argument("--version", action="version", version=_versions())
+    shown = [n for n in EXAMPLES if not n.startswith("schedule-")]
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{" + ",".join(shown) + "}")
     run = commands.add_parser("run", help="run a pipeline on this machine (kfp.local)")
     run.add_argument("pipeline", nargs="?", help="pipeline name (default: transfer)")
     run.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE", help="pipeline parameter")
@@ -211,13 +275,23 @@ def build_parser() -> argparse.ArgumentParser:
     mirror.add_argument("--stack", choices=["local"], help="use the local stack's S3")
     mirror.set_defaults(func=cmd_weights)
     stack = commands.add_parser("stack", help="the local S3 (SeaweedFS) + MLflow server stack")
-    stack.add_argument("action", choices=["up", "down", "status", "env"])
+    stack.add_argument("action", choices=["up", "down", "status", "env"], help=STACK_ACTIONS)
     stack.set_defaults(func=cmd_stack)
+    for name, sub in commands.choices.items():
+        sub.formatter_class = argparse.RawDescriptionHelpFormatter
+        sub.epilog = "examples:\n" + "\n".join(f"  {example}" for example in EXAMPLES[name])
     return parser
 
 
+def routed(argv: list[str]) -> list[str]:
+    """`schedule list` and `schedule delete` are commands of their own, with their own options and help."""
+    if argv[:1] == ["schedule"] and argv[1:2] in (["list"], ["delete"]):
+        return [f"schedule-{argv[1]}", *argv[2:]]
+    return list(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(routed(sys.argv[1:] if argv is None else argv))
     try:
         args.func(args)
     except KeyboardInterrupt as interrupted:  # Ctrl-C or SIGTERM: one sentence, no traceback

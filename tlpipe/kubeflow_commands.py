@@ -5,6 +5,9 @@ import os
 from tlpipe.errors import TlpipeError
 
 
+SCHEDULE_LIST, SCHEDULE_DELETE = "schedule-list", "schedule-delete"
+
+
 def _params(pairs: list[str]) -> dict[str, str]:
     from tlpipe.preflight import parse_params
 
@@ -64,26 +67,41 @@ def cmd_submit(args) -> None:
     from tlpipe import remote
 
     _check_before_submit(args)
-    run_id, url = remote.submit(_connect(args), args.pipeline, _cluster(args), _params(args.param), args.experiment,
+    connection = _connect(args)
+    run_id, url = remote.submit(connection, args.pipeline, _cluster(args), _params(args.param), args.experiment,
                                 args.run_name, args.namespace)
-    print(f"submitted run {run_id}: {url}")
+    print(f"submitted run {run_id}: {url}", flush=True)
+    if not args.wait:
+        return
+    try:
+        state, reason = remote.wait(connection, run_id, lambda line: print(line, flush=True))
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(f"stopped waiting; run {run_id} goes on on the cluster: {url}") from None
+    if state != "SUCCEEDED":
+        raise TlpipeError(f"run {run_id} ended {state}{f': {reason.rstrip(chr(46))}' if reason else ''}; its steps' "
+                          f"logs are at {url}")
+    print(f"run {run_id} SUCCEEDED: {url}")
+
+
+def cmd_schedule_list(args) -> None:
+    from tlpipe import remote
+
+    rows = remote.list_recurring_runs(_connect(args), args.namespace)
+    print(f"{'id':<38} {'name':<24} {'cron':<18} status")
+    for r in rows:
+        print(f"{r['id']:<38} {r['name']:<24} {r['cron']:<18} {r['status']}")
+
+
+def cmd_schedule_delete(args) -> None:
+    from tlpipe import remote
+
+    remote.delete_recurring_run(_connect(args), args.id)
+    print(f"deleted recurring run {args.id}")
 
 
 def cmd_schedule(args) -> None:
     from tlpipe import remote
 
-    if args.pipeline == "list":
-        rows = remote.list_recurring_runs(_connect(args), args.namespace)
-        print(f"{'id':<38} {'name':<24} {'cron':<18} status")
-        for r in rows:
-            print(f"{r['id']:<38} {r['name']:<24} {r['cron']:<18} {r['status']}")
-        return
-    if args.pipeline == "delete":
-        if not args.id:
-            raise TlpipeError("schedule delete needs the recurring run's ID (see `tlpipe schedule list`).")
-        remote.delete_recurring_run(_connect(args), args.id)
-        print(f"deleted recurring run {args.id}")
-        return
     if not args.cron:
         raise TlpipeError("schedule needs --cron, six fields with seconds first, e.g. \"0 0 3 * * *\".")
     remote.validate_cron(args.cron)
@@ -138,10 +156,13 @@ def _add_cluster_options(parser) -> None:
                             "of the pod it replaces (default %(default)s)")
 
 
-def _add_server_options(parser) -> None:
+def _add_server_options(parser, runs: bool = True) -> None:
+    """The server to talk to; with `runs`, also what a new run gets (experiment, parameters)."""
     parser.add_argument("--host", help="Kubeflow Pipelines API URL (default $KF_PIPELINES_ENDPOINT)")
     parser.add_argument("--token", help="bearer token (default $KF_PIPELINES_TOKEN, or the pod's service-account token)")
     parser.add_argument("--namespace", help="profile namespace of a multi-user Kubeflow")
+    if not runs:
+        return
     parser.add_argument("--experiment", default="tlpipe", help="KFP experiment (default %(default)s)")
     parser.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE", help="pipeline parameter")
 
@@ -156,12 +177,14 @@ def add_to(commands) -> None:
     submit = commands.add_parser("submit", help="run a pipeline on Kubeflow Pipelines")
     submit.add_argument("pipeline", help="pipeline name (compiled now) or a compiled .yaml")
     submit.add_argument("--run-name", help="display name of the run")
+    submit.add_argument("--wait", action="store_true",
+                        help="follow the run to its end, printing its states; exit 2 unless it succeeds")
     _add_server_options(submit)
     _add_cluster_options(submit)
     submit.set_defaults(func=cmd_submit)
     schedule = commands.add_parser("schedule", help="recurring runs on Kubeflow Pipelines: PIPELINE --cron, list, delete ID")
-    schedule.add_argument("pipeline", help="pipeline name or compiled .yaml to schedule; or list; or delete")
-    schedule.add_argument("id", nargs="?", help="recurring run ID (for delete)")
+    schedule.add_argument("pipeline", help="pipeline name or compiled .yaml to schedule (`schedule list` and "
+                                           "`schedule delete ID` have their own help)")
     schedule.add_argument("--cron", help="six fields, seconds first: \"0 0 3 * * *\" is 03:00 daily")
     schedule.add_argument("--name", help="recurring run name (default tlpipe-PIPELINE)")
     schedule.add_argument("--max-concurrency", type=int, default=1, help="runs at once (default 1)")
@@ -170,3 +193,12 @@ def add_to(commands) -> None:
     _add_server_options(schedule)
     _add_cluster_options(schedule)
     schedule.set_defaults(func=cmd_schedule)
+    # `tlpipe schedule list` and `tlpipe schedule delete ID` (tlpipe.cli.main routes them here): server
+    # options only, none of the compile options a new recurring run takes.
+    listing = commands.add_parser(SCHEDULE_LIST, prog="tlpipe schedule list", description="the recurring runs on the server")
+    _add_server_options(listing, runs=False)
+    listing.set_defaults(func=cmd_schedule_list)
+    delete = commands.add_parser(SCHEDULE_DELETE, prog="tlpipe schedule delete", description="delete a recurring run")
+    delete.add_argument("id", help="the recurring run's ID (`tlpipe schedule list` shows it)")
+    _add_server_options(delete, runs=False)
+    delete.set_defaults(func=cmd_schedule_delete)

@@ -26,9 +26,11 @@ from tlpipe.steps.common import COMPUTE_MARK
 
 # Where each pipeline's results are in its run folder (kfp.local writes <task>/<output>): Kubeflow allows no
 # pipeline outputs from inside the exit handler (pipelines.closing_run), so they are looked up here.
-RESULTS = {"report": ("register/report", "layer-sweep-report/report"),
+# A run that failed after evaluate (in register) still has evaluate's report, without the gate's section.
+RESULTS = {"report": ("register/report", "layer-sweep-report/report", "evaluate/report", "evaluate-retrain/report"),
            "evaluation": ("evaluate/evaluation", "evaluate-retrain/evaluation"),
-           "registration": ("register/registration",), "sweep": ("layer-sweep-report/sweep",)}
+           "registration": ("register/registration",), "sweep": ("layer-sweep-report/sweep",),
+           "predictions": ("predict/predictions",)}
 
 
 @dataclass
@@ -42,19 +44,29 @@ class StepTime:
 @dataclass
 class RunResult:
     run_id: str  # the pipeline run: the MLflow parent run's name, the report's and the log's file name
-    report: Path
+    report: Path | None  # the predict pipeline writes none
     log: Path
     seconds: float
     steps: list[StepTime]
     evaluation: Evaluation | None = None  # transfer and retrain
     registration: Registration | None = None
     sweep: list[dict] | None = None  # layer-sweep: its points
+    predictions: Path | None = None  # predict: the folder of predictions.parquet and summary.json
 
     @property
     def sequential(self) -> bool:
         """Whether the steps ran one after another (a ParallelFor runs them side by side)."""
         steps = sorted(self.steps, key=lambda s: s.began)
         return all(b.began >= a.began + a.wall for a, b in zip(steps, steps[1:]))
+
+
+class RunFailed(TlpipeError):
+    """A run that failed in a step, in one sentence; `result` holds what it finished (the evaluation and its
+    report, when evaluate did)."""
+
+    def __init__(self, sentence: str, result: RunResult):
+        super().__init__(sentence)
+        self.result = result
 
 
 _COLOUR = re.compile(r"\x1b\[[0-9;]*m")
@@ -190,7 +202,7 @@ def run(name: str, given: dict[str, str], verbose: bool = False, resumed: str = 
     if resumed:
         name, given = resume.recorded(resumed)
     pipeline = build_pipeline(name)
-    arguments = preflight.pipeline_arguments(pipeline, given)
+    arguments = preflight.absolute_locations(preflight.pipeline_arguments(pipeline, given))
     defaults = {k: spec.default for k, spec in pipeline.component_spec.inputs.items()}
     values = {**defaults, **arguments}
     # Steps run as child processes: give them absolute locations that do not depend on their cwd.
@@ -257,17 +269,32 @@ def run(name: str, given: dict[str, str], verbose: bool = False, resumed: str = 
                 else:
                     os.environ[key] = value
             incomplete_log = view.close_log(log_path)
+    seconds = time.perf_counter() - started
     if failure:
-        raise TlpipeError(f"{failure.rstrip('. ')}; {incomplete_log}." if incomplete_log else failure)
+        try:
+            finished = _collected(run_id, run_root, log_path, seconds, view.steps)
+        except (OSError, ValueError, KeyError):  # what a failed step left may be unreadable: the sentence matters
+            finished = RunResult(run_id=run_id, report=None, log=log_path, seconds=seconds, steps=view.steps)
+        raise RunFailed(f"{failure.rstrip('. ')}; {incomplete_log}." if incomplete_log else failure, finished)
+    result = _collected(run_id, run_root, log_path, seconds, view.steps)
     if incomplete_log:
         print(f"tlpipe: warning: {incomplete_log}", file=sys.stderr)
+    return result
+
+
+def _collected(run_id: str, run_root: Path, log_path: Path, seconds: float, steps: list[StepTime]) -> RunResult:
+    """What the run left in its folder (its newest attempt's outputs first): the report, copied to
+    $TLPIPE_HOME/reports/<run id>.html, the evaluation, the registration, the sweep, the predictions."""
     newest_first = resume.attempts(run_root)[::-1]
     results = {key: next((d / p for d in newest_first for p in places if (d / p).exists()), None)
                for key, places in RESULTS.items()}
-    report = settings.home() / "reports" / f"{run_id}.html"
-    report.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(results["report"], report)
-    result = RunResult(run_id=run_id, report=report, log=log_path, seconds=time.perf_counter() - started, steps=view.steps)
+    report = None
+    if results["report"]:
+        report = settings.home() / "reports" / f"{run_id}.html"
+        report.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(results["report"], report)
+    result = RunResult(run_id=run_id, report=report, log=log_path, seconds=seconds, steps=steps,
+                       predictions=results["predictions"])
     if results["evaluation"]:
         result.evaluation = Evaluation.load(results["evaluation"])
     if results["registration"]:

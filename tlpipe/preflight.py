@@ -2,21 +2,26 @@
 types, their values checked, and what is cheap to check now and expensive after training started
 (data, weights, buckets, the tracking server)."""
 
+import functools
 import json
 import sys
 from pathlib import Path
 
+import torch
+
 from tlpipe import augment, selection, storage, tracking
 from tlpipe.cluster import check_cluster_checkpoint_root
 from tlpipe.data import census, check_spec
+from tlpipe.data.files import location_of
 from tlpipe.data.spec import BUILTIN, spec_location
 from tlpipe.errors import TlpipeError, did_you_mean
 from tlpipe.methods import adapt as adaptation
 from tlpipe.methods.finetune import parse_strategy
-from tlpipe.models.backbones import build_backbone, check_backbone
+from tlpipe.models import Classifier, ModelSpec
+from tlpipe.models.backbones import check_backbone
 from tlpipe.models.weights import hub_file, is_hub_name
 from tlpipe.registry import Gate
-from tlpipe.registry.champion import champion_classes
+from tlpipe.registry.champion import champion_classes, registered_version
 
 
 def _json_list(value: str) -> list:
@@ -75,6 +80,39 @@ def pipeline_arguments(pipeline, given: dict[str, str]) -> dict:
     return arguments
 
 
+PATHS = ("publish_to", "checkpoint_root", "attributes")  # a folder or file, or an s3:// URI
+NAMED = ("pretrained_weights",)  # also a hub or torchvision name
+SPECS = ("source", "target", "images")  # data specs: imagefolder:<location>, torchvision:<Name>:<root>, a name
+
+
+def _absolute(location: str) -> str:
+    if not location or "://" in location:
+        return location
+    return str(Path(location).expanduser().resolve())
+
+
+def absolute_locations(arguments: dict) -> dict:
+    """The run's arguments with relative local paths made absolute, as the MLflow runs, the registry's lineage
+    and the steps record them: `imagefolder:data/source` names a folder only from where it was typed.
+    (Not for a cluster run: its paths are the pods'.)"""
+    absolute = dict(arguments)
+    for name in PATHS:
+        if isinstance(absolute.get(name), str):
+            absolute[name] = _absolute(absolute[name])
+    for name in NAMED:  # a file only where one is
+        value = absolute.get(name)
+        if isinstance(value, str) and value and not is_hub_name(value) and Path(value).expanduser().is_file():
+            absolute[name] = _absolute(value)
+    for name in SPECS:
+        spec = absolute.get(name)
+        if isinstance(spec, str) and spec.startswith("imagefolder:"):
+            absolute[name] = "imagefolder:" + _absolute(spec.removeprefix("imagefolder:"))
+        elif isinstance(spec, str) and spec.startswith("torchvision:") and spec.count(":") >= 2:
+            kind, dataset, root = spec.split(":", 2)
+            absolute[name] = f"{kind}:{dataset}:{_absolute(root)}"
+    return absolute
+
+
 def preflight(arguments: dict, defaults: dict, on_cluster: bool = False) -> list[str]:
     """Checks that are cheap now and expensive to find out after training started.
 
@@ -116,6 +154,13 @@ def preflight(arguments: dict, defaults: dict, on_cluster: bool = False) -> list
             location = checked(spec_location, values[key])
             if location is not None:
                 counts[key] = checked(check_spec, values[key], not location or reachable(key, location))
+    if "images" in values:  # predict: the folder, or the bucket of the prefix (the step lists it)
+        location = checked(location_of, values["images"])
+        if location and reachable("images", location):
+            if storage.is_s3(location):
+                checked(storage.check_bucket, location)
+            elif not Path(location).is_dir():
+                problems.append(f"image folder {location} {'is not a directory' if Path(location).exists() else 'does not exist'}.")
     refused, warnings = _census_problems(counts, values)
     problems += refused
     weights = values.get("pretrained_weights")
@@ -141,6 +186,8 @@ def preflight(arguments: dict, defaults: dict, on_cluster: bool = False) -> list
             problems.append(str(error))
         else:
             checked(_check_champion, values, counts.get("source"))
+            if "model" in values:  # predict: the registered model it names
+                checked(registered_version, values["model"])
     problems = list(dict.fromkeys(problems))  # an unreachable bucket read by both domains is one problem
     if problems:
         raise TlpipeError(problems[0] if len(problems) == 1 else
@@ -209,6 +256,7 @@ def check_parameters(values: dict) -> None:
                               "(class,<attribute>,...).")
     if "backbone" in values:
         check_backbone(values["backbone"])
+        _backbone_blocks(values["backbone"], values.get("image_size", 32))
         if "strategy" in values:
             _check_strategy_blocks(values["strategy"], values["backbone"], values.get("image_size", 32))
     recipe = [values.get(name, 0) for name in ("adapt_bottleneck", "adapt_backbone_lr")]
@@ -229,19 +277,49 @@ def check_parameters(values: dict) -> None:
         Gate(values["gate_alpha"], values.get("gate_margin", 0.0), values.get("min_accuracy", 0.0))
 
 
+def _takes(backbone: str, size: int) -> int | None:
+    """The number of blocks of `backbone` if a classifier on it takes one size x size image, else None."""
+    try:
+        model = Classifier(ModelSpec(backbone, ["a", "b"], size)).eval()
+        with torch.no_grad():
+            model(torch.zeros(1, size, size, 3, dtype=torch.uint8))
+    except (RuntimeError, TlpipeError):  # kernels larger than the feature map, an empty patch grid, ...
+        return None
+    return len(model.blocks)
+
+
+@functools.lru_cache(maxsize=8)
+def _backbone_blocks(backbone: str, image_size: int) -> int:
+    """The backbone's number of blocks, once a classifier on it has taken an image_size image; otherwise one
+    sentence with the smallest size it takes (found by bisection), before training fails on its first batch."""
+    image_size = int(image_size)  # a compiled pipeline's defaults come back as floats
+    blocks = _takes(backbone, image_size)
+    if blocks is not None:
+        return blocks
+    works = next((s for s in (16, 32, 64, 128, 224, 384, 512) if s > image_size and _takes(backbone, s)), None)
+    if works is None:
+        raise TlpipeError(f"the {backbone} backbone does not take {image_size} px images; set image_size to a size it does.")
+    fails = image_size
+    while works - fails > 1:
+        middle = (works + fails) // 2
+        works, fails = (middle, fails) if _takes(backbone, middle) else (works, middle)
+    raise TlpipeError(f"the {backbone} backbone needs images of at least {works} px, and image_size is {image_size}; "
+                      f"set -p image_size={works} or more.")
+
+
 def _check_strategy_blocks(strategy: str, backbone: str, image_size: int) -> None:
     """freeze:k, copy:k and copy+:k within the backbone's blocks: freeze:99 would freeze every block and
     train the head alone, a linear probe under another name."""
     name, k = parse_strategy(strategy)
     if name in ("freeze", "copy", "copy+"):
-        n = len(build_backbone(backbone, image_size).blocks)
+        n = _backbone_blocks(backbone, image_size)
         if k > n:
             raise TlpipeError(f"strategy={strategy}: the {backbone} backbone has {n} blocks; give {name}:0 to {name}:{n}.")
 
 
 def _check_blocks(blocks: list, backbone: str, image_size: int) -> None:
     """The layer sweep's k values: whole numbers from 0 to the backbone's number of blocks."""
-    n = len(build_backbone(backbone, image_size).blocks)
+    n = _backbone_blocks(backbone, image_size)
     if not blocks or any(not isinstance(k, int) or isinstance(k, bool) or not 0 <= k <= n for k in blocks):
         raise TlpipeError(f"blocks={json.dumps(blocks)}: give whole numbers from 0 to {n}, the number of blocks of the "
                           f"{backbone} backbone, e.g. [0, 1, 2].")

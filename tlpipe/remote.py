@@ -191,6 +191,30 @@ def submit(connection: Connection, pipeline: str, cluster: Cluster, given: dict[
     return result.run_id, connection.run_url(result.run_id)
 
 
+# A run's states in the v2beta1 API: the ones it ends in, and how often a waiting client asks.
+FINAL_STATES = ("SUCCEEDED", "FAILED", "SKIPPED", "CANCELED")
+WAIT_POLL_SECONDS = 10.0
+
+
+def wait(connection: Connection, run_id: str, said=print) -> tuple[str, str]:
+    """Follows a run until it ends, saying each state it enters; its final state and, when it did not
+    succeed, the reason the API gives. (kfp.Client.wait_for_run_completion waits past a cancellation.)"""
+    import time
+
+    seen = ""
+    while True:
+        with _api_errors(connection.host, f"read run {run_id}"), _quiet():
+            run = connection.client.get_run(run_id)
+        state = str(run.state or "PENDING").upper()
+        if state != seen:
+            said(f"run {run_id}: {state}")
+            seen = state
+        if state in FINAL_STATES:
+            error = getattr(run, "error", None)
+            return state, (getattr(error, "message", "") or "") if error else ""
+        time.sleep(WAIT_POLL_SECONDS)
+
+
 def schedule(connection: Connection, pipeline: str, cluster: Cluster, given: dict[str, str], experiment: str,
              cron: str, name: str | None = None, max_concurrency: int = 1, catchup: bool = False,
              replace: bool = False, namespace: str | None = None) -> tuple[str, str]:

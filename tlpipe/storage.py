@@ -149,6 +149,17 @@ def in_parallel(transfer, items, threads: int = TRANSFER_THREADS) -> None:
             future.result()
 
 
+def read_bytes(location: str) -> bytes:
+    """The content of one file, local or s3://."""
+    if not is_s3(location):
+        return Path(location).read_bytes()
+    bucket, key = split_s3(location)
+    try:
+        return client().get_object(Bucket=bucket, Key=key)["Body"].read()
+    except Exception as error:
+        raise explain(error, bucket) from None
+
+
 def _copy_local(source: Path, destination: Path) -> None:
     if source.is_dir():
         shutil.copytree(source, destination, dirs_exist_ok=True)

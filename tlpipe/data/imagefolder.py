@@ -6,6 +6,7 @@ not rejected. Images are written to shards as they are checked: memory does not 
 """
 
 import collections
+import contextlib
 import io
 import math
 import multiprocessing
@@ -43,33 +44,41 @@ def class_folders(root: Path) -> list[Path]:
     return folders
 
 
+@contextlib.contextmanager
+def checked_image(source, name: str):
+    """The image at `source` (a path or a binary file) opened and loaded, refused in one sentence naming
+    `name` when it is corrupt, truncated or a decompression bomb (also when that shows only as the body
+    of the `with` converts it)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(source) as image:
+                if image.width * image.height > MAX_PIXELS:
+                    raise TlpipeError(
+                        f"image {name} is {image.width}x{image.height} pixels, over the {MAX_PIXELS:,} pixel limit "
+                        "for safe decoding; shrink it first."
+                    )
+                image.load()
+                yield image
+    except TlpipeError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise TlpipeError(f"image {name} is too large to decode safely (decompression bomb); shrink it first.") from None
+    except (OSError, SyntaxError, ValueError) as error:
+        raise TlpipeError(f"cannot read image {name}: it is corrupt or truncated ({error}).") from None
+
+
 def stored_image(path: str, size: int, shown_as: str | None = None) -> tuple[bytes, int]:
     """Decodes and checks one image file; returns the bytes to store (the file's own when it is
     already an RGB JPEG or PNG of size x size, else the image in RGB resized and encoded once: JPEG at
     quality 95 from a JPEG, PNG from anything else) and the image's identity: the hash of its decoded
     pixels at that size (dataset.pixel_ids), as for images held in memory, so that copies of one picture
     in another file format or under another name are one image to the splits."""
-    name = shown_as or path
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                if image.width * image.height > MAX_PIXELS:
-                    raise TlpipeError(
-                        f"image {name} is {image.width}x{image.height} pixels, over the {MAX_PIXELS:,} pixel limit "
-                        "for safe decoding; shrink it before ingest."
-                    )
-                image.load()
-                if image.mode == "RGB" and image.size == (size, size) and image.format in ("JPEG", "PNG"):
-                    return Path(path).read_bytes(), int(pixel_ids(np.asarray(image)[None])[0])
-                jpeg = image.format == "JPEG"
-                rgb = image.convert("RGB")
-    except TlpipeError:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise TlpipeError(f"image {name} is too large to decode safely (decompression bomb); shrink it before ingest.") from None
-    except (OSError, SyntaxError, ValueError) as error:
-        raise TlpipeError(f"cannot read image {name}: it is corrupt or truncated ({error}).") from None
+    with checked_image(path, shown_as or path) as image:
+        if image.mode == "RGB" and image.size == (size, size) and image.format in ("JPEG", "PNG"):
+            return Path(path).read_bytes(), int(pixel_ids(np.asarray(image)[None])[0])
+        jpeg = image.format == "JPEG"
+        rgb = image.convert("RGB")
     if rgb.size != (size, size):
         rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
     buffer = io.BytesIO()

@@ -17,7 +17,8 @@ The package: `gate` (the paired comparison, the rule, the Registration record), 
 (register, rollback, the version table).
 """
 
-from tlpipe.registry.champion import champion_model, champion_version, export_champion
+from tlpipe.registry.champion import (champion_model, champion_version, export_champion, export_version,
+                                      registered_version)
 from tlpipe.registry.gate import Gate, PairedComparison, Registration, mcnemar_p, paired_comparison
 from tlpipe.registry.lock import LEASE_ENV, Lease, gate_lock
 from tlpipe.registry.models import log_and_register, log_model, log_trained_model, logged_model, requirements
@@ -25,5 +26,6 @@ from tlpipe.registry.versions import PREVIOUS_CHAMPION_TAG, SPLIT_SEED_TAG, regi
 
 __all__ = ["Gate", "LEASE_ENV", "Lease", "PREVIOUS_CHAMPION_TAG", "PairedComparison", "Registration", "SPLIT_SEED_TAG",
            "champion_model",
-           "champion_version", "export_champion", "gate_lock", "log_and_register", "log_model", "log_trained_model",
-           "logged_model", "mcnemar_p", "paired_comparison", "register", "requirements", "rollback", "versions"]
+           "champion_version", "export_champion", "export_version", "gate_lock", "log_and_register", "log_model", "log_trained_model",
+           "logged_model", "mcnemar_p", "paired_comparison", "register", "registered_version", "requirements", "rollback",
+           "versions"]

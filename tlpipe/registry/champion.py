@@ -1,6 +1,7 @@
 """The registered model's champion: found by its alias, exported as a tlpipe model directory, loaded."""
 
 import json
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -47,16 +48,58 @@ def export_champion(model_name: str, out: str | Path) -> str | None:
     version = champion_version(tracking.configure(), model_name)
     if version is None:
         return None
+    return export_version(model_name, str(version.version), out)
+
+
+def export_version(model_name: str, version: str, out: str | Path) -> str:
+    """Writes the tlpipe model directory of a registered version to `out`, noting the version in its
+    model.json; returns the version."""
     with tempfile.TemporaryDirectory() as tmp:
-        local = mlflow.artifacts.download_artifacts(f"models:/{model_name}/{version.version}", dst_path=tmp)
+        local = mlflow.artifacts.download_artifacts(f"models:/{model_name}/{version}", dst_path=tmp)
         # log_and_register stores the tlpipe model directory as the pyfunc artifact "model".
         stored = mlflow.models.Model.load(local).flavors["python_function"]["artifacts"]["model"]["path"]
         shutil.copytree(Path(local) / stored, out, dirs_exist_ok=True)
     meta_path = Path(out) / "model.json"
     meta = json.loads(meta_path.read_text())
-    meta["registered_version"] = str(version.version)
+    meta["registered_version"] = version
     meta_path.write_text(json.dumps(meta, indent=2))
-    return str(version.version)
+    return version
+
+
+MODEL_URI = re.compile(r"models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>\d+))")
+
+
+def registered_version(uri: str) -> tuple[str, str]:
+    """The registered model and version that `models:/<name>@<alias>` or `models:/<name>/<version>` names
+    now, or one sentence on why there is none."""
+    from tlpipe import settings, tracking
+
+    form = "models:/<name>@<alias> or models:/<name>/<version>"
+    match = MODEL_URI.fullmatch(uri.strip())
+    if not match:
+        raise TlpipeError(f"model must be {form}, e.g. models:/tlpipe@champion; got '{uri}'.")
+    name, alias, version = match["name"], match["alias"], match["version"]
+    client = tracking.configure()
+    try:
+        model = client.get_registered_model(name)
+    except MlflowException as error:
+        if error.error_code == "RESOURCE_DOES_NOT_EXIST":
+            raise TlpipeError(f"no registered model '{name}' in the model registry at {settings.tracking_uri()}; "
+                              "`tlpipe registry` lists what there is.") from None
+        raise unanswered(f"model '{name}'", error) from None
+    if alias is not None:
+        if alias not in model.aliases:
+            held = ", ".join(f"{a} (v{v})" for a, v in sorted(model.aliases.items())) or "none"
+            raise TlpipeError(f"model '{name}' has no alias '{alias}'; its aliases: {held}.")
+        return name, str(model.aliases[alias])
+    try:
+        client.get_model_version(name, version)
+    except MlflowException as error:
+        if error.error_code == "RESOURCE_DOES_NOT_EXIST":
+            raise TlpipeError(f"model '{name}' has no version {version}; `tlpipe registry --model-name {name}` lists "
+                              "its versions.") from None
+        raise unanswered(f"version {version} of '{name}'", error) from None
+    return name, version
 
 
 def champion_classes(model_name: str) -> tuple[str, list[str]] | None:

@@ -60,6 +60,9 @@ def serving_code(package: Path, staging: Path) -> Path:
         finder.run_script(str(package / "serving.py"))
         files = [Path(m.__file__).relative_to(found) for name, m in finder.modules.items()
                  if m.__file__ and (name == package.name or name.startswith(package.name + "."))]
+    # serving.py too: a process that imported tlpipe from a model's code (MLflow puts it first on sys.path)
+    # logs its models from there.
+    files.append(Path("serving.py"))
     copy = staging / package.name
     for relative in files:
         (copy / relative).parent.mkdir(parents=True, exist_ok=True)

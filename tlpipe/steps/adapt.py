@@ -61,7 +61,8 @@ def adapt(
     total_epochs = config.epochs + (tune_config.epochs if tunes else 0)
     inputs = [(source_meta, source_train, "training"), (meta, target_unlabelled, "training"),
               (labelled_meta, target_labelled, "training"), (val_meta, validation, "validation")]
-    with training_run("adapt", config, experiment, pipeline_run, params, {"adapt_method": method}, inputs):
+    with training_run("adapt", config, experiment, pipeline_run, params, {"adapt_method": method, "adapt_epochs": config.epochs},
+                      inputs):
         adapted = distributed.run(config.nproc, adaptation.adapt, method, model, source, target, config,
                                   log=tracking.EpochLogger("adapt", total_epochs, val), labelled=labelled,
                                   finetune_config=tune_config)

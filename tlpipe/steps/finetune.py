@@ -37,7 +37,8 @@ def finetune(
     config = checkpointed(augmenting(config, meta), pipeline_run, step_name)
     params = {"strategy": strategy, **config_params(config, TRANSFER_SETTINGS)}
     # The pipeline's strategy is the finetune step's; target-only's "scratch" describes only itself.
-    shared = {"strategy": strategy} if step_name == "finetune" else None
+    shared = {"strategy": strategy, "finetune_epochs": config.epochs, "target_augment": config.augment, "lr": config.lr,
+              "batch_size": config.batch_size} if step_name == "finetune" else None
     inputs = [(meta, target_labelled, "training"), (source_meta, source_train, "training"), (val_meta, validation, "validation")]
     with training_run(step_name, config, experiment, pipeline_run, params, shared, inputs):
         tuned = distributed.run(config.nproc, finetuning.finetune, model, data, strategy, config,

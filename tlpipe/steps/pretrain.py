@@ -27,7 +27,9 @@ def pretrain(
     data, meta = load_dataset(source_train)
     val, val_meta = load_dataset(validation) if validation else (None, None)
     config = checkpointed(augmenting(config, meta), pipeline_run, "pretrain")
-    shared = {"backbone": backbone, "pretrained_weights": pretrained_weights or "none"}
+    # What the parent run compares pipeline runs by; the step run has its own plain-named copies.
+    shared = {"backbone": backbone, "pretrained_weights": pretrained_weights or "none", "source_epochs": config.epochs,
+              "lr": config.lr, "batch_size": config.batch_size, "source_augment": config.augment}
     weights = read_weights(pretrained_weights) if pretrained_weights else None
     with training_run("pretrain", config, experiment, pipeline_run, {**shared, **config_params(config)}, shared,
                       [(meta, source_train, "training"), (val_meta, validation, "validation")]):

@@ -67,6 +67,12 @@ def kfp_step_run(client: MlflowClient):
                           f"({error.error_code}).") from None
 
 
+# tlpipe's experiments hold training runs, and say so. (MLflow 3.17's UI still opens on its GenAI pages
+# unless the link asks for the training view: WORKFLOW.)
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
+WORKFLOW = "?workflowType=machine_learning"
+
+
 def experiment_id(client: MlflowClient, name: str) -> str:
     """The experiment of this pipeline's runs: the one Kubeflow's MLflow integration chose, or `name`."""
     kfp_run = kfp_step_run(client)
@@ -76,7 +82,7 @@ def experiment_id(client: MlflowClient, name: str) -> str:
     if found is not None:
         return found.experiment_id
     try:
-        return client.create_experiment(name, artifact_location=settings.artifact_location())
+        return client.create_experiment(name, artifact_location=settings.artifact_location(), tags=EXPERIMENT_TAGS)
     except MlflowException:  # created meanwhile by a parallel step
         return client.get_experiment_by_name(name).experiment_id
 
@@ -182,7 +188,7 @@ def parent_of(run) -> str:
 def run_link(run_id: str) -> str:
     """Where a person opens the run: the tracking server's page, or the path to open in `mlflow ui`."""
     run = configure().get_run(run_id)
-    path = f"#/experiments/{run.info.experiment_id}/runs/{run_id}"
+    path = f"#/experiments/{run.info.experiment_id}/runs/{run_id}{WORKFLOW}"
     uri = settings.tracking_uri()
     return f"{uri.rstrip('/')}/{path}" if uri.startswith(("http://", "https://")) else path
 
