@@ -183,6 +183,9 @@ def test_register_makes_the_first_version_champion_and_tags_lineage(chain):
     client = MlflowClient()
     version = client.get_model_version_by_alias("tests-model", "champion")
     assert str(version.version) == "1"
+    # The version page's first lines: what the model is, on which data, how good, and the gate's verdict.
+    assert version.description.startswith(f"{version.tags['tlpipe.candidate']} (") and ", small-cnn, from digits to digits-m, " in version.description
+    assert "target test images (chance " in version.description and "Gate: promoted: the first champion." in version.description
     tags = version.tags
     assert tags["tlpipe.pipeline_run"] == "run-1"
     assert tags["tlpipe.test_hash"] == chain["target_test"].metadata["content_hash"]

@@ -48,3 +48,43 @@ def test_a_broken_link_fails_the_build(tmp_path):
     page.write_text(page.read_text() + "\nSee [the splits](methods.md#no-such-section).\n")
     broken = build(copy, tmp_path / "site")
     assert broken.returncode != 0 and "no-such-section" in broken.stdout + broken.stderr
+
+
+def tlpipe_commands(markdown: str) -> list[list[str]]:
+    """The `tlpipe ...` commands of a page's code blocks, continuation lines joined, as argument lists."""
+    import shlex
+
+    commands, inside, lines = [], False, []
+    for line in markdown.splitlines():
+        if line.startswith("```"):
+            inside = not inside
+        elif inside:
+            lines.append(line)
+    for line in "\n".join(lines).replace("\\\n", " ").splitlines():
+        words = shlex.split(line.split(" #")[0]) if "tlpipe " in line else []
+        while words and "=" in words[0]:  # VAR=value before the command
+            words.pop(0)
+        if words and words[0].endswith(("bin/tlpipe", "tlpipe")) and not words[0].startswith("scripts/"):
+            commands.append(words[1:])
+    return commands
+
+
+@pytest.mark.parametrize("page", ["README.md", "docs/kubeflow.md", "docs/methods.md", "docs/stack.md", "docs/recovery.md"])
+def test_the_commands_the_docs_show_parse_and_name_real_parameters(page):
+    """Each `tlpipe` command a page shows, as written: a command and options that exist, and for a run,
+    submit or schedule, parameters the pipeline has with values its checks accept."""
+    from tlpipe.cli import build_parser, routed
+    from tlpipe.cluster import pipeline
+    from tlpipe.preflight import check_parameters, pipeline_arguments
+
+    commands = tlpipe_commands((REPO / page).read_text())
+    assert commands
+    parser = build_parser()
+    for words in commands:
+        if any("<" in w or "..." in w for w in words):  # a template (<name>, RUN_ID...), not a command
+            continue
+        args = parser.parse_args(routed(words))
+        if args.command in ("run", "submit", "schedule") and not str(getattr(args, "pipeline", "")).endswith(".yaml"):
+            built = pipeline(args.pipeline or "transfer")
+            arguments = pipeline_arguments(built, dict(p.split("=", 1) for p in args.param))
+            check_parameters({k: spec.default for k, spec in built.component_spec.inputs.items()} | arguments)

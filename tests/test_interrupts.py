@@ -124,7 +124,7 @@ def test_a_stopped_run_resumes_from_its_checkpoint_and_finishes(tmp_path):
     assert f"resuming run {run_id} (transfer)" in out
     log = (run.home / "logs" / f"{run_id}.log").read_text()
     assert re.search(r"resuming from the checkpoint after epoch [1-9][0-9]*/12", log)  # pretrain's, not from 0
-    executed = set(re.findall(r"Executing task \S*'([\w-]+)'", out))
+    executed = set(re.findall(r"^\d\d:\d\d:\d\d ([\w-]+) \.\.\.$", out, re.MULTILINE))
     assert "pretrain" in executed and "ingest" not in executed  # the finished step was a cache hit
     [parent] = [r for r in runs(run.home) if r.data.tags.get("tlpipe.role") == "pipeline"]
     assert (parent.info.run_name, parent.info.status) == (run_id, "FINISHED")

@@ -4,6 +4,7 @@ ENOSPC, as a full TLPIPE_HOME does), the sentence a full disk becomes, and what 
 import errno
 import io
 import os
+import re
 import time
 from pathlib import Path
 
@@ -110,6 +111,23 @@ def test_the_steps_notes_reach_the_terminal_and_colour_only_a_terminal(tmp_path)
         view.close_log(tmp_path / "run.log")
     assert piped.getvalue().splitlines() == [note.strip(), STEP_FAILED.strip().replace("\x1b[31m", "").replace("\x1b[0m", "")]
     assert terminal.getvalue().splitlines() == [note.strip(), STEP_FAILED.strip()]
+
+
+def test_kfp_task_lines_become_one_short_line_each_unless_verbose(tmp_path):
+    kfp = ("03:50:56.401 - INFO - Executing task \x1b[96m'predict'\x1b[0m\n"
+           "03:50:56.402 - INFO - Streamed logs:\n"
+           "03:51:04.547 - INFO - Task \x1b[96m'predict'\x1b[0m finished with status \x1b[92mSUCCESS\x1b[0m\n"
+           "03:51:08.479 - INFO - Pipeline \x1b[95m'tlpipe-predict'\x1b[0m finished with status \x1b[92mSUCCESS\x1b[0m\n")
+    brief, verbose = io.StringIO(), io.StringIO()
+    for out, is_verbose in ((brief, False), (verbose, True)):
+        view = _LogView(out, open(tmp_path / "run.log", "w"), verbose=is_verbose)
+        view.write(kfp)
+        view.close_log(tmp_path / "run.log")
+    lines = brief.getvalue().splitlines()
+    assert lines[0] == "03:50:56 predict ..." and lines[2] == "03:51:08 pipeline tlpipe-predict: SUCCESS"
+    assert re.fullmatch(r"03:51:04 predict: SUCCESS \(\d+\.\d s\)", lines[1]) and len(lines) == 3
+    assert verbose.getvalue().splitlines()[0] == "03:50:56.401 - INFO - Executing task 'predict'"
+    assert (tmp_path / "run.log").read_text() == kfp  # the log keeps kfp's own lines
 
 
 def test_a_run_that_failed_after_evaluate_prints_its_table_and_report(tlpipe_home, monkeypatch, capsys):

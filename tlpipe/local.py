@@ -73,12 +73,14 @@ _COLOUR = re.compile(r"\x1b\[[0-9;]*m")
 _TASK_START = re.compile(r"Executing task '([\w-]+)'")
 _TASK_END = re.compile(r"Task '([\w-]+)' finished with status")
 _COMPUTE = re.compile(re.escape(COMPUTE_MARK) + r" ([0-9.]+) s")
+_KFP_INFO = re.compile(r"^(\d\d:\d\d:\d\d)\.\d+ - INFO - (.*)$")
+_ENDED = re.compile(r"(Task|Pipeline) '([\w-]+)' finished with status (\w+)")
 
 
 class _LogView(io.TextIOBase):
     """Sends the whole KFP log to a file and only task status, progress, the steps' notes and errors to
     the terminal, in colour only when it is one; times each task as its lines go by (kfp.local runs one
-    task at a time)."""
+    task at a time). Without -v, kfp.local's INFO lines about tasks become one short line each."""
 
     SHOWN = ("Executing task", "finished with status", "] epoch ", "tlpipe: error", "tlpipe: note")
 
@@ -101,8 +103,26 @@ class _LogView(io.TextIOBase):
         for line in lines:
             self._time(line)
             if self.verbose or any(mark in line for mark in self.SHOWN):
-                self.terminal.write((line if self.colour else _COLOUR.sub("", line)).strip() + "\n")
+                shown = line if self.verbose else self._brief(line)
+                self.terminal.write((shown if self.colour else _COLOUR.sub("", shown)).strip() + "\n")
         return len(text)
+
+    def _brief(self, line: str) -> str:
+        """kfp.local's INFO line about a task or the pipeline as tlpipe's own: time, name, state (and the
+        task's time); every other line as it is."""
+        info = _KFP_INFO.match(_COLOUR.sub("", line).strip())
+        if not info:
+            return line
+        clock, said = info.groups()
+        if started := _TASK_START.search(said):
+            return f"{clock} {started.group(1)} ..."
+        if ended := _ENDED.search(said):
+            kind, name, status = ended.groups()
+            if kind == "Pipeline":
+                return f"{clock} pipeline {name}: {status}"
+            wall = next((step.wall for step in reversed(self.steps) if step.task == name), None)
+            return f"{clock} {name}: {status}" + (f" ({wall:.1f} s)" if wall is not None else "")
+        return line
 
     def _time(self, line: str) -> None:
         line = _COLOUR.sub("", line)

@@ -1,10 +1,7 @@
 """Models as MLflow pyfunc LoggedModels: logged by the step that trained them, registered from there."""
 
 import json
-import modulefinder
 import re
-import shutil
-import tempfile
 from importlib.metadata import version
 from pathlib import Path
 
@@ -34,40 +31,20 @@ LOGGED_MODEL_FILE = "mlflow_model.json"  # beside a model artifact: the LoggedMo
 
 def log_model(model_dir: str | Path, input_example: np.ndarray | None = None, name: str = "model"):
     """Logs `model_dir` as a pyfunc LoggedModel of the active run: models from code (serving.py),
-    safetensors weights, the tlpipe modules serving needs as code (serving_code); images of any size in, class ids, names and
+    safetensors weights, the tlpipe package as code; images of any size in, class ids, names and
     confidences out (tlpipe.serving)."""
     package = Path(tlpipe.__file__).resolve().parent
-    with tempfile.TemporaryDirectory(prefix="tlpipe-code-") as staging:
-        return mlflow.pyfunc.log_model(
-            name=name,
-            python_model=str(package / "serving.py"),
-            artifacts={"model": str(model_dir)},
-            code_paths=[str(serving_code(package, Path(staging)))],
-            signature=SIGNATURE,
-            input_example=input_example,
-            pip_requirements=requirements(model_dir),
-        )
-
-
-def serving_code(package: Path, staging: Path) -> Path:
-    """A copy of the modules of `package` that loading and calling a model imports (tlpipe.serving and
-    what it imports, at any depth, found by modulefinder), not the whole package: each file is one upload
-    to the tracking server, and the steps, methods and tracking are not needed to serve."""
-    with tempfile.TemporaryDirectory() as search:
-        found = Path(search) / package.name
-        found.symlink_to(package, target_is_directory=True)  # the path modulefinder searches: the package alone
-        finder = modulefinder.ModuleFinder(path=[search])
-        finder.run_script(str(package / "serving.py"))
-        files = [Path(m.__file__).relative_to(found) for name, m in finder.modules.items()
-                 if m.__file__ and (name == package.name or name.startswith(package.name + "."))]
-    # serving.py too: a process that imported tlpipe from a model's code (MLflow puts it first on sys.path)
-    # logs its models from there.
-    files.append(Path("serving.py"))
-    copy = staging / package.name
-    for relative in files:
-        (copy / relative).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(package / relative, copy / relative)
-    return copy
+    # The whole package, not only what serving imports: MLflow puts a loaded model's code first on sys.path,
+    # so a process that loaded a champion starts its child processes with that copy of tlpipe.
+    return mlflow.pyfunc.log_model(
+        name=name,
+        python_model=str(package / "serving.py"),
+        artifacts={"model": str(model_dir)},
+        code_paths=[str(package)],
+        signature=SIGNATURE,
+        input_example=input_example,
+        pip_requirements=requirements(model_dir),
+    )
 
 
 def requirements(model_dir: str | Path) -> list[str]:

@@ -71,10 +71,12 @@ def register(
         client = tracking.configure()
         tracking.log_split(meta, target_test, "test")
         registration = register_version(client, best_model, model_name, test, tags, gate)
+        # What a person reads first on the version's page, above its tags: what it is, on what data, how good.
         client.update_model_version(model_name, registration.version, description=(
-            f"{best.name} ({model_meta.get('method', '')}) of pipeline run {pipeline_run}: {best.accuracy:.2%} on "
-            f"{registration.test_images} target test images (chance {registration.chance:.2%}). Gate: {registration.verdict}. Its parameters, data and "
-            "training curves are on the source run."))
+            f"{best.name} ({model_meta.get('method', '')}), {facts['tlpipe.backbone']}, from {facts['tlpipe.source']} to "
+            f"{facts['tlpipe.target']}, pipeline run {pipeline_run}: {best.accuracy:.2%} on {registration.test_images} "
+            f"target test images (chance {registration.chance:.2%}). Gate: {registration.verdict}. Its parameters, "
+            "data and training curves are on the source run."))
         mlflow.log_metrics({"accuracy": registration.accuracy})
         if registration.p_value is not None:
             mlflow.log_metric("gate_p_value", registration.p_value)
