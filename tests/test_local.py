@@ -124,8 +124,8 @@ def test_kfp_task_lines_become_one_short_line_each_unless_verbose(tmp_path):
         view.write(kfp)
         view.close_log(tmp_path / "run.log")
     lines = brief.getvalue().splitlines()
-    assert lines[0] == "03:50:56 predict ..." and lines[2] == "03:51:08 pipeline tlpipe-predict: SUCCESS"
-    assert re.fullmatch(r"03:51:04 predict: SUCCESS \(\d+\.\d s\)", lines[1]) and len(lines) == 3
+    assert lines[0] == "03:50:56 predict ..." and lines[2] == "03:51:08 pipeline tlpipe-predict SUCCESS"
+    assert re.fullmatch(r"03:51:04 predict SUCCESS in \d+\.\d s", lines[1]) and len(lines) == 3
     assert verbose.getvalue().splitlines()[0] == "03:50:56.401 - INFO - Executing task 'predict'"
     assert (tmp_path / "run.log").read_text() == kfp  # the log keeps kfp's own lines
 

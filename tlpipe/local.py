@@ -118,10 +118,11 @@ class _LogView(io.TextIOBase):
             return f"{clock} {started.group(1)} ..."
         if ended := _ENDED.search(said):
             kind, name, status = ended.groups()
+            # No "name: " form: a task named layer-sweep-report would read as the "report: <path>" line.
             if kind == "Pipeline":
-                return f"{clock} pipeline {name}: {status}"
+                return f"{clock} pipeline {name} {status}"
             wall = next((step.wall for step in reversed(self.steps) if step.task == name), None)
-            return f"{clock} {name}: {status}" + (f" ({wall:.1f} s)" if wall is not None else "")
+            return f"{clock} {name} {status}" + (f" in {wall:.1f} s" if wall is not None else "")
         return line
 
     def _time(self, line: str) -> None:
