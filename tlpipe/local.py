@@ -71,7 +71,6 @@ class RunFailed(TlpipeError):
 
 _COLOUR = re.compile(r"\x1b\[[0-9;]*m")
 _TASK_START = re.compile(r"Executing task '([\w-]+)'")
-_TASK_END = re.compile(r"Task '([\w-]+)' finished with status")
 _COMPUTE = re.compile(re.escape(COMPUTE_MARK) + r" ([0-9.]+) s")
 _KFP_INFO = re.compile(r"^(\d\d:\d\d:\d\d)\.\d+ - INFO - (.*)$")
 _ENDED = re.compile(r"(Task|Pipeline) '([\w-]+)' finished with status (\w+)")
@@ -133,9 +132,9 @@ class _LogView(io.TextIOBase):
             self.compute = 0.0
         elif m := _COMPUTE.search(line):
             self.compute = float(m.group(1))  # the outermost step ends last
-        elif (m := _TASK_END.search(line)) and self.started.get(m.group(1)):
-            began = self.started[m.group(1)].pop(0)
-            self.steps.append(StepTime(m.group(1), time.perf_counter() - began, self.compute, began))
+        elif (m := _ENDED.search(line)) and m.group(1) == "Task" and self.started.get(m.group(2)):
+            began = self.started[m.group(2)].pop(0)
+            self.steps.append(StepTime(m.group(2), time.perf_counter() - began, self.compute, began))
 
     def flush(self) -> None:
         if self.log_error is None:

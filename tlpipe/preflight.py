@@ -12,7 +12,7 @@ import torch
 from tlpipe import augment, selection, storage, tracking
 from tlpipe.cluster import check_cluster_checkpoint_root
 from tlpipe.data import census, check_spec
-from tlpipe.data.files import location_of
+from tlpipe.data.files import check_location, location_of
 from tlpipe.data.spec import BUILTIN, spec_location
 from tlpipe.errors import TlpipeError, did_you_mean
 from tlpipe.methods import adapt as adaptation
@@ -157,10 +157,7 @@ def preflight(arguments: dict, defaults: dict, on_cluster: bool = False) -> list
     if "images" in values:  # predict: the folder, or the bucket of the prefix (the step lists it)
         location = checked(location_of, values["images"])
         if location and reachable("images", location):
-            if storage.is_s3(location):
-                checked(storage.check_bucket, location)
-            elif not Path(location).is_dir():
-                problems.append(f"image folder {location} {'is not a directory' if Path(location).exists() else 'does not exist'}.")
+            checked(check_location, location)
     refused, warnings = _census_problems(counts, values)
     problems += refused
     weights = values.get("pretrained_weights")

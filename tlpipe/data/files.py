@@ -38,10 +38,17 @@ def location_of(spec: str) -> str:
     return spec.removeprefix("imagefolder:").rstrip("/")
 
 
-def _local_names(root: Path) -> list[str]:
-    if not root.is_dir():
-        raise TlpipeError(f"image folder {root} {'is not a directory' if root.exists() else 'does not exist'}; "
+def check_location(location: str) -> None:
+    """The folder exists, or the S3 prefix's bucket answers (cheap: the listing waits for the step)."""
+    if storage.is_s3(location):
+        storage.check_bucket(location)
+    elif not Path(location).is_dir():
+        raise TlpipeError(f"image folder {location} {'is not a directory' if Path(location).exists() else 'does not exist'}; "
                           f"give {FORM}.")
+
+
+def _local_names(root: Path) -> list[str]:
+    check_location(str(root))
     names = []
     for folder, subfolders, files in os.walk(root):
         subfolders[:] = [d for d in subfolders if not d.startswith(".")]
