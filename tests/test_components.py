@@ -189,20 +189,21 @@ def test_register_makes_the_first_version_champion_and_tags_lineage(chain):
     tags = version.tags
     assert tags["tlpipe.pipeline_run"] == "run-1"
     assert tags["tlpipe.test_hash"] == chain["target_test"].metadata["content_hash"]
-    for split in SPLITS:
-        assert tags[f"tlpipe.hash.{split}"] == chain[split].metadata["content_hash"]
-    assert "tlpipe.params" not in tags  # one fact a tag; the hyperparameters are on the training run
-    method = load_model(chain["best_model"].path)[1]["method"]
-    assert f'{tags["tlpipe.method"]}:{tags.get("tlpipe.strategy", "")}'.rstrip(":") == method
+    lineage = json.loads(tags["tlpipe.lineage"])
+    assert lineage["datasets"] == {split: chain[split].metadata["content_hash"] for split in SPLITS}
+    assert lineage["selected_by"] == "target-val"
+    assert "tlpipe.params" not in tags  # the hyperparameters are on the training run
+    assert tags["tlpipe.method"] == load_model(chain["best_model"].path)[1]["method"]
     assert (tags["tlpipe.source"], tags["tlpipe.target"], tags["tlpipe.backbone"]) == ("digits", "digits-m", "small-cnn")
-    assert float(tags["tlpipe.gate.challenger_accuracy"]) == pytest.approx(float(tags["tlpipe.accuracy"]), abs=1e-6)
+    gate = json.loads(tags["tlpipe.gate"])
+    assert gate["challenger_accuracy"] == pytest.approx(float(tags["tlpipe.accuracy"]), abs=1e-6)
     assert "challenger" not in client.get_registered_model("tests-model").aliases  # a promoted version: champion only
     published = Path(tags["tlpipe.published"])
     assert published == Path(chain["target_test"].path).parent / "published" / "run-1" / "model"
     assert (published / "model.safetensors").is_file()
     assert (published.parent / "datasets" / "target_test" / "samples.safetensors").is_file()
     assert (published.parent / "datasets" / "target_test" / "shards" / "index.json").is_file()
-    assert tags["tlpipe.code_version"].startswith("0.1.0")
+    assert lineage["code_version"].startswith("0.1.0")
 
 
 def test_one_parent_run_with_a_nested_run_per_step(chain):

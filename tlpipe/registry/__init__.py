@@ -19,13 +19,13 @@ The package: `gate` (the paired comparison, the rule, the Registration record), 
 
 from tlpipe.registry.champion import (champion_model, champion_version, export_champion, export_version,
                                       registered_version)
-from tlpipe.registry.gate import Gate, PairedComparison, Registration, mcnemar_p, paired_comparison
+from tlpipe.registry.gate import GATE_TAG, VERDICT_TAG, Gate, PairedComparison, Registration, gate_evidence, mcnemar_p, paired_comparison
 from tlpipe.registry.lock import LEASE_ENV, Lease, gate_lock
 from tlpipe.registry.models import log_and_register, log_model, log_trained_model, logged_model, requirements
-from tlpipe.registry.versions import PREVIOUS_CHAMPION_TAG, SPLIT_SEED_TAG, register, rollback, versions
+from tlpipe.registry.versions import LINEAGE_TAG, PREVIOUS_CHAMPION_TAG, SPLIT_SEED_TAG, register, rollback, versions
 
-__all__ = ["Gate", "LEASE_ENV", "Lease", "PREVIOUS_CHAMPION_TAG", "PairedComparison", "Registration", "SPLIT_SEED_TAG",
+__all__ = ["GATE_TAG", "Gate", "LEASE_ENV", "LINEAGE_TAG", "Lease", "PREVIOUS_CHAMPION_TAG", "PairedComparison", "Registration", "SPLIT_SEED_TAG", "VERDICT_TAG",
            "champion_model",
-           "champion_version", "export_champion", "export_version", "gate_lock", "log_and_register", "log_model", "log_trained_model",
+           "champion_version", "export_champion", "export_version", "gate_evidence", "gate_lock", "log_and_register", "log_model", "log_trained_model",
            "logged_model", "mcnemar_p", "paired_comparison", "register", "registered_version", "requirements", "rollback",
            "versions"]

@@ -120,20 +120,32 @@ class Registration:
         return cls(**json.loads(Path(path).read_text()))
 
     def tags(self) -> dict[str, str]:
-        """The gate's evidence as version tags, one fact each."""
-        facts = {"verdict": self.verdict, "promoted": str(self.promoted), "p_value": self.p_value,
+        """The gate's verdict, the tag a person reads first, and its evidence as one JSON tag."""
+        facts = {"promoted": self.promoted, "p_value": self.p_value,
                  "challenger_accuracy": self.accuracy, "champion_accuracy": self.previous_champion_accuracy,
                  "challenger_only": self.challenger_only, "champion_only": self.champion_only,
                  "champion_version": self.previous_champion, "test_images": self.test_images,
                  "chance_accuracy": self.chance}
-        return {f"tlpipe.gate.{k}": f"{v:.6g}" if isinstance(v, float) else str(v) for k, v in facts.items()
-                if v is not None}
+        return {VERDICT_TAG: self.verdict, GATE_TAG: json.dumps({k: v for k, v in facts.items() if v is not None})}
 
     @classmethod
     def load_tags(cls, model_name: str, version: str, tags: dict[str, str]) -> "Registration":
         """The registration a version's gate tags record (a retried register step returns it)."""
-        get = lambda key, kind: kind(tags[f"tlpipe.gate.{key}"]) if f"tlpipe.gate.{key}" in tags else None  # noqa: E731
-        return cls(model_name, version, get("challenger_accuracy", float), get("promoted", str) == "True", version,
-                   get("champion_version", str), get("champion_accuracy", float), get("verdict", str),
+        evidence = gate_evidence(tags)
+        get = lambda key, kind: kind(evidence[key]) if evidence.get(key) is not None else None  # noqa: E731
+        return cls(model_name, version, get("challenger_accuracy", float), str(evidence.get("promoted")) == "True",
+                   version, get("champion_version", str), get("champion_accuracy", float), get("verdict", str),
                    get("p_value", float), get("challenger_only", int), get("champion_only", int),
                    get("test_images", int) or 0, get("chance_accuracy", float))
+
+
+GATE_TAG = "tlpipe.gate"  # the gate's evidence on a version: one JSON object
+VERDICT_TAG = "tlpipe.gate.verdict"
+
+
+def gate_evidence(tags: dict[str, str]) -> dict:
+    """The gate's evidence and verdict that a version's tags record: the JSON tag, or for a version
+    registered by an earlier tlpipe, one tag a fact."""
+    if GATE_TAG in tags:
+        return {**json.loads(tags[GATE_TAG]), "verdict": tags.get(VERDICT_TAG)}
+    return {key.removeprefix(f"{GATE_TAG}."): value for key, value in tags.items() if key.startswith(f"{GATE_TAG}.")}

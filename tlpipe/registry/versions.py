@@ -11,13 +11,14 @@ from tlpipe.errors import TlpipeError
 from tlpipe.evaluate import chance_accuracy, score
 from tlpipe.models import load_model
 from tlpipe.registry.champion import champion_model, champion_version, unanswered
-from tlpipe.registry.gate import Gate, Registration, paired_comparison
+from tlpipe.registry.gate import VERDICT_TAG, Gate, Registration, gate_evidence, paired_comparison
 from tlpipe.registry.lock import gate_lock
 from tlpipe.registry.models import log_and_register
 from tlpipe.tracking import PIPELINE_RUN_TAG
 
 PREVIOUS_CHAMPION_TAG = "tlpipe.previous_champion"
 SPLIT_SEED_TAG = "tlpipe.split_seed"  # the seed that cut the version's splits (tlpipe.data.splits)
+LINEAGE_TAG = "tlpipe.lineage"  # JSON: validation accuracy, selection, training data, code, every split's hash
 
 
 def _may_have_seen(champion, tags: dict[str, str]) -> str:
@@ -134,7 +135,7 @@ def versions(client, model_name: str) -> list[dict]:
         aliases.setdefault(str(version), []).append(alias)
     rows = []
     for v in sorted(found, key=lambda v: int(v.version), reverse=True):
-        tags = v.tags
+        tags, evidence = v.tags, gate_evidence(v.tags)
         rows.append({
             "version": str(v.version),
             "aliases": ",".join(sorted(aliases.get(str(v.version), []))) or "-",
@@ -143,16 +144,16 @@ def versions(client, model_name: str) -> list[dict]:
             "method": tags.get("tlpipe.method", ""),
             "pipeline_run": tags.get(PIPELINE_RUN_TAG, ""),
             "created": time.strftime("%Y-%m-%d %H:%M", time.localtime(v.creation_timestamp / 1000)),
-            "evidence": _evidence(tags),
-            "p": tags.get("tlpipe.gate.p_value", ""),
-            "gate": tags.get("tlpipe.gate.verdict", ""),
+            "evidence": _evidence(evidence),
+            "p": "" if evidence.get("p_value") is None else f"{float(evidence['p_value']):.6g}",
+            "gate": tags.get(VERDICT_TAG, ""),
         })
     return rows
 
 
-def _evidence(tags: dict[str, str]) -> str:
+def _evidence(evidence: dict) -> str:
     """The gate's comparison in a few characters: champion, its accuracy, images only each got right."""
-    if "tlpipe.gate.champion_version" not in tags:
+    if evidence.get("champion_version") is None or evidence.get("champion_accuracy") is None:
         return "-"
-    return (f"vs v{tags['tlpipe.gate.champion_version']} {float(tags['tlpipe.gate.champion_accuracy']):.4f}, "
-            f"+{tags['tlpipe.gate.challenger_only']}/-{tags['tlpipe.gate.champion_only']}")
+    return (f"vs v{evidence['champion_version']} {float(evidence['champion_accuracy']):.4f}, "
+            f"+{evidence['challenger_only']}/-{evidence['champion_only']}")

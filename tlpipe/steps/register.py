@@ -1,5 +1,6 @@
 """The register step: the selected model registered, and the champion alias moved only through the gate."""
 
+import json
 from pathlib import Path
 
 import mlflow
@@ -33,7 +34,7 @@ def register(
     """Registers the selected model: it becomes the champion only if the paired test on the target test
     split shows it better, the challenger otherwise (tlpipe.registry); writes the evaluation report `report_in` with
     the gate's evidence to `report_out`."""
-    from tlpipe.registry import SPLIT_SEED_TAG, Gate
+    from tlpipe.registry import LINEAGE_TAG, SPLIT_SEED_TAG, Gate
     from tlpipe.registry import register as register_version
 
     gate = Gate(gate_alpha, gate_margin, min_accuracy)
@@ -45,25 +46,22 @@ def register(
     model_meta = load_model(best_model)[1]
     parent = tracking.current_parent(experiment, pipeline_run)
     pipeline_params = tracking.configure().get_run(parent).data.params
-    method, _, strategy = model_meta.get("method", "").partition(":")
-    facts = {
+    facts = {  # one fact a tag, what a person reads first on the version's page, and what the gate compares
         tracking.PIPELINE_RUN_TAG: pipeline_run,
         "tlpipe.candidate": best.name,
-        "tlpipe.method": method,
-        "tlpipe.strategy": strategy,
+        "tlpipe.method": model_meta.get("method", ""),
         "tlpipe.source": pipeline_params.get("source", ""),
         "tlpipe.target": pipeline_params.get("target", meta.get("spec", "")),
         "tlpipe.backbone": model_meta["spec"]["backbone"],
         "tlpipe.accuracy": f"{best.accuracy:.6f}",
-        "tlpipe.val_accuracy": "" if best.val_accuracy is None else f"{best.val_accuracy:.6f}",
-        "tlpipe.selected_by": evaluation.selected_by,
         "tlpipe.test_hash": evaluation.test_hash,
         SPLIT_SEED_TAG: pipeline_params.get("seed", ""),
-        "tlpipe.trained_on": model_meta.get("trained_on", ""),
-        "tlpipe.code_version": tracking.code_version(),
     }
-    # One fact a tag: the hyperparameters are on the version's source run, the run that trained it.
-    tags = {**tracking.dataset_hashes(experiment, pipeline_run), **{k: v for k, v in facts.items() if v != ""}}
+    # The rest of the lineage in one JSON tag; the hyperparameters are on the version's source run.
+    lineage = {"val_accuracy": best.val_accuracy, "selected_by": evaluation.selected_by,
+               "trained_on": model_meta.get("trained_on", ""), "code_version": tracking.code_version(),
+               "datasets": {k.removeprefix("tlpipe.hash."): v for k, v in tracking.dataset_hashes(experiment, pipeline_run).items()}}
+    tags = {**{k: v for k, v in facts.items() if v != ""}, LINEAGE_TAG: json.dumps(lineage)}
     if publish_to:
         tags["tlpipe.published"] = publish(best_model, publish_to, pipeline_run, "model")
     params = {"model_name": model_name, "gate_alpha": gate_alpha, "gate_margin": gate_margin, "min_accuracy": min_accuracy}
