@@ -2,7 +2,7 @@
 markdown tables.
 
     .venv/bin/python benchmarks/scale.py [--sizes 10000,50000,200000] [--s3 50000] [--loader 50000]
-                                         [--runs 2000,8000]
+                                         [--runs 2000,8000] [--validation 300,1200,4800,19200]
 
 For each N it writes a folder of N photo-like JPEGs (10 classes: smooth colour fields, shapes and
 grain, about the size of a real 224 px JPEG) and runs tlpipe's ingest step on it as the source, with a
@@ -13,12 +13,14 @@ artifact of the --loader run, it measures reads from the shards in storage and i
 training loader (decode + `photo` augmentation, no model) with 0, 1 and 2 worker processes, and
 ResNet-18's training step at 224 px on this machine. --runs runs the whole transfer pipeline (`tlpipe
 run`, one epoch per training step, 128 px) on folders of each size and reports every step's peak resident
-memory (the step's process with its workers), to show which steps grow with the number of images.
+memory (the step's process with its workers), to show which steps grow with the number of images;
+--validation measures pretrain's epoch with its validation pass on source_val splits of each size.
 Space: about 3x the folder's size on the working disk (folder, staged shards, split artifacts).
 """
 
 import argparse
 import datetime
+import gc
 import os
 import platform
 import re
@@ -80,10 +82,73 @@ _TASK = re.compile(r"/tlpipe-[a-z-]+-[0-9-]+/([a-z0-9-]+)/executor_output\.json"
 RUN_PARAMETERS = ["image_size=128", "source_epochs=1", "finetune_epochs=1", "adapt_epochs=1", "target_labels_per_class=5"]
 
 
-def step_peaks(source: Path, target: Path, home: Path) -> tuple[float, dict[str, int]]:
+def _memory(pid: int) -> tuple[int, int]:
+    """A process's proportional set size (PSS: pages shared with its forked workers count once) and the
+    part of it that is not file-backed (anonymous and shared memory): mapped files, such as the shard
+    chunks read through mmap, are page cache the kernel can drop, not memory the step holds."""
+    fields = dict(line.split(":")[:2] for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:])
+    kib = {name: int(value.split()[0]) * 1024 for name, value in fields.items()}
+    return kib["Pss"], kib["Pss_Anon"] + kib["Pss_Shmem"]
+
+
+VALIDATED_TRAINING = """
+import sys, threading, time
+from pathlib import Path
+import psutil
+sys.path.insert(0, sys.argv[3])
+from scale import _memory
+from tlpipe.data import load_dataset
+from tlpipe.methods.supervised import train_classifier
+from tlpipe.models import Classifier, ModelSpec
+from tlpipe.tracking.progress import EpochLogger
+from tlpipe.train import TrainConfig
+if __name__ == "__main__":
+    train, val = load_dataset(sys.argv[1])[0], load_dataset(sys.argv[2])[0]
+    model = Classifier(ModelSpec("small-cnn", train.classes, train.images.shape[1])).train()
+    peak, done = [0, 0], [False]
+    def watch():
+        me = psutil.Process()
+        while not done[0]:
+            try:
+                use = [_memory(p.pid) for p in [me, *me.children(recursive=True)]]
+                peak[:] = [max(peak[0], sum(u[0] for u in use)), max(peak[1], sum(u[1] for u in use))]
+            except (psutil.Error, OSError):
+                pass
+            time.sleep(0.05)
+    threading.Thread(target=watch, daemon=True).start()
+    train_classifier(model, train, TrainConfig(epochs=1, augment="photo"), log=EpochLogger("pretrain", 1, val))
+    done[0] = True
+    print(peak[0], peak[1])
+"""
+
+
+def validation_peaks(work: Path, sizes: list[int], train_images: int = 1400) -> None:
+    """Pretrain's epoch (streamed from the shards, 2 workers) with its per-epoch validation pass on source_val
+    splits of each size, at 128 px: the peak memory of the process and its workers, in a child process each."""
+    from tlpipe.data import save_dataset
+    from tlpipe.data.spec import load_domain
+
+    def split(n: int, seed: int) -> Path:
+        make_folder(work / f"val-folder-{n}", n, seed=seed)
+        save_dataset(work / f"val-{n}", load_domain(f"imagefolder:{work / f'val-folder-{n}'}", 128, seed=0))
+        shutil.rmtree(work / f"val-folder-{n}")
+        return work / f"val-{n}"
+
+    train = split(train_images, seed=0)
+    print(f"\n## Pretrain's epoch with validation ({train_images:,} training images streamed, 128 px, "
+          "TLPIPE_RESIDENT_MB=64), MiB\n\n| validation images | PSS | not file-backed |\n|---:|---:|---:|")
+    env = {**os.environ, "TLPIPE_RESIDENT_MB": "64"}
+    for n in sizes:
+        out = subprocess.run([sys.executable, "-c", VALIDATED_TRAINING, str(train), str(split(n, seed=2)),
+                              str(Path(__file__).parent)], env=env, capture_output=True, text=True, check=True)
+        pss, unfiled = map(int, out.stdout.split()[-2:])
+        print(f"| {n:,} | {pss / 2**20:.0f} | {unfiled / 2**20:.0f} |", flush=True)
+        shutil.rmtree(work / f"val-{n}")
+
+
+def step_peaks(source: Path, target: Path, home: Path) -> tuple[float, dict[str, tuple[int, int]]]:
     """Wall time of `tlpipe run` on the two folders, and the peak memory of each step (its process and
-    their children, sampled every 0.1 s) and of the runner itself. Memory is the proportional set size
-    (PSS): pages a step shares with its forked DataLoader workers count once, not once per process."""
+    their children, sampled every 0.1 s) and of the runner itself, as (PSS, its part not backed by files)."""
     env = {**os.environ, "TLPIPE_HOME": str(home)}
     env.pop("MLFLOW_TRACKING_URI", None)
     args = [a for p in [f"source=imagefolder:{source}", f"target=imagefolder:{target}", *RUN_PARAMETERS]
@@ -95,18 +160,20 @@ def step_peaks(source: Path, target: Path, home: Path) -> tuple[float, dict[str,
                                    stderr=subprocess.STDOUT)
         runner, peaks = psutil.Process(process.pid), {}
         while process.poll() is None:
-            use = {"(tlpipe run itself)": 0}
             try:
-                use["(tlpipe run itself)"] = runner.memory_full_info().pss
+                use = {"(tlpipe run itself)": _memory(runner.pid)}
                 task_of = {runner.pid: "(tlpipe run itself)"}
                 for p in runner.children(recursive=True):  # parents come before their children
                     found = _TASK.search(" ".join(p.cmdline()))
-                    task_of[p.pid] = found.group(1) if found else task_of.get(p.ppid(), "(tlpipe run itself)")
-                    use[task_of[p.pid]] = use.get(task_of[p.pid], 0) + p.memory_full_info().pss
-            except psutil.Error:  # a process ended while being read: this sample is incomplete
+                    task = task_of[p.pid] = found.group(1) if found else task_of.get(p.ppid(), "(tlpipe run itself)")
+                    pss, unfiled = use.get(task, (0, 0))
+                    mine = _memory(p.pid)
+                    use[task] = (pss + mine[0], unfiled + mine[1])
+            except (psutil.Error, OSError):  # a process ended while being read: this sample is incomplete
                 continue
             for task, used in use.items():
-                peaks[task] = max(peaks.get(task, 0), used)
+                old = peaks.get(task, (0, 0))
+                peaks[task] = (max(old[0], used[0]), max(old[1], used[1]))
             time.sleep(0.1)
     if process.returncode:
         sys.exit(f"tlpipe run failed; its output is in {log}:\n{log.read_text()[-3000:]}")
@@ -125,7 +192,10 @@ def loader_rate(source_train: Path, workers: int, batches: int = 20, batch_size:
     started = time.perf_counter()
     for _ in range(batches):
         next(stream)
-    return batches * batch_size / (time.perf_counter() - started)
+    rate = batches * batch_size / (time.perf_counter() - started)
+    del stream  # its workers end here, not when a later fork's copy of it is collected
+    gc.collect()
+    return rate
 
 
 def shard_reads(source_train: Path, reads: int = 5000) -> dict[str, float]:
@@ -147,6 +217,13 @@ def shard_reads(source_train: Path, reads: int = 5000) -> dict[str, float]:
         for i in order:
             images.stored(int(i))
         cost[name] = (time.perf_counter() - started) / n * 1e6
+    # What a DataLoader worker does: a random batch of 64, read in storage order.
+    batches = [images.storage_order(orders["random order"][b : b + 64].tolist()) for b in range(0, n, 64)]
+    started = time.perf_counter()
+    for batch in batches:
+        for i in batch:
+            images.stored(int(i))
+    cost["random order, by batch of 64"] = (time.perf_counter() - started) / n * 1e6
     return cost
 
 
@@ -183,6 +260,8 @@ def main() -> None:
     parser.add_argument("--loader", type=int, default=50000, help="the local size whose source_train the loader reads")
     parser.add_argument("--runs", default="2000,8000", help="folder sizes to run the whole pipeline on, each step's "
                         "peak memory measured (comma-separated; empty: none)")
+    parser.add_argument("--validation", default="300,1200,4800,19200", help="source_val sizes for pretrain's "
+                        "epoch with validation, its peak memory measured (comma-separated; empty: none)")
     parser.add_argument("--work", default="", help="working folder (default: a temporary one, removed at the end)")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",") if s]
@@ -241,7 +320,11 @@ def main() -> None:
         print("| order | µs per image |\n|---|---:|")
         for order, micros in reads.items():
             print(f"| {order} | {micros:.0f} |")
-        print(f"| random / storage order | {reads['random order'] / reads['storage order']:.2f}x |")
+        for order in ("random order", "random order, by batch of 64"):
+            print(f"| {order} / storage order | {reads[order] / reads['storage order']:.2f}x |")
+    validation_sizes = [int(s) for s in args.validation.split(",") if s]
+    if validation_sizes:
+        validation_peaks(work, validation_sizes)
     run_sizes = [int(s) for s in args.runs.split(",") if s]
     if run_sizes:
         run_peaks(work, target, run_sizes)
@@ -259,15 +342,21 @@ def run_peaks(work: Path, target: Path, sizes: list[int]) -> None:
         shutil.rmtree(folder, ignore_errors=True)
         shutil.rmtree(work / f"run-home-{n}", ignore_errors=True)
     tasks = list(dict.fromkeys(t for _, peaks in measured.values() for t in peaks))
-    print(f"\n## Whole run: each step's peak memory (PSS), MiB (tlpipe run, {', '.join(RUN_PARAMETERS)}; "
+    print(f"\n## Whole run: each step's peak memory, MiB (tlpipe run, {', '.join(RUN_PARAMETERS)}; "
           f"target: {TARGET_IMAGES:,} photos; TLPIPE_RESIDENT_MB={os.environ.get('TLPIPE_RESIDENT_MB', '1024')})\n")
-    print("| step | " + " | ".join(f"{n:,} photos" for n in sizes) + f" | {sizes[-1] // sizes[0]}x images |")
-    print("|---|" + "---:|" * (len(sizes) + 1))
+    print("PSS: all the step's pages, shared ones counted once; not file-backed: less the mapped files (shard "
+          "chunks, libraries), which are page cache.\n")
+    ratio = f"{sizes[-1] // sizes[0]}x images"
+    print("| step | " + " | ".join(f"PSS, {n:,} photos" for n in sizes) + f" | {ratio} | "
+          + " | ".join(f"not file-backed, {n:,}" for n in sizes) + f" | {ratio} |")
+    print("|---|" + "---:|" * (2 * len(sizes) + 2))
     for task in tasks:
-        values = [measured[n][1].get(task, 0) for n in sizes]
-        ratio = f"{values[-1] / values[0]:.2f}x" if values[0] else ""
-        print(f"| {task} | " + " | ".join(f"{v / 2**20:.0f}" for v in values) + f" | {ratio} |")
-    print("| wall seconds | " + " | ".join(f"{measured[n][0]:.0f}" for n in sizes) + " | |")
+        cells = []
+        for kind in (0, 1):
+            values = [measured[n][1].get(task, (0, 0))[kind] for n in sizes]
+            cells += [f"{v / 2**20:.0f}" for v in values] + [f"{values[-1] / values[0]:.2f}x" if values[0] else ""]
+        print(f"| {task} | " + " | ".join(cells) + " |")
+    print("| wall seconds | " + " | ".join(f"{measured[n][0]:.0f}" for n in sizes) + " |" + " |" * (len(sizes) + 1))
 
 
 if __name__ == "__main__":

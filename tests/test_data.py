@@ -323,6 +323,24 @@ def test_shards_hold_bare_bytes_read_one_at_a_time_and_earlier_artifacts_still_r
     assert np.array_equal(np.asarray(old.images), data.images)
 
 
+def test_a_loader_worker_reads_a_random_batch_in_storage_order_and_returns_it_in_the_plans(tmp_path, monkeypatch):
+    """At random, LitData switches chunks at almost every read; read in storage order, each chunk's images
+    of a batch come together (benchmarks/results/scale.md)."""
+    from tlpipe.data import shards
+    from tlpipe.data.loader import _Decoded
+
+    data = indexed_set()
+    save_dataset(tmp_path / "ds", data)
+    loaded, _ = load_dataset(tmp_path / "ds")
+    positions, read = [], shards._Store.read
+    monkeypatch.setattr(shards._Store, "read", lambda store, position: positions.append(position) or read(store, position))
+    plan = [(int(i), 0) for i in np.random.default_rng(0).permutation(len(data))[:16]]
+    (images,), labels = _Decoded(loaded.images, loaded.labels, ("none",)).__getitems__(plan)
+    rows = [row for row, _ in plan]
+    assert positions == sorted(rows)
+    assert np.array_equal(images.numpy(), data.images[rows]) and np.array_equal(labels.numpy(), data.labels[rows])
+
+
 def test_images_keep_their_file_bytes_unless_ingest_resizes_them(tmp_path):
     from PIL import Image
 

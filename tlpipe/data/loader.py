@@ -90,7 +90,10 @@ class _Decoded(Dataset):
 
     def __getitems__(self, plan: list[tuple[int, int]]):
         rows = [row for row, _ in plan]
-        images = torch.from_numpy(np.stack([self.images[row] for row in rows]))
+        # Sharded images are read in storage order (each chunk's together), then stacked in the plan's.
+        order = self.images.storage_order(rows) if isinstance(self.images, ShardedImages) else rows
+        decoded = {row: self.images[row] for row in order}
+        images = torch.from_numpy(np.stack([decoded[row] for row in rows]))
         views = _viewed(images, torch.tensor([seed for _, seed in plan], dtype=torch.int64), self.augments)
         labels = torch.from_numpy(self.labels[rows]) if self.labels is not None else None
         return views, labels

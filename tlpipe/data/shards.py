@@ -162,6 +162,13 @@ class ShardedImages:
         folder, position = self.rows[i]
         return _Store.get(self.folders[folder]).read(int(position))
 
+    def storage_order(self, indices: list[int]) -> list[int]:
+        """`indices` sorted as their images lie in the shards: read so, a random batch reads each chunk's
+        images together instead of switching chunks at almost every image (measured: 1.6x the cost of
+        reading in order when unsorted, 1.2x sorted; benchmarks/results/scale.md)."""
+        rows = self.rows[indices]
+        return [indices[i] for i in np.lexsort((rows[:, 1], rows[:, 0]))]
+
     def digests(self) -> np.ndarray:
         """(N, 32) SHA-256 digests of the stored bytes, from the tables (no image is read)."""
         out = np.empty((len(self), 32), dtype=np.uint8)
