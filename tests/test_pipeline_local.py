@@ -186,15 +186,36 @@ def test_retrain_starts_from_the_champion_and_promotes_only_through_the_gate(fir
     assert f"champion: version {champion.version} (kept champion v{champion.version}: not shown better" in result.stdout
     assert str(registry.get_model_version_by_alias("tlpipe", "champion").version) == str(champion.version)
     assert str(registry.get_model_version_by_alias("tlpipe", "challenger").version) == str(new)
-    gate = registry.get_model_version("tlpipe", str(new)).tags
-    p = float(gate["tlpipe.gate.p_value"])
-    assert 0 <= p <= 1 and gate["tlpipe.gate.promoted"] == "False"
-    assert float(gate["tlpipe.gate.challenger_accuracy"]) == pytest.approx(accuracy[evaluation["best"]], abs=1e-6)
+    gate = json.loads(registry.get_model_version("tlpipe", str(new)).tags["tlpipe.gate"])
+    p = gate["p_value"]
+    assert 0 <= p <= 1 and gate["promoted"] is False
+    assert gate["challenger_accuracy"] == pytest.approx(accuracy[evaluation["best"]], abs=1e-6)
     assert f"one-sided exact McNemar p = {p:.3g}" in result.stdout
     report = Path(result.stdout.split("report: ")[1].split()[0]).read_text()
     assert "one-sided exact McNemar p</td>" in report and f"kept champion v{champion.version}" in report
     # (Retraining without a champion, from a source model it trains: tests/test_components.py; zero-shot and a
     # timm backbone from hub weights, through every component: there too.)
+
+
+def test_the_readmes_quick_start_runs_as_written(tmp_path):
+    """The README's "Your own images" commands as a new user pastes them: in an empty folder next to the
+    checkout's .venv, on the embedded default home (./.tlpipe), to a champion better than chance."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme.split("\n## Your own images\n")[1].split("```bash\n")[1].split("```")[0]
+    commands = block.replace("\\\n", " ").strip().splitlines()
+    assert len(commands) == 3 and commands[-1].startswith(".venv/bin/tlpipe run ")
+    (tmp_path / ".venv").symlink_to(sys.prefix)  # the checkout's environment
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TLPIPE_", "MLFLOW_"))}
+    for command in commands:
+        result = subprocess.run(["bash", "-c", command], cwd=tmp_path, env=env, capture_output=True, text=True,
+                                timeout=900)
+        assert result.returncode == 0, command + "\n" + result.stdout[-3000:] + result.stderr[-3000:]
+    out = result.stdout
+    assert "registered model: photos version 1 (alias champion)" in out
+    accuracy = float(out.split("registered model: photos version 1 (alias champion), test accuracy ")[1].split("%")[0])
+    chance = float(out.split("\nchance: ")[1].split("%")[0])
+    assert accuracy > chance + 20, out[-3000:]
+    assert (tmp_path / ".tlpipe" / "mlflow.db").exists()
 
 
 def test_layer_sweep_runs_in_parallel_and_plots_accuracy_against_blocks(home):
