@@ -2,6 +2,7 @@
 
 import contextlib
 import fcntl
+import logging
 import os
 import subprocess
 import time
@@ -50,6 +51,9 @@ def configure() -> MlflowClient:
     # both migrate it and one would fail, so the creation is serialised by a lock beside the file.
     database = Path(uri.removeprefix("sqlite:///"))
     database.parent.mkdir(parents=True, exist_ok=True)
+    # Creating it logs MLflow's and alembic's migration steps at INFO, which tell a user nothing.
+    for name in ("mlflow.store.db.utils", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     with open(database.with_name(database.name + ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         return MlflowClient()
