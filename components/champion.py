@@ -32,3 +32,15 @@ def champion(
         source_train.path, model.path, model_name, backbone, pretrained_weights, config, experiment, current_pipeline_run()
     )
     model.metadata.update(facts)
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def registered_model(source_model: str, target_labelled: Input[Dataset], experiment: str, model: Output[Model]):
+    """The source-free pipeline's source model: a registered model as it is (its training images are not
+    needed), checked against the target's classes."""
+    from tlpipe.errors import exit_on_user_error
+    from tlpipe.steps.champion import given_model
+    from tlpipe.tracking import current_pipeline_run
+
+    model.metadata.update(exit_on_user_error(given_model)(source_model, target_labelled.path, model.path, experiment,
+                                                          current_pipeline_run()))

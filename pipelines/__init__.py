@@ -2,7 +2,8 @@
 
 Each module has build(cluster=None): the pipeline for kfp.local, or compiled for a Kubeflow cluster; the
 command line finds them by pyproject's `tlpipe.pipelines` entry points (tlpipe.cluster.pipelines).
-Every pipeline's steps sit inside `closing_run`, and every pipeline reads its data through `ingest_data`.
+Every pipeline's steps sit inside `closing_run`, every pipeline reads its data through `ingest_data`,
+and those that train register through `gated_register`.
 """
 
 
@@ -48,3 +49,19 @@ def finetuned_model(on, data, strategy, **arguments):
     with dsl.Else():
         alone = on.train(finetune, **common).set_display_name("finetune")
     return dsl.OneOf(joint.outputs["model"], alone.outputs["model"])
+
+
+def gated_register(on, p, data, scores):
+    """The register task after an evaluate task (`scores`): the selected model registered, the champion
+    alias moved only through the gate with the pipeline's parameters `p`. Never cached: the alias moves
+    behind the same name."""
+    from components.register import register
+
+    return on.score(
+        register, cache=False,
+        best_model=scores.outputs["best_model"], evaluation=scores.outputs["evaluation"],
+        evaluation_report=scores.outputs["report"],
+        target_test=data.outputs["target_test"], model_name=p.model_name, experiment=p.experiment,
+        publish_to=p.publish_to, gate_alpha=p.gate_alpha, gate_margin=p.gate_margin,
+        min_accuracy=p.min_accuracy,
+    )

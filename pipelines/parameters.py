@@ -1,6 +1,6 @@
 """The pipelines' parameters, declared once: name, type, default and meaning.
 
-Each pipeline names the parameters it takes (`TRANSFER`, `RETRAIN`, `LAYER_SWEEP`, `PREDICT`) and `signature`
+Each pipeline names the parameters it takes (`TRANSFER`, `RETRAIN`, `LAYER_SWEEP`, `PREDICT`, `SOURCE_FREE`) and `signature`
 turns the list into the function KFP compiles: the same defaults everywhere, and the meanings as the
 pipeline's documented arguments, which KFP writes into the compiled IR (the Kubeflow UI's run form
 shows them), `tlpipe params` prints and the docs' parameter reference lists.
@@ -88,6 +88,9 @@ PARAMETERS = {p.name: p for p in [
               "they appear only in the test splits."),
     Parameter("attributes", str, "", "Class attribute table for zero-shot (CSV: class,<attribute>,...; local or "
               "s3://); the digit domains have a built-in one."),
+    Parameter("source_model", str, "models:/tlpipe@champion", "The model that stands for the source domain in "
+              "source-free adaptation: models:/<name>@<alias> or models:/<name>/<version>, a tlpipe model in the "
+              "registry; its training images are not needed."),
     Parameter("model", str, "models:/tlpipe@champion", "The registered model that predicts: models:/<name>@<alias> "
               "or models:/<name>/<version>."),
     Parameter("images", str, "", "The images to predict: imagefolder:<folder or s3://bucket/prefix>, every PNG and "
@@ -106,6 +109,10 @@ LAYER_SWEEP = ["source", "target", "target_labels_per_class", "target_val_per_cl
                "pretrained_weights", "blocks", "source_augment", "source_epochs", "finetune_epochs", "batch_size", "lr",
                "experiment", "checkpoint_root", "checkpoint_every", "nproc"]
 PREDICT = ["model", "images", "experiment", "publish_to"]
+SOURCE_FREE = ["source_model", "target", "target_labels_per_class", "target_val_per_class", "seed", "image_size", "strategy",
+               "finetune_backbone_lr", "adapt_backbone_lr", "target_augment", "finetune_epochs", "adapt_epochs", "batch_size",
+               "lr", "select_by", "gate_alpha", "gate_margin", "min_accuracy", "model_name", "experiment", "publish_to",
+               "checkpoint_root", "checkpoint_every", "nproc"]
 
 
 def signature(name: str, names: list[str], body: Callable[[SimpleNamespace], None], **defaults) -> Callable:

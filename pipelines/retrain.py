@@ -11,8 +11,7 @@ from kfp import dsl
 from components.adapt import adapt
 from components.champion import champion
 from components.evaluate import evaluate_retrain
-from components.register import register
-from pipelines import closing_run, finetuned_model, ingest_data, parameters
+from pipelines import closing_run, finetuned_model, gated_register, ingest_data, parameters
 from tlpipe.cluster import Cluster, Placement
 
 
@@ -58,14 +57,7 @@ def build(cluster: Cluster | None = None):
                 start_model=start.outputs["model"],
                 finetuned=finetuned, adapted=adapted.outputs["model"], experiment=p.experiment,
             )
-            on.score(
-                register, cache=False,
-                best_model=scores.outputs["best_model"], evaluation=scores.outputs["evaluation"],
-                evaluation_report=scores.outputs["report"],
-                target_test=data.outputs["target_test"], model_name=p.model_name, experiment=p.experiment,
-                publish_to=p.publish_to, gate_alpha=p.gate_alpha, gate_margin=p.gate_margin,
-                min_accuracy=p.min_accuracy,
-            )
+            gated_register(on, p, data, scores)
 
     pipeline = parameters.signature("retrain", parameters.RETRAIN, steps, checkpoint_root=on.checkpoint_root, adapt_epochs=60)
     return dsl.pipeline(name="tlpipe-retrain", description="Retrain from the champion on fresh target data; promote only through the gate.")(pipeline)

@@ -9,8 +9,7 @@ from components.adapt import adapt
 from components.evaluate import evaluate
 from components.finetune import finetune
 from components.pretrain import pretrain
-from components.register import register
-from pipelines import closing_run, finetuned_model, ingest_data, parameters
+from pipelines import closing_run, finetuned_model, gated_register, ingest_data, parameters
 from tlpipe.cluster import Cluster, Placement
 
 
@@ -67,14 +66,7 @@ def build(cluster: Cluster | None = None):
                 target_only=target_only.outputs["model"], finetuned=finetuned,
                 adapted=adapted.outputs["model"], experiment=p.experiment,
             )
-            on.score(
-                register, cache=False,
-                best_model=scores.outputs["best_model"], evaluation=scores.outputs["evaluation"],
-                evaluation_report=scores.outputs["report"],
-                target_test=data.outputs["target_test"], model_name=p.model_name, experiment=p.experiment,
-                publish_to=p.publish_to, gate_alpha=p.gate_alpha, gate_margin=p.gate_margin,
-                min_accuracy=p.min_accuracy,
-            )
+            gated_register(on, p, data, scores)
 
     pipeline = parameters.signature("transfer", parameters.TRANSFER, steps, checkpoint_root=on.checkpoint_root)
     return dsl.pipeline(name="tlpipe-transfer", description="Train on a labelled source domain, transfer to a target domain, register the best model.")(pipeline)

@@ -15,7 +15,7 @@ from tlpipe.cluster import CPU_IMAGE, Cluster, Resources, Toleration, compile_pi
 REPO = Path(__file__).resolve().parents[1]
 TRAINING = {"pretrain", "finetune", "adapt", "champion", "layer-transfer"}
 SCORING = {"evaluate", "evaluate-retrain", "register", "predict"}
-LIGHT = {"data-version", "strategy-uses-source", "ingest", "close-run", "layer-sweep-report"}
+LIGHT = {"data-version", "strategy-uses-source", "ingest", "close-run", "layer-sweep-report", "registered-model"}
 
 
 _COMPILED: dict[str, Path] = {}
@@ -70,7 +70,7 @@ def test_compiled_pipelines_are_up_to_date(tmp_path):
         assert filecmp.cmp(fresh, committed, shallow=False), f"{committed} is stale: run `tlpipe compile`"
 
 
-@pytest.mark.parametrize("name", ["transfer", "retrain"])
+@pytest.mark.parametrize("name", ["transfer", "retrain", "source-free"])
 def test_compiled_ir_places_steps(tmp_path, name):
     cluster = Cluster(
         image="registry.example.com/tlpipe/trainer:1.2.3", light_image="registry.example.com/tlpipe/cpu:1.2.3",
@@ -166,7 +166,7 @@ def test_only_strategies_that_train_on_the_source_download_source_train(tmp_path
     assert finetunes == expected
 
 
-@pytest.mark.parametrize("name", ["transfer", "retrain", "layer-sweep", "predict"])
+@pytest.mark.parametrize("name", ["transfer", "retrain", "layer-sweep", "predict", "source-free"])
 def test_every_step_runs_inside_an_exit_handler_that_closes_the_mlflow_run(tmp_path, name):
     spec, _ = load_ir(compiled(name, Cluster()))
     root = spec["root"]["dag"]["tasks"]

@@ -197,6 +197,29 @@ def test_retrain_starts_from_the_champion_and_promotes_only_through_the_gate(fir
     # timm backbone from hub weights, through every component: there too.)
 
 
+def test_source_free_adapts_a_registered_model_without_a_source_image(first_run, home, registry):
+    """A model from elsewhere (here the first run's champion) adapted to the target by SHOT from its images
+    alone: no source domain is ingested or read, the model itself is the source-only baseline, and the
+    model chosen on target validation data is registered, behind the gate, under its own name."""
+    champion = registry.get_model_version_by_alias("tlpipe", "champion")
+    result = tlpipe_run(home, "source_model=models:/tlpipe@champion", "target=digits-m", "target_labels_per_class=5",
+                        "finetune_epochs=2", "adapt_epochs=2", "model_name=adapted-elsewhere", pipeline="source-free")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    for row in ("source-only", "target-only", "finetuned", "adapted"):
+        assert f"\n{row} " in result.stdout, row
+    assert "registered model: adapted-elsewhere version 1 (alias champion)" in result.stdout
+    parent, steps = last_pipeline_run(registry)
+    by_step = {r.data.tags["tlpipe.step"]: r for r in steps}
+    assert {by_step["ingest"].data.metrics[f"source_{split}_count"] for split in ("train", "val", "test")} == {0}
+    assert by_step["adapt"].data.params["method"] == "shot"
+    read = {i.dataset.name.split("/")[1] for r in steps for i in r.inputs.dataset_inputs}
+    assert read and not any(name.startswith("source") for name in read), read
+    assert parent.data.params["source_model"] == f"models:/tlpipe/{champion.version}"
+    version = registry.get_model_version_by_alias("adapted-elsewhere", "champion")
+    assert version.tags["tlpipe.source"] == f"models:/tlpipe/{champion.version}"
+    assert str(registry.get_model_version_by_alias("tlpipe", "champion").version) == str(champion.version)
+
+
 def test_the_readmes_quick_start_runs_as_written(tmp_path):
     """The README's "Your own images" commands as a new user pastes them: in an empty folder next to the
     checkout's .venv, on the embedded default home (./.tlpipe), to a champion better than chance."""

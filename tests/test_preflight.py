@@ -229,3 +229,32 @@ def test_local_paths_are_recorded_as_absolute_locations(tmp_path, monkeypatch):
         "source": f"imagefolder:{tmp_path}/data/source", "attributes": f"{tmp_path}/attrs.csv",
         "publish_to": f"{tmp_path}/out/published"}
     assert preflight.absolute_locations({"source": "torchvision:MNIST:data"})["source"] == f"torchvision:MNIST:{tmp_path}/data"
+
+
+def test_a_source_free_run_is_refused_what_needs_source_images_or_another_models_classes(tmp_path, tlpipe_home):
+    """The source-free pipeline: its model must exist and predict the target's classes; a strategy or a
+    selection that needs source images is refused, all before anything runs."""
+    import mlflow
+
+    from tlpipe import registry, tracking
+    from tlpipe.models import Classifier, ModelSpec, save_model
+
+    free = pipeline("source-free")
+    defaults = defaults_of(free)
+    target = write_image_folder(tmp_path / "target", per_class=30, seed=1)
+
+    def refusal(**given) -> str:
+        with pytest.raises(TlpipeError) as refused:
+            preflight.preflight(preflight.pipeline_arguments(free, {"target": f"imagefolder:{target}", **given}), defaults)
+        return str(refused.value)
+
+    assert "no registered model 'vendor'" in refusal(source_model="models:/vendor@champion")
+    save_model(tmp_path / "vendor", Classifier(ModelSpec("small-cnn", ["cat", "dog"], 16)))
+    client = tracking.configure()
+    with mlflow.start_run(experiment_id=tracking.experiment_id(client, "vendor")):
+        registry.log_and_register(tmp_path / "vendor", "vendor", {tracking.PIPELINE_RUN_TAG: "run-vendor"})
+    assert ("models:/vendor/1 (version 1 of 'vendor') predicts classes ['cat', 'dog'], the target data has "
+            "['a', 'b', 'c']; source-free adaptation needs the same classes") in refusal(source_model="models:/vendor/1")
+    assert "strategy multitask also trains on source images" in refusal(source_model="models:/vendor/1", strategy="multitask")
+    assert "select_by source-val needs source validation images" in refusal(source_model="models:/vendor/1",
+                                                                            select_by="source-val")

@@ -233,7 +233,7 @@ def run(name: str, given: dict[str, str], verbose: bool = False, resumed: str = 
         from tlpipe import tracking
         from tlpipe.data.spec import data_versions
 
-        resume.check_data_unchanged(resumed, data_versions(values["source"], values["target"], values.get("attributes", "")))
+        resume.check_data_unchanged(resumed, data_versions(values.get("source", ""), values["target"], values.get("attributes", "")))
         tracking.reopen_pipeline_run(resumed)
         print(f"resuming run {resumed} ({name}): the steps it finished are not run again, and a training step it "
               "stopped in goes on from its last checkpoint", flush=True)

@@ -16,12 +16,12 @@ from tlpipe.data.files import check_location, location_of
 from tlpipe.data.spec import BUILTIN, spec_location
 from tlpipe.errors import TlpipeError, did_you_mean
 from tlpipe.methods import adapt as adaptation
-from tlpipe.methods.finetune import parse_strategy
+from tlpipe.methods.finetune import parse_strategy, uses_source
 from tlpipe.models import Classifier, ModelSpec
 from tlpipe.models.backbones import check_backbone
 from tlpipe.models.weights import hub_file, is_hub_name
 from tlpipe.registry import Gate
-from tlpipe.registry.champion import champion_classes, registered_version
+from tlpipe.registry.champion import champion_classes, registered_version, version_classes
 
 
 def _json_list(value: str) -> list:
@@ -182,7 +182,9 @@ def preflight(arguments: dict, defaults: dict, on_cluster: bool = False) -> list
         except TlpipeError as error:
             problems.append(str(error))
         else:
-            checked(_check_champion, values, counts.get("source"))
+            checked(_check_champion, values, counts.get("source") or counts.get("target"))
+            if "source_model" in values:  # source-free: the model that stands for the source
+                checked(_check_source_model, values["source_model"], counts.get("target"))
             if "model" in values:  # predict: the registered model it names
                 checked(registered_version, values["model"])
     problems = list(dict.fromkeys(problems))  # an unreachable bucket read by both domains is one problem
@@ -232,6 +234,16 @@ def _check_champion(values: dict, source: dict[str, int] | None) -> None:
                           "the champion's classes.")
 
 
+def _check_source_model(uri: str, target: dict[str, int] | None) -> None:
+    """The registered model a source-free run adapts: that it exists, and (for an image folder) that it
+    predicts the target's classes."""
+    name, version = registered_version(uri)
+    classes = version_classes(name, version)
+    if target and classes != list(target):
+        raise TlpipeError(f"{uri} (version {version} of '{name}') predicts classes {classes}, the target data has "
+                          f"{list(target)}; source-free adaptation needs the same classes.")
+
+
 # The least value each number may take: a count of epochs or a batch of 0 trains nothing (or divides by
 # zero) and would register an untrained model as if trained.
 AT_LEAST = {"source_epochs": 1, "finetune_epochs": 1, "adapt_epochs": 1, "batch_size": 1, "checkpoint_every": 1,
@@ -245,6 +257,13 @@ def check_parameters(values: dict) -> None:
             raise TlpipeError(f"{name} must be {least} or more, got {values[name]}.")
     if "lr" in values and not values["lr"] > 0:
         raise TlpipeError(f"lr must be more than 0, got {values['lr']}.")
+    if "source_model" in values:  # source-free: nothing may need the source images
+        if "strategy" in values and uses_source(values["strategy"]):
+            raise TlpipeError(f"strategy {values['strategy']} also trains on source images, which a source-free run "
+                              "does not have; use full, freeze:<k>, linear-probe or l2sp:<alpha>.")
+        if values.get("select_by") == "source-val":
+            raise TlpipeError("select_by source-val needs source validation images, which a source-free run does not "
+                              "have; use target-val, im or snd.")
     if "strategy" in values:
         name, _ = parse_strategy(values["strategy"])
         builtin = values.get("source") in BUILTIN

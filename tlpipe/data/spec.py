@@ -76,7 +76,7 @@ def data_version(spec: str) -> str:
 
 def data_versions(source: str, target: str, attributes: str = "") -> str:
     """The versions of everything ingest reads, as one string for the cache key of ingest."""
-    versions = {"source": data_version(source), "target": data_version(target)}
+    versions = {"source": data_version(source) if source else "", "target": data_version(target)}  # none: source-free
     if attributes:
         versions["attributes"] = f"{attributes}@{storage.fingerprint(attributes)}"
     return json.dumps(versions, sort_keys=True)

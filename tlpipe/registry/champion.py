@@ -103,24 +103,29 @@ def registered_version(uri: str) -> tuple[str, str]:
 
 
 def champion_classes(model_name: str) -> tuple[str, list[str]] | None:
-    """The champion's version and the classes it predicts, or None without a champion. Reads two small
-    files of the registered model (its MLmodel and the tlpipe model.json), not its weights."""
-    from mlflow.store.artifact.models_artifact_repo import ModelsArtifactRepository
-
+    """The champion's version and the classes it predicts, or None without a champion."""
     from tlpipe import tracking
 
     version = champion_version(tracking.configure(), model_name)
     if version is None:
         return None
-    repository = ModelsArtifactRepository(f"models:/{model_name}/{version.version}")
+    return str(version.version), version_classes(model_name, str(version.version))
+
+
+def version_classes(model_name: str, version: str) -> list[str]:
+    """The classes a registered version predicts. Reads two small files of it (its MLmodel and the tlpipe
+    model.json), not its weights."""
+    from mlflow.store.artifact.models_artifact_repo import ModelsArtifactRepository
+
+    repository = ModelsArtifactRepository(f"models:/{model_name}/{version}")
     with tempfile.TemporaryDirectory() as tmp:
         try:
             mlmodel = mlflow.models.Model.load(repository.download_artifacts("MLmodel", tmp))
             stored = mlmodel.flavors["python_function"]["artifacts"]["model"]["path"]
             meta = json.loads(Path(repository.download_artifacts(f"{stored}/model.json", tmp)).read_text())
         except MlflowException as error:
-            raise unanswered(f"the champion of '{model_name}' (version {version.version})", error) from None
-    return str(version.version), meta["spec"]["classes"]
+            raise unanswered(f"version {version} of '{model_name}'", error) from None
+    return meta["spec"]["classes"]
 
 
 def champion_model(model_name: str, version):

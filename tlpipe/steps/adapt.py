@@ -31,10 +31,11 @@ def adapt(
     has images; dann+finetune then fine-tunes on it for `finetune_epochs` with `target_augment` and
     `finetune_backbone_lr`, as the finetune step would. `validation` (target_val) is scored every epoch,
     only to be watched. A bottleneck or backbone_lr of -1 in `config` is the recipe for a backbone that
-    started from pretrained weights (`pretrained`) or from random ones."""
+    started from pretrained weights (`pretrained`, or the source model's own record) or from random ones."""
     adaptation.check_method(method)
-    config = adaptation.recipe(config, pretrained)
-    model, _ = load_model(source_model)
+    model, model_meta = load_model(source_model)
+    # Pretrained: as the pipeline says, or as a given model records it (the source-free pipeline).
+    config = adaptation.recipe(config, pretrained or bool(model_meta.get("pretrained_weights")))
     source_free = method in adaptation.SOURCE_FREE
     if source_free:  # it adapts the model as it is: no new layers to train without source labels
         config = dataclasses.replace(config, bottleneck=model.spec.bottleneck)

@@ -1,4 +1,5 @@
-"""Retraining's starting model: the registry's champion, or a source model trained now."""
+"""Where retraining and source-free adaptation start: the registry's champion or a source model trained
+now (retrain), or a registered model given by its URI (source-free)."""
 
 from tlpipe.data import dataset_meta
 from tlpipe.errors import TlpipeError
@@ -33,3 +34,24 @@ def start_model(
                           f"the source data has {classes}; retrain needs the same classes.")
     print(f"starting from the champion of '{model_name}', version {version}", flush=True)
     return {**model_facts(meta), "start": "champion", "champion_version": version}
+
+
+@timed
+def given_model(uri: str, target_labelled: str, out: str, experiment: str, pipeline_run: str) -> dict:
+    """The source-free pipeline's source model: the registered model `uri` names (models:/<name>@<alias>
+    or /<version>), exported as it is; nothing of its training data is read. The parent run records it as
+    the run's source."""
+    from tlpipe import tracking
+    from tlpipe.registry import export_version, registered_version
+
+    name, version = registered_version(uri)
+    tracking.log_to_parent(tracking.configure(), tracking.current_parent(experiment, pipeline_run),
+                           params={"source_model": f"models:/{name}/{version}"})
+    export_version(name, version, out)
+    _, meta = load_model(out)
+    classes = dataset_meta(target_labelled)["classes"]
+    if meta["spec"]["classes"] != classes:
+        raise TlpipeError(f"{uri} (version {version} of '{name}') predicts classes {meta['spec']['classes']}, the "
+                          f"target data has {classes}; source-free adaptation needs the same classes.")
+    print(f"adapting {uri}: version {version} of '{name}' ({meta['spec']['backbone']})", flush=True)
+    return {**model_facts(meta), "start": "registered", "registered_model": name, "registered_version": version}

@@ -48,7 +48,8 @@ def evaluate(
     models = {name: (model, "baseline" if name in baselines else "candidate") for name, (model, _) in loaded.items()}
     methods = {name: model_meta.get("method", "") for name, (_, model_meta) in loaded.items()}
     source, source_meta = load_dataset(source_test) if source_test else (None, {})
-    source_name, target_name = source_meta.get("spec") or "source", meta.get("spec") or "target"
+    source_free = source is not None and len(source) == 0 and not source_meta.get("spec")  # a model stands for the source
+    source_name, target_name = source_meta.get("spec") or ("the source model" if source_free else "source"), meta.get("spec") or "target"
     unlabelled = load_dataset(target_unlabelled)[0] if target_unlabelled and criterion in ("im", "snd") else None
     source_validation = load_dataset(source_val)[0] if source_val and criterion == "source-val" else None
     with tracking.step_run("evaluate", experiment, pipeline_run, {"test_hash": meta["content_hash"], "select_by": criterion},
@@ -59,6 +60,8 @@ def evaluate(
         evaluation.tasks = _task_rows(models, evaluation, source)
         evaluation.pretrained_weights = next((m["pretrained_weights"] for _, m in loaded.values() if m.get("pretrained_weights")), "")
         tsne, skipped = None, too_small(len(source), len(test)) if source is not None else ""
+        if source_free:
+            skipped = "none: a source-free run has no source images to compare the target's with"
         if source is not None and not skipped:
             source_sample, target_sample = analysis.domain_sample(source), analysis.domain_sample(test)
             pairs = analysis.domain_features({name: m for name, (m, _) in models.items()}, source_sample, target_sample)

@@ -30,6 +30,8 @@ def ingest(
     data_version: str = "",
 ) -> dict[str, dict]:
     """Loads both domains, checks they agree, and writes the seven split datasets (SPLITS) to `out[name]`.
+    With no `source` (the source-free pipeline: a model stands for the source domain) the source splits
+    are written empty, with the target's classes.
 
     Splits follow each image's stable identity (tlpipe.data.splits): no source training image, glyph or
     exact duplicate is in the target's validation or test split. `unseen_classes` (comma-separated)
@@ -43,8 +45,8 @@ def ingest(
         raise TlpipeError(f"image_size must be at least 8 pixels, got {image_size}.")
     # Image folders are staged as shards here and copied into the split artifacts, never held in memory.
     with tempfile.TemporaryDirectory(prefix="tlpipe-ingest-") as work:
-        source_data = load_domain(source, image_size, seed, work)
         target_data = load_domain(target, image_size, seed, work)
+        source_data = load_domain(source, image_size, seed, work) if source else target_data.subset(np.arange(0))
         if source_data.classes != target_data.classes:
             only_source = sorted(set(source_data.classes) - set(target_data.classes))
             only_target = sorted(set(target_data.classes) - set(source_data.classes))
@@ -56,7 +58,10 @@ def ingest(
         table = {}
         if attributes or unseen or sorted(source_data.classes) == sorted(DIGITS):
             table = signatures(source_data.classes, attributes)
-        source_train, source_val, source_test = split_source(source_data, seed, unseen)
+        if source:
+            source_train, source_val, source_test = split_source(source_data, seed, unseen)
+        else:
+            source_train = source_val = source_test = source_data
         parts = split_target(target_data, target_labels_per_class, target_val_per_class, seed, unseen)
         if parts.val_short:
             print(f"tlpipe: note: target_val_per_class={target_val_per_class}: classes {', '.join(parts.val_short)} have fewer held-out "
@@ -81,7 +86,8 @@ def ingest(
         mlflow.log_metrics({f"{name}_count": meta["count"] for name, meta in facts.items()})
         mlflow.log_metric("target_held_out_shared_with_source", shared)
         mlflow.set_tags({f"tlpipe.hash.{name}": meta["content_hash"] for name, meta in facts.items()})
-        splits = [tracking.log_split(meta, out[name], context=name) for name, meta in facts.items()]
+        splits = [tracking.log_split(meta, out[name], context=name) for name, meta in facts.items()
+                  if source or not name.startswith("source")]  # source-free: the empty source splits are no input
         tracking.log_splits_to_parent(tracking.parent_of(run), splits)
     return facts
 

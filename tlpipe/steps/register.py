@@ -50,7 +50,7 @@ def register(
         tracking.PIPELINE_RUN_TAG: pipeline_run,
         "tlpipe.candidate": best.name,
         "tlpipe.method": model_meta.get("method", ""),
-        "tlpipe.source": pipeline_params.get("source", ""),
+        "tlpipe.source": pipeline_params.get("source") or pipeline_params.get("source_model", ""),  # source-free: a model
         "tlpipe.target": pipeline_params.get("target", meta.get("spec", "")),
         "tlpipe.backbone": model_meta["spec"]["backbone"],
         "tlpipe.accuracy": f"{best.accuracy:.6f}",
