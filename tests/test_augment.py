@@ -247,3 +247,17 @@ def test_a_colour_augmented_source_model_reads_inverted_recoloured_digits():
         pretrain(model, train, TrainConfig(epochs=4, batch_size=64, augment=name))
         accuracy[name] = (predict(model, np.ascontiguousarray(recoloured)).numpy() == test.labels).mean()
     assert accuracy["colour"] > 0.8 and accuracy["colour"] > accuracy["none"] + 0.3, accuracy
+
+
+def test_a_device_resident_epoch_plan_is_copied_once_and_each_batch_is_a_slice_of_it():
+    """On a GPU, building each step's indices and seeds on the host and copying them synchronises the
+    host with the device every step. The plan of an epoch is copied once; every batch is a view of it."""
+    plan = loader._Plan(64, 8, seed=0, stream="", epoch=0, step=0)
+    spans = plan.spans(on=torch.device("cpu"))
+    first = [next(spans) for _ in range(8)]  # one epoch: 64 images, batches of 8
+    for index, seeds in first:
+        assert index.untyped_storage().data_ptr() == first[0][0].untyped_storage().data_ptr()
+        assert seeds.untyped_storage().data_ptr() == first[0][1].untyped_storage().data_ptr()
+    order, seeds = loader.epoch_plan(64, 0, "", 0)
+    assert torch.equal(torch.cat([i for i, _ in first]), order) and torch.equal(torch.cat([s for _, s in first]), seeds)
+    assert next(spans)[0].untyped_storage().data_ptr() != first[0][0].untyped_storage().data_ptr()  # the next epoch's
