@@ -218,6 +218,8 @@ def test_source_free_adapts_a_registered_model_without_a_source_image(first_run,
     version = registry.get_model_version_by_alias("adapted-elsewhere", "champion")
     assert version.tags["tlpipe.source"] == f"models:/tlpipe/{champion.version}"
     assert str(registry.get_model_version_by_alias("tlpipe", "champion").version) == str(champion.version)
+    report = Path(result.stdout.split("report: ")[1].split()[0]).read_text()
+    assert f"tlpipe transfer report: models:/tlpipe/{champion.version} -&gt; digits-m" in report
 
 
 def test_the_readmes_quick_start_runs_as_written(tmp_path):

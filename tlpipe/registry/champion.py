@@ -52,8 +52,8 @@ def export_champion(model_name: str, out: str | Path) -> str | None:
 
 
 def export_version(model_name: str, version: str, out: str | Path) -> str:
-    """Writes the tlpipe model directory of a registered version to `out`, noting the version in its
-    model.json; returns the version."""
+    """Writes the tlpipe model directory of a registered version to `out`, noting its name and version in
+    its model.json; returns the version."""
     with tempfile.TemporaryDirectory() as tmp:
         local = mlflow.artifacts.download_artifacts(f"models:/{model_name}/{version}", dst_path=tmp)
         # log_and_register stores the tlpipe model directory as the pyfunc artifact "model".
@@ -61,7 +61,7 @@ def export_version(model_name: str, version: str, out: str | Path) -> str:
         shutil.copytree(Path(local) / stored, out, dirs_exist_ok=True)
     meta_path = Path(out) / "model.json"
     meta = json.loads(meta_path.read_text())
-    meta["registered_version"] = version
+    meta["registered_model"], meta["registered_version"] = model_name, version
     meta_path.write_text(json.dumps(meta, indent=2))
     return version
 

@@ -49,7 +49,11 @@ def evaluate(
     methods = {name: model_meta.get("method", "") for name, (_, model_meta) in loaded.items()}
     source, source_meta = load_dataset(source_test) if source_test else (None, {})
     source_free = source is not None and len(source) == 0 and not source_meta.get("spec")  # a model stands for the source
-    source_name, target_name = source_meta.get("spec") or ("the source model" if source_free else "source"), meta.get("spec") or "target"
+    given = loaded.get("source-only", (None, {}))[1]
+    source_name = source_meta.get("spec") or "source"
+    if source_free and "registered_model" in given:
+        source_name = f"models:/{given['registered_model']}/{given['registered_version']}"
+    target_name = meta.get("spec") or "target"
     unlabelled = load_dataset(target_unlabelled)[0] if target_unlabelled and criterion in ("im", "snd") else None
     source_validation = load_dataset(source_val)[0] if source_val and criterion == "source-val" else None
     with tracking.step_run("evaluate", experiment, pipeline_run, {"test_hash": meta["content_hash"], "select_by": criterion},
