@@ -92,11 +92,7 @@ def _memory(pid: int) -> tuple[int, int]:
 
 
 VALIDATED_TRAINING = """
-import sys, threading, time
-from pathlib import Path
-import psutil
-sys.path.insert(0, sys.argv[3])
-from scale import _memory
+import sys
 from tlpipe.data import load_dataset
 from tlpipe.methods.supervised import train_classifier
 from tlpipe.models import Classifier, ModelSpec
@@ -105,21 +101,21 @@ from tlpipe.train import TrainConfig
 if __name__ == "__main__":
     train, val = load_dataset(sys.argv[1])[0], load_dataset(sys.argv[2])[0]
     model = Classifier(ModelSpec("small-cnn", train.classes, train.images.shape[1])).train()
-    peak, done = [0, 0], [False]
-    def watch():
-        me = psutil.Process()
-        while not done[0]:
-            try:
-                use = [_memory(p.pid) for p in [me, *me.children(recursive=True)]]
-                peak[:] = [max(peak[0], sum(u[0] for u in use)), max(peak[1], sum(u[1] for u in use))]
-            except (psutil.Error, OSError):
-                pass
-            time.sleep(0.05)
-    threading.Thread(target=watch, daemon=True).start()
     train_classifier(model, train, TrainConfig(epochs=1, augment="photo"), log=EpochLogger("pretrain", 1, val))
-    done[0] = True
-    print(peak[0], peak[1])
 """
+
+
+def peak_memory(process: subprocess.Popen) -> tuple[int, int]:
+    """The peak (PSS, not file-backed) of a process and its children until it ends, sampled every 50 ms."""
+    watched, peak = psutil.Process(process.pid), (0, 0)
+    while process.poll() is None:
+        try:
+            use = [_memory(p.pid) for p in [watched, *watched.children(recursive=True)]]
+        except (psutil.Error, OSError):  # a process ended while being read: this sample is incomplete
+            continue
+        peak = (max(peak[0], sum(u[0] for u in use)), max(peak[1], sum(u[1] for u in use)))
+        time.sleep(0.05)
+    return peak
 
 
 def validation_peaks(work: Path, sizes: list[int], train_images: int = 1400) -> None:
@@ -139,9 +135,13 @@ def validation_peaks(work: Path, sizes: list[int], train_images: int = 1400) -> 
           "TLPIPE_RESIDENT_MB=64), MiB\n\n| validation images | PSS | not file-backed |\n|---:|---:|---:|")
     env = {**os.environ, "TLPIPE_RESIDENT_MB": "64"}
     for n in sizes:
-        out = subprocess.run([sys.executable, "-c", VALIDATED_TRAINING, str(train), str(split(n, seed=2)),
-                              str(Path(__file__).parent)], env=env, capture_output=True, text=True, check=True)
-        pss, unfiled = map(int, out.stdout.split()[-2:])
+        log = work / f"val-{n}.out"
+        with open(log, "w") as out:
+            process = subprocess.Popen([sys.executable, "-c", VALIDATED_TRAINING, str(train), str(split(n, seed=2))],
+                                       env=env, stdout=out, stderr=subprocess.STDOUT)
+            pss, unfiled = peak_memory(process)
+        if process.returncode:
+            sys.exit(f"the validated training epoch failed; its output is in {log}:\n{log.read_text()[-3000:]}")
         print(f"| {n:,} | {pss / 2**20:.0f} | {unfiled / 2**20:.0f} |", flush=True)
         shutil.rmtree(work / f"val-{n}")
 

@@ -21,7 +21,8 @@ from tlpipe.models import Classifier, ModelSpec
 from tlpipe.models.backbones import check_backbone
 from tlpipe.models.weights import hub_file, is_hub_name
 from tlpipe.registry import Gate
-from tlpipe.registry.champion import champion_classes, registered_version, version_classes
+from tlpipe.registry.champion import (champion_classes, check_source_model_classes, registered_version,
+                                     version_classes)
 
 
 def _json_list(value: str) -> list:
@@ -238,10 +239,8 @@ def _check_source_model(uri: str, target: dict[str, int] | None) -> None:
     """The registered model a source-free run adapts: that it exists, and (for an image folder) that it
     predicts the target's classes."""
     name, version = registered_version(uri)
-    classes = version_classes(name, version)
-    if target and classes != list(target):
-        raise TlpipeError(f"{uri} (version {version} of '{name}') predicts classes {classes}, the target data has "
-                          f"{list(target)}; source-free adaptation needs the same classes.")
+    if target:
+        check_source_model_classes(uri, name, version, version_classes(name, version), list(target))
 
 
 # The least value each number may take: a count of epochs or a batch of 0 trains nothing (or divides by

@@ -164,8 +164,8 @@ class ShardedImages:
 
     def storage_order(self, indices: list[int]) -> list[int]:
         """`indices` sorted as their images lie in the shards: read so, a random batch reads each chunk's
-        images together instead of switching chunks at almost every image (measured: 1.6x the cost of
-        reading in order when unsorted, 1.2x sorted; benchmarks/results/scale.md)."""
+        images together instead of switching chunks at almost every image (measured: 1.67x the cost of
+        reading in order when unsorted, 1.31x sorted; benchmarks/results/scale.md)."""
         rows = self.rows[indices]
         return [indices[i] for i in np.lexsort((rows[:, 1], rows[:, 0]))]
 

@@ -128,6 +128,13 @@ def version_classes(model_name: str, version: str) -> list[str]:
     return meta["spec"]["classes"]
 
 
+def check_source_model_classes(uri: str, name: str, version: str, classes: list[str], target: list[str]) -> None:
+    """Refuses the model a source-free run adapts when it predicts other classes than the target data has."""
+    if classes != target:
+        raise TlpipeError(f"{uri} (version {version} of '{name}') predicts classes {classes}, the target data has "
+                          f"{target}; source-free adaptation needs the same classes.")
+
+
 def champion_model(model_name: str, version):
     """The champion's network, loaded from the registry the way its users load it."""
     model = mlflow.pyfunc.load_model(f"models:/{model_name}/{version.version}").unwrap_python_model().model

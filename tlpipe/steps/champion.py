@@ -43,15 +43,13 @@ def given_model(uri: str, target_labelled: str, out: str, experiment: str, pipel
     the run's source."""
     from tlpipe import tracking
     from tlpipe.registry import export_version, registered_version
+    from tlpipe.registry.champion import check_source_model_classes
 
     name, version = registered_version(uri)
     tracking.log_to_parent(tracking.configure(), tracking.current_parent(experiment, pipeline_run),
                            params={"source_model": f"models:/{name}/{version}"})
     export_version(name, version, out)
     _, meta = load_model(out)
-    classes = dataset_meta(target_labelled)["classes"]
-    if meta["spec"]["classes"] != classes:
-        raise TlpipeError(f"{uri} (version {version} of '{name}') predicts classes {meta['spec']['classes']}, the "
-                          f"target data has {classes}; source-free adaptation needs the same classes.")
+    check_source_model_classes(uri, name, version, meta["spec"]["classes"], dataset_meta(target_labelled)["classes"])
     print(f"adapting {uri}: version {version} of '{name}' ({meta['spec']['backbone']})", flush=True)
     return {**model_facts(meta), "start": "registered", "registered_model": name, "registered_version": version}
