@@ -10,9 +10,10 @@ torch.set_num_threads(2)
 
 
 def _cost(item) -> int:
-    """0 for whole pipeline runs and the stack, 1 for other slow tests, 2 for unit tests."""
+    """-1 for the images (a build, then every step in a container), 0 for whole pipeline runs and the stack,
+    1 for other slow tests, 2 for unit tests."""
     marks = {m.name for m in item.iter_markers()}
-    return 0 if marks & {"e2e", "stack"} else 1 if "slow" in marks else 2
+    return -1 if "images" in marks else 0 if marks & {"e2e", "stack"} else 1 if "slow" in marks else 2
 
 
 def pytest_collection_modifyitems(items):

@@ -36,7 +36,8 @@ def test_dockerfile_passes_hadolint(dockerfile):
     text = (REPO / dockerfile).read_text()
     assert "-c constraints.txt" in text  # the pinned environment, as in scripts/setup
     assert "USER 1000:1000" in text and "[test" not in text  # non-root; no test dependencies
-    assert text.count("FROM ") == 2  # build stage, then a runtime stage without its leftovers
+    # Dependencies, then tlpipe's wheel, then a runtime stage without the build's leftovers.
+    assert text.count("FROM ") == 3 and "--mount=type=secret,id=ca_bundle" in text
 
 
 def test_hadolint_catches_a_bad_dockerfile(tmp_path):

@@ -1,6 +1,7 @@
 """The `tlpipe` command."""
 
 import argparse
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -197,6 +198,27 @@ def cmd_weights(args) -> None:
     print(f"mirrored {args.name} to {mirror(args.name, args.destination)}")
 
 
+def cmd_images(args) -> None:
+    from tlpipe.images import build, engine, steps
+
+    found = engine.find(args.engine)
+    if args.action == "build":
+        started = time.time()
+        bases = {role: image for role, image in (("trainer", args.trainer_base), ("cpu", args.cpu_base)) if image}
+        built = build.build(found, args.registry, args.local_base, args.index_url, args.torch_index_url, args.ca_bundle,
+                            bases)
+        print(f"\nbuilt with {found.name} in {time.time() - started:.0f} s:")
+        for image in built:
+            print(f"  {image.line()}")
+    if args.action == "check" or args.check:
+        from tlpipe import settings
+
+        print("\nrunning every step of the transfer pipeline in its image, as its pod would:", flush=True)
+        work = settings.home() / "images-check" / time.strftime("%Y%m%d-%H%M%S")
+        print(steps.check(found, build.tags(args.registry), work)[1])
+        shutil.rmtree(work / "pipeline-root", ignore_errors=True)  # the log stays
+
+
 # Each command's help ends with these (tests/test_cli.py parses every one of them).
 EXAMPLES = {
     "run": ["tlpipe run", "tlpipe run -p source=imagefolder:data/source -p target=imagefolder:data/target -p model_name=photos",
@@ -215,11 +237,18 @@ EXAMPLES = {
     "schedule-delete": ["tlpipe schedule delete 5f0e4c1e-0000-4000-8000-000000000000 --host http://localhost:8080"],
     "screenshot": ["tlpipe screenshot .tlpipe/reports/transfer-20261204-031500-1a2b3c.html --out shots"],
     "weights": ["tlpipe weights mirror timm:resnet50.a1_in1k s3://team/weights --stack local"],
+    "images": ["tlpipe images build", "tlpipe images build --local-base --check",
+               "tlpipe images build --registry registry.example.com/ml --index-url https://pypi.internal/simple "
+               "--ca-bundle /etc/ssl/certs/corporate.pem", "tlpipe images check"],
     "stack": ["tlpipe stack up", 'eval "$(tlpipe stack env)"', "tlpipe stack down"],
 }
 STACK_ACTIONS = ("up: start SeaweedFS (S3) and the MLflow server on this machine (their data under $TLPIPE_HOME/stack); "
                  "down: stop them, keeping their data; status: whether they run, and where; env: the export lines that "
                  "point MLflow, boto3 and tlpipe at them")
+
+
+# A proxy's CA in the machine's bundle reaches the images' builds too (a build secret, in no layer).
+DEFAULT_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 
 
 def _versions() -> str:
@@ -274,6 +303,26 @@ def build_parser() -> argparse.ArgumentParser:
     mirror.add_argument("destination", help="s3://bucket/prefix (or a folder); pass the file it prints as pretrained_weights")
     mirror.add_argument("--stack", choices=["local"], help="use the local stack's S3")
     mirror.set_defaults(func=cmd_weights)
+    images = commands.add_parser("images", help="build the trainer and CPU images; run the pipeline's steps in them")
+    images.add_argument("action", choices=["build", "check"],
+                        help="build: both images, tagged as `tlpipe compile` names them; check: every step of the "
+                        "transfer pipeline run in its image as its pod would, on the local stack")
+    images.add_argument("--check", action="store_true", help="after building, run the check")
+    images.add_argument("--registry", default="", help="tag as REGISTRY/tlpipe-trainer:VERSION (default: ghcr.io/tlpipe)")
+    images.add_argument("--local-base", action="store_true",
+                        help="bases made here (debootstrap; PyPI's torch), for machines that reach no image registry")
+    images.add_argument("--trainer-base", default="", help="the trainer's base image, e.g. a mirror's copy of the "
+                        "Dockerfile's CUDA PyTorch runtime (default: the Dockerfile's)")
+    images.add_argument("--cpu-base", default="", help="the CPU image's base (default: the Dockerfile's python:3.11-slim)")
+    images.add_argument("--index-url", default="", help="the package index (default: PyPI), e.g. a mirror or proxy")
+    images.add_argument("--torch-index-url", default="",
+                        help="the CPU image's torch index (default: PyTorch's CPU wheels; the index with --local-base)")
+    images.add_argument("--ca-bundle", default=DEFAULT_CA_BUNDLE if Path(DEFAULT_CA_BUNDLE).is_file() else "",
+                        help="CA certificates the build's pip trusts, passed as a build secret that no layer keeps "
+                        "(default: this machine's, %(default)s; '' for none)")
+    images.add_argument("--engine", choices=["docker", "buildah"], default="",
+                        help="default: Docker when an engine answers, else buildah")
+    images.set_defaults(func=cmd_images)
     stack = commands.add_parser("stack", help="the local S3 (SeaweedFS) + MLflow server stack")
     stack.add_argument("action", choices=["up", "down", "status", "env"], help=STACK_ACTIONS)
     stack.set_defaults(func=cmd_stack)
