@@ -15,12 +15,14 @@ that names it; checkpoints go to the stack's S3, as on a cluster.
 """
 
 import contextlib
+import os
 import re
 import shutil
 import sys
 import tempfile
 import time
 import uuid
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -234,7 +236,10 @@ def check(engine: Engine, images: dict[str, str], work: Path) -> tuple[list[Step
         uri = f"models:/{reg.model_name}/{reg.version}"
         digits = load_digits().images[:8]
         pixels = np.repeat((digits * (255 / 16)).astype(np.uint8)[..., None], 3, axis=-1)
-        predicted = mlflow.pyfunc.load_model(uri).predict(pixels)
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        with warnings.catch_warnings():  # MLflow's advice on type hints for pyfunc models says nothing here
+            warnings.simplefilter("ignore", UserWarning)
+            predicted = mlflow.pyfunc.load_model(uri).predict(pixels)
     finally:
         if not was_running:  # a stack the check started ends with it; its data stays
             stack.down()
