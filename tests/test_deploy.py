@@ -40,6 +40,17 @@ def test_dockerfile_passes_hadolint(dockerfile):
     assert text.count("FROM ") == 3 and "--mount=type=secret,id=ca_bundle" in text
 
 
+@pytest.mark.parametrize("dockerfile", ["images/trainer/Dockerfile", "images/cpu/Dockerfile"])
+def test_a_code_change_reuses_the_dependency_layers(dockerfile):
+    """The dependencies install from pyproject.toml and constraints.txt alone, before any code is copied;
+    the labels (a new revision each commit) come after every layer."""
+    lines = (REPO / dockerfile).read_text().splitlines()
+    first = {key: next(i for i, line in enumerate(lines) if key in line)
+             for key in ("COPY pyproject.toml constraints.txt", "-r requirements.txt", "COPY tlpipe", "CMD ", "LABEL ")}
+    assert first["COPY pyproject.toml constraints.txt"] < first["-r requirements.txt"] < first["COPY tlpipe"]
+    assert first["CMD "] < first["LABEL "]
+
+
 def test_hadolint_catches_a_bad_dockerfile(tmp_path):
     bad = tmp_path / "Dockerfile"
     bad.write_text("FROM ubuntu\nRUN apt-get update && apt-get install -y curl\n")
