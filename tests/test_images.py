@@ -62,6 +62,18 @@ def test_tags_follow_tlpipe_compile():
     assert build.pinned("torch") == "2.14.1"
 
 
+def test_a_base_that_cannot_be_pulled_names_the_ways_around(tmp_path):
+    class Unreachable(engine.Engine):
+        def build(self, *args, **kwargs):
+            raise TlpipeError("building x failed (buildah exited 125: Error: creating build container: initializing "
+                              "source docker://python:3.11-slim-bookworm: pinging container registry registry-1.docker.io).")
+
+    with pytest.raises(TlpipeError, match="cannot pull the base image: .*--cpu-base.*--local-base"):
+        build.build(Unreachable("buildah"), roles=("cpu",))
+    with pytest.raises(TlpipeError, match="CA bundle .* is not a file"):
+        build.build(Unreachable("buildah"), ca_bundle=str(tmp_path / "missing.pem"))
+
+
 def _engine_or_skip():
     try:
         found = engine.find()

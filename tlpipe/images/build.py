@@ -26,6 +26,9 @@ DEBIAN = "http://deb.debian.org/debian"
 # Debian's Python with venv and pip, as python:3.11-slim has it; useradd comes with the minimal base.
 DEBIAN_PACKAGES = "python3,python3-venv,python3-pip,python-is-python3,ca-certificates"
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# How Docker and buildah say that a base image could not be pulled.
+_PULL_FAILED = re.compile(r"initializing source|pinging container registry|pull access denied|failed to resolve source "
+                          r"metadata|manifest unknown|Error response from daemon: Get")
 # What each image reports about itself, run inside it.
 _VERSIONS = """
 import json, platform, importlib.metadata as m
@@ -126,7 +129,13 @@ def build(engine: Engine, registry: str = "", local_base: bool = False, index_ur
             # A local base means no PyTorch CPU index either: PyPI's torch (CUDA libraries included) stands in.
             args["TORCH_INDEX_URL"] = torch_index_url or index_url
         print(f"tlpipe: building {tag} with {engine.name} ({DOCKERFILES[role].relative_to(REPO)})", flush=True)
-        engine.build(DOCKERFILES[role], tag, REPO, args, ca_bundle)
+        try:
+            engine.build(DOCKERFILES[role], tag, REPO, args, ca_bundle)
+        except TlpipeError as error:
+            if _PULL_FAILED.search(str(error)):
+                raise TlpipeError(f"{str(error).rstrip('.')}; this machine cannot pull the base image: give a mirror's "
+                                  "copy (--trainer-base, --cpu-base) or make the bases here (--local-base).") from None
+            raise
         built.append(describe(engine, role, tag))
     return built
 
