@@ -164,7 +164,7 @@ def run(engine: Engine, images: dict[str, str], secrets: dict[str, str], work: P
     from kfp import compiler, local
     from kfp.local import task_dispatcher
 
-    from tlpipe.cluster import pipeline
+    from tlpipe.cluster import Cluster, pipeline
 
     work.mkdir(parents=True, exist_ok=True)
     ir_dir = Path(tempfile.mkdtemp(prefix="ir-", dir=work))
@@ -182,9 +182,11 @@ def run(engine: Engine, images: dict[str, str], secrets: dict[str, str], work: P
     run_id = f"images-check-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     terminal = sys.stdout
     _context = _Context(engine, cluster_pods, secrets, run_id, scratch, lambda line: print(line, file=terminal, flush=True))
-    bucket = secrets.get("TLPIPE_CHECK_BUCKET", "tlpipe")
-    values = {**TINY, "model_name": model_name, "checkpoint_root": f"s3://{bucket}/checkpoints/{run_id}",
+    # Checkpoints where a cluster keeps them (Cluster.checkpoint_root's bucket is the stack's).
+    values = {**TINY, "model_name": model_name, "checkpoint_root": f"{Cluster().checkpoint_root}/{run_id}",
               **(arguments or {})}
+    # kfp.local has no hook for a runner of one's own: its Docker task handler is swapped for this run (kfp is
+    # pinned in constraints.txt, and tests/test_images.py runs this with it).
     saved = task_dispatcher.docker_task_handler.DockerTaskHandler
     task_dispatcher.docker_task_handler.DockerTaskHandler = _handler()
     log = work / "check.log"
