@@ -142,12 +142,13 @@ def build(engine: Engine, registry: str = "", local_base: bool = False, index_ur
 
 def describe(engine: Engine, role: str, tag: str) -> Built:
     """The image's size, the versions inside it (CUDA runtime "none": a CPU build of torch) and pip check."""
-    ran = engine.run(tag, ["python", "-c", _VERSIONS], capture=True)
-    if ran.returncode != 0:
+    # One container: the versions' JSON on its first line, then pip check's verdict.
+    ran = engine.run(tag, ["sh", "-c", 'python -c "$0" && python -m pip check', _VERSIONS], capture=True)
+    first, *rest = ran.stdout.strip().splitlines() or [""]
+    if not first.startswith("{"):
         raise TlpipeError(f"{tag} cannot import its own packages: {_last_line(ran.stderr)}")
-    versions = json.loads(ran.stdout.strip().splitlines()[-1])
-    check = engine.run(tag, ["python", "-m", "pip", "check"], capture=True)
-    return Built(role, tag, engine.size(tag), versions, "" if check.returncode == 0 else _last_line(check.stdout))
+    check = "" if ran.returncode == 0 else _last_line("\n".join(rest) or ran.stderr)
+    return Built(role, tag, engine.size(tag), json.loads(first), check)
 
 
 def _last_line(text: str) -> str:
