@@ -51,6 +51,9 @@ class Engine:
         finally:
             subprocess.run(["buildah", "rm", container], capture_output=True)
 
+    def remove(self, image: str) -> None:
+        subprocess.run([self.name, "rmi", image], capture_output=True)
+
     def exists(self, image: str) -> bool:
         inspect = [self.name, "image", "inspect", image] if self.name == "docker" else ["buildah", "inspect", "--type",
                                                                                           "image", image]
