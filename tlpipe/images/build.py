@@ -113,6 +113,9 @@ def build(engine: Engine, registry: str = "", local_base: bool = False, index_ur
           roles: tuple[str, ...] = ("trainer", "cpu")) -> list[Built]:
     """Builds the images (both by default) and returns what each holds. `bases` ({role: image}) replace the
     Dockerfiles' registry bases, e.g. with a mirror's copies; `local_base` makes them here."""
+    if not all(dockerfile.is_file() for dockerfile in DOCKERFILES.values()):
+        raise TlpipeError(f"no Dockerfiles under {REPO / 'images'}: build the images from a checkout of tlpipe's "
+                          "repository (scripts/build-images), not from an installed package.")
     if ca_bundle and not Path(ca_bundle).is_file():
         raise TlpipeError(f"the CA bundle '{ca_bundle}' is not a file.")
     if local_base and bases:
