@@ -16,7 +16,7 @@ from pathlib import Path
 from tlpipe import __version__
 from tlpipe.cluster import CPU_IMAGE, DEFAULT_IMAGE
 from tlpipe.errors import TlpipeError
-from tlpipe.images.engine import Engine
+from tlpipe.images.engine import Engine, last_line
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILES = {"trainer": REPO / "images" / "trainer" / "Dockerfile", "cpu": REPO / "images" / "cpu" / "Dockerfile"}
@@ -103,8 +103,8 @@ def _debootstrap_python(engine: Engine) -> None:
         done = subprocess.run(["debootstrap", "--variant=minbase", f"--include={DEBIAN_PACKAGES}", "bookworm",
                                str(root), DEBIAN], capture_output=True, text=True)
         if done.returncode != 0:
-            said = (done.stdout + done.stderr).strip().splitlines()
-            raise TlpipeError(f"debootstrap could not make the Python base ({said[-1] if said else done.returncode}).")
+            raise TlpipeError(f"debootstrap could not make the Python base "
+                              f"({last_line(done.stdout + done.stderr, str(done.returncode))}).")
         engine.import_root(root, PYTHON_BASE, {"PATH": PATH, "LANG": "C.UTF-8"})
 
 
@@ -149,11 +149,7 @@ def describe(engine: Engine, role: str, tag: str) -> Built:
     ran = engine.run(tag, ["sh", "-c", 'python -c "$0" && python -m pip check', _VERSIONS], capture=True)
     first, *rest = ran.stdout.strip().splitlines() or [""]
     if not first.startswith("{"):
-        raise TlpipeError(f"{tag} cannot import its own packages: {_last_line(ran.stderr)}")
-    check = "" if ran.returncode == 0 else _last_line("\n".join(rest) or ran.stderr)
+        raise TlpipeError(f"{tag} cannot import its own packages: {last_line(ran.stderr)}")
+    check = "" if ran.returncode == 0 else last_line("\n".join(rest) or ran.stderr)
     return Built(role, tag, engine.size(tag), json.loads(first), check)
 
-
-def _last_line(text: str) -> str:
-    lines = [line for line in (text or "").strip().splitlines() if line.strip()]
-    return lines[-1] if lines else "no output"

@@ -119,7 +119,12 @@ def _call(command: list[str], doing: str, env: dict[str, str] | None = None,
     result = subprocess.run(command, env={**os.environ, **(env or {})}, text=True,
                             capture_output=capture, stderr=subprocess.PIPE if not capture else None)
     if result.returncode != 0:
-        said = (result.stderr or "").strip().splitlines()
         raise TlpipeError(f"{doing} failed ({command[0]} exited {result.returncode}: "
-                          f"{said[-1] if said else 'see its output above'}).")
+                          f"{last_line(result.stderr, 'see its output above')}).")
     return result
+
+
+def last_line(text: str | None, otherwise: str = "no output") -> str:
+    """A command's last non-empty line of output: where tools put the reason they failed."""
+    lines = [line for line in (text or "").strip().splitlines() if line.strip()]
+    return lines[-1] if lines else otherwise

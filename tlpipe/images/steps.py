@@ -29,11 +29,11 @@ from pathlib import Path
 import yaml
 
 from tlpipe.errors import TlpipeError
-from tlpipe.images.engine import Engine
+from tlpipe.images.engine import Engine, last_line
 
 # The Argo executor template of KFP 2.17 mounts an emptyDir on each (seen in the backend compiler's workflow).
 LAUNCHER_SCRATCH = ("/gcs", "/minio", "/s3", "/.local", "/.cache", "/.config")
-TINY = dict(source_epochs=1, finetune_epochs=1, adapt_epochs=2, target_labels_per_class=10)
+TINY = dict(source_epochs=1, finetune_epochs=1, adapt_epochs=2)
 _NO_KFP = re.compile(r"No module named '?kfp")
 _DENIED = re.compile(r"Permission denied: '([^']+)'")
 
@@ -96,16 +96,12 @@ class _Context:
     failure: str = ""  # the first failed step's sentence
 
 
-_context: _Context | None = None
-
-
-def _handler():
+def _handler(c: _Context):
     """kfp.local's Docker task handler, running the task's pod with our engine."""
     from kfp.local import docker_task_handler, status
 
     class PodTaskHandler(docker_task_handler.DockerTaskHandler):
         def run(self):
-            c = _context
             function = _function(self.full_command)
             pod = c.pods[function]
             env = {key: c.secrets[key] for key in pod.secret_env if key in c.secrets}
@@ -136,8 +132,7 @@ def diagnose(function: str, pod: Pod, output: str) -> str:
     if denied:
         return (f"step {function} in {pod.image} could not write '{denied.group(1)}' as UID {uid} (Permission denied): "
                 "make that folder writable by the pods' user in the Dockerfile, or mount a volume there.")
-    lines = [line for line in output.strip().splitlines() if line.strip()]
-    return f"step {function} failed in {pod.image} as UID {uid}: {lines[-1] if lines else 'no output'}"
+    return f"step {function} failed in {pod.image} as UID {uid}: {last_line(output)}"
 
 
 def compiled(images: dict[str, str], out_dir: Path) -> Path:
@@ -160,7 +155,6 @@ def run(engine: Engine, images: dict[str, str], secrets: dict[str, str], work: P
     `secrets` are the values of the pods' Secrets (S3 and MLflow); the artifact folder has `artifact_mode`
     (an emptyDir's 0777; 0755 for a root-owned folder). Prints a line per step; the steps' and kfp.local's
     output go to work/check.log. Raises TlpipeError naming the first step that failed and why."""
-    global _context
     from kfp import compiler, local
     from kfp.local import task_dispatcher
 
@@ -181,27 +175,27 @@ def run(engine: Engine, images: dict[str, str], secrets: dict[str, str], work: P
         folder.chmod(artifact_mode if folder == root else 0o777)
     run_id = f"images-check-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     terminal = sys.stdout
-    _context = _Context(engine, cluster_pods, secrets, run_id, scratch, lambda line: print(line, file=terminal, flush=True))
+    context = _Context(engine, cluster_pods, secrets, run_id, scratch, lambda line: print(line, file=terminal, flush=True))
     # Checkpoints where a cluster keeps them (Cluster.checkpoint_root's bucket is the stack's).
     values = {**TINY, "model_name": model_name, "checkpoint_root": f"{Cluster().checkpoint_root}/{run_id}",
               **(arguments or {})}
     # kfp.local has no hook for a runner of one's own: its Docker task handler is swapped for this run (kfp is
     # pinned in constraints.txt, and tests/test_images.py runs this with it).
     saved = task_dispatcher.docker_task_handler.DockerTaskHandler
-    task_dispatcher.docker_task_handler.DockerTaskHandler = _handler()
+    task_dispatcher.docker_task_handler.DockerTaskHandler = _handler(context)
     log = work / "check.log"
     try:
         with open(log, "w") as out, contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
             local.init(runner=local.DockerRunner(), pipeline_root=str(root), enable_caching=False)
             pipeline("transfer")(**values)
     except RuntimeError as error:
-        raise TlpipeError(f"{(_context.failure or str(error)).rstrip('.')}; the steps' output is in {log}.") from None
+        raise TlpipeError(f"{(context.failure or str(error)).rstrip('.')}; the steps' output is in {log}.") from None
     finally:
         task_dispatcher.docker_task_handler.DockerTaskHandler = saved
         shutil.rmtree(ir_dir, ignore_errors=True)
-    if _context.failure:  # a failed exit handler (close-run) does not fail kfp.local's run
-        raise TlpipeError(f"{_context.failure.rstrip('.')}; the steps' output is in {log}.")
-    return _context.ran
+    if context.failure:  # a failed exit handler (close-run) does not fail kfp.local's run
+        raise TlpipeError(f"{context.failure.rstrip('.')}; the steps' output is in {log}.")
+    return context.ran
 
 
 def registration(work: Path):
