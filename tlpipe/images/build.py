@@ -125,7 +125,7 @@ def build(engine: Engine, registry: str = "", local_base: bool = False, index_ur
     built = []
     for role in roles:
         tag = tags(registry)[role]
-        args = {"VERSION": __version__, "REVISION": revision(), "PIP_INDEX_URL": index_url}
+        args = {"PIP_INDEX_URL": index_url}
         if role in bases:
             args["BASE_IMAGE"] = bases[role]
         if role == "cpu" and (torch_index_url or local_base):
@@ -133,7 +133,9 @@ def build(engine: Engine, registry: str = "", local_base: bool = False, index_ur
             args["TORCH_INDEX_URL"] = torch_index_url or index_url
         print(f"tlpipe: building {tag} with {engine.name} ({DOCKERFILES[role].relative_to(REPO)})", flush=True)
         try:
-            engine.build(DOCKERFILES[role], tag, REPO, args, ca_bundle)
+            engine.build(DOCKERFILES[role], tag, REPO, args, ca_bundle,
+                         {"org.opencontainers.image.version": __version__,
+                          "org.opencontainers.image.revision": revision()})
         except TlpipeError as error:
             if _PULL_FAILED.search(str(error)):
                 raise TlpipeError(f"{str(error).rstrip('.')}; this machine cannot pull the base image: give a mirror's "

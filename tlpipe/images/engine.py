@@ -17,13 +17,16 @@ class Engine:
     name: str  # docker or buildah
 
     def build(self, dockerfile: Path, tag: str, context: Path, build_args: dict[str, str],
-              ca_bundle: str = "") -> None:
-        """Builds `dockerfile` as `tag`; the CA bundle (a file) reaches RUN steps as the secret ca_bundle."""
+              ca_bundle: str = "", labels: dict[str, str] | None = None) -> None:
+        """Builds `dockerfile` as `tag`; the CA bundle (a file) reaches RUN steps as the secret ca_bundle.
+        `labels` are set on the image as built (both engines key their layer cache on them)."""
         command = [self.name, "build", "-f", str(dockerfile), "-t", tag]
         if self.name == "buildah":
             command[2:2] = ["--isolation", "chroot", "--layers"]
         for key, value in build_args.items():
             command += ["--build-arg", f"{key}={value}"]
+        for key, value in (labels or {}).items():
+            command += ["--label", f"{key}={value}"]
         if ca_bundle:
             command += ["--secret", f"id=ca_bundle,src={ca_bundle}"]
         env = {"DOCKER_BUILDKIT": "1"} if self.name == "docker" else {}
