@@ -39,14 +39,6 @@ def adapt(
     are the recipe for pretrained backbones; -1 takes it where the pipeline's pretrained_weights are set. target_val is scored each epoch, only to be watched: adaptation
     chooses nothing by it."""
     from tlpipe.errors import exit_on_user_error
-    from tlpipe.steps.adapt import adapt
-    from tlpipe.tracking import current_pipeline_run
-    from tlpipe.train import TrainConfig
+    from tlpipe.steps import training
 
-    config = TrainConfig.from_step(locals(), augment=source_augment)
-    facts = exit_on_user_error(adapt)(
-        source_model.path, source_train.path, target_unlabelled.path, model.path, method, config, experiment, current_pipeline_run(),
-        target_labelled.path, finetune_epochs, target_val.path, target_augment, finetune_backbone_lr,
-        bool(pretrained_weights),
-    )
-    model.metadata.update(facts)
+    model.metadata.update(exit_on_user_error(training.adapt)(locals()))

@@ -29,16 +29,9 @@ def finetune(
     scored each epoch. augment (tlpipe.augment: auto, none, colour, photo) applies to the labelled target images;
     backbone_lr is the transferred backbone's rate as a fraction of lr."""
     from tlpipe.errors import exit_on_user_error
-    from tlpipe.steps.finetune import finetune
-    from tlpipe.tracking import current_pipeline_run
-    from tlpipe.train import TrainConfig
+    from tlpipe.steps import training
 
-    config = TrainConfig.from_step(locals())
-    facts = exit_on_user_error(finetune)(
-        source_model.path, target_labelled.path, model.path, strategy, config, experiment, current_pipeline_run(), step_name,
-        source_train.path if source_train else "", target_val.path,
-    )
-    model.metadata.update(facts)
+    model.metadata.update(exit_on_user_error(training.finetune)(locals()))
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)

@@ -24,13 +24,6 @@ def pretrain(
     """Trains backbone + head on the labelled source domain (optionally from pretrained weights), with
     source_augment (tlpipe.augment: auto, none, colour, photo) applied to its images; source_val is scored each epoch."""
     from tlpipe.errors import exit_on_user_error
-    from tlpipe.steps.pretrain import pretrain
-    from tlpipe.tracking import current_pipeline_run
-    from tlpipe.train import TrainConfig
+    from tlpipe.steps import training
 
-    config = TrainConfig.from_step(locals(), augment=source_augment)
-    facts = exit_on_user_error(pretrain)(
-        source_train.path, model.path, backbone, pretrained_weights, config, experiment, current_pipeline_run(),
-        source_val.path,
-    )
-    model.metadata.update(facts)
+    model.metadata.update(exit_on_user_error(training.pretrain)(locals()))

@@ -1,20 +1,26 @@
-"""Data-parallel training with DDP: one process per GPU (NCCL), or several CPU processes (gloo).
+"""Data-parallel training with DDP, every process started by torchrun's launcher (torch.distributed.run):
+one process per GPU (NCCL), or several CPU processes (gloo).
 
-`run(nproc, fn, *args)` starts nproc processes with torch.multiprocessing, each calls fn(*args) with
-a process group set up; the training loop then shards every global batch across ranks and wraps
-models in DistributedDataParallel (`wrap`), so the gradient of a step is that of the whole batch.
-Only rank 0 logs and checkpoints; its return value, and the trained state of a model passed as
-first argument, come back to the calling process, which alone writes artifacts.
+`run(nproc, fn, *args)` trains fn(*args) on every rank of a process group; the training loop shards each
+global batch across ranks and wraps models in DistributedDataParallel (`wrap`), so the gradient of a
+step is that of the whole batch. Only global rank 0 logs, checkpoints and writes artifacts. Two ways in:
+
+- On one node, `run` starts nproc workers with torch's elastic agent (what torchrun runs: a c10d
+  rendezvous on localhost, RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR in each worker's environment); rank 0's
+  result and the trained state of a model passed first come back to the calling step process.
+- On several nodes (a Kubeflow Trainer job, `tlpipe compile --nodes N`), torchrun starts
+  `python -m tlpipe.launch` on every node: global rank 0 runs the step, and its `run` sends fn and its
+  arguments to the other ranks, which wait in `follow()`. The step's code is the same either way.
 """
 
+import logging
 import os
-import socket
-import tempfile
-from pathlib import Path
+import signal
+import uuid
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from tlpipe.errors import TlpipeError
 
@@ -39,6 +45,11 @@ def rank_world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+def launched() -> bool:
+    """Whether torchrun started this process as one rank of a job (not as one of `run`'s own workers)."""
+    return "TORCHELASTIC_RUN_ID" in os.environ and not os.environ.get("TLPIPE_WORKER")
 
 
 def is_main() -> bool:
@@ -68,50 +79,106 @@ def all_reduce_mean(values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {name: value / world for name, value in values.items()}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def join() -> None:
+    """Joins the process group torchrun's environment describes (once per process). A rank waits for the
+    others at most TLPIPE_COLLECTIVE_TIMEOUT seconds (30 minutes): a node that died fails the job then,
+    where nothing else (no Kubernetes JobSet, locally) stops it."""
+    if dist.is_initialized():
+        return
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    timeout = timedelta(seconds=float(os.environ.get("TLPIPE_COLLECTIVE_TIMEOUT", "1800")))
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", timeout=timeout)
 
 
-def _worker(rank: int, world: int, port: int, result_path: str, fn, args, kwargs) -> None:
+def _worker(fn, args, kwargs):
+    """One of `run`'s local workers: fn on its rank; rank 0 returns fn's result and the model's state."""
     from tlpipe.lifetime import follow_parent
 
     follow_parent()  # workers end with `tlpipe run` too
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    if torch.cuda.is_available():
-        torch.cuda.set_device(rank)
-    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", rank=rank, world_size=world)
+    join()
     try:
         result = fn(*args, **kwargs)
-        if rank == 0:
-            model = args[0] if args and isinstance(args[0], torch.nn.Module) else None
-            state = {k: v.detach().cpu() for k, v in model.state_dict().items()} if model is not None else None
-            torch.save({"result": result, "state": state}, result_path)
+        if dist.get_rank() != 0:
+            return None
+        model = args[0] if args and isinstance(args[0], torch.nn.Module) else None
+        state = {k: v.detach().cpu() for k, v in model.state_dict().items()} if model is not None else None
+        return {"result": result, "state": state}
     finally:
         dist.destroy_process_group()
 
 
 def run(nproc: int, fn, *args, **kwargs):
-    """fn(*args, **kwargs) on nproc processes (1: in this process); rank 0's result.
+    """fn(*args, **kwargs) on every rank (nproc 1 outside torchrun: in this process); rank 0's result.
 
     A model passed as the first argument ends in the state rank 0 trained it to, as if fn had run here.
     """
+    if launched():
+        join()
+        if rank_world()[1] > 1:
+            dist.broadcast_object_list([(fn, args, kwargs)], src=0)  # to the ranks in follow()
+        return fn(*args, **kwargs)
     world = processes(nproc)
     if world == 1:
         return fn(*args, **kwargs)
-    with tempfile.TemporaryDirectory() as tmp:
-        result_path = str(Path(tmp) / "result.pt")
-        try:
-            mp.spawn(_worker, args=(world, _free_port(), result_path, fn, args, kwargs), nprocs=world, join=True)
-        except mp.ProcessRaisedException as error:
-            # A user mistake found in a worker stays one sentence; anything else keeps its traceback.
-            mark = "tlpipe.errors.TlpipeError: "
-            if mark in str(error):
-                raise TlpipeError(str(error).rsplit(mark, 1)[1].strip()) from None
-            raise
-        # Written by our own rank 0 a moment ago; it holds modules, so it is not weights-only.
-        out = torch.load(result_path, weights_only=False)
+    out = _launch_local(world, fn, args, kwargs)
     if out["state"] is not None:
         args[0].load_state_dict(out["state"])
     return out["result"]
+
+
+def _launch_local(world: int, fn, args, kwargs) -> dict:
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    # torchrun's standalone mode: a c10d rendezvous on a free local port, no restarts (a retried step
+    # resumes from its checkpoint instead).
+    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=world, run_id=f"tlpipe-{uuid.uuid4().hex[:12]}",
+                          rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0, start_method="spawn",
+                          monitor_interval=0.1)
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)}
+    os.environ["TLPIPE_WORKER"] = "1"  # inherited by the workers only: they are not torchrun-launched steps
+    # The agent logs each worker's traceback; the exception raised here carries it (a user's mistake: one sentence).
+    agent_log = logging.getLogger("torch.distributed.elastic")
+    level, agent_log.level = agent_log.level, logging.CRITICAL
+    try:
+        return elastic_launch(config, _worker)(fn, args, kwargs)[0]
+    except ChildFailedError as error:
+        raise _user_error(error) or error from None
+    finally:
+        del os.environ["TLPIPE_WORKER"]
+        agent_log.setLevel(level)
+        for sig, handler in handlers.items():  # the agent's handlers stop the workers; the step's come back
+            signal.signal(sig, handler)
+
+
+def _user_error(error) -> TlpipeError | None:
+    """A user's mistake found in a worker, as the one sentence it was raised with (from torchrun's error file)."""
+    mark = "TlpipeError: "
+    for failure in error.failures.values():
+        message = failure.message
+        text = message.get("message", "") if isinstance(message, dict) else str(message)
+        if mark in text:
+            return TlpipeError(text.rsplit(mark, 1)[1].strip())
+    return None
+
+
+def follow() -> None:
+    """A rank other than 0 of a torchrun job: runs each fn rank 0's `run` sends, until rank 0 says done."""
+    join()
+    while True:
+        job = [None]
+        dist.broadcast_object_list(job, src=0)
+        if job[0] is None:
+            break
+        fn, args, kwargs = job[0]
+        fn(*args, **kwargs)
+    dist.destroy_process_group()
+
+
+def release() -> None:
+    """Rank 0 of a torchrun job, its step done: lets the ranks in follow() end."""
+    if dist.is_initialized():
+        if dist.get_world_size() > 1:
+            dist.broadcast_object_list([None], src=0)
+        dist.destroy_process_group()
