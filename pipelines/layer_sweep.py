@@ -6,13 +6,14 @@ one table and plot of target accuracy against k.
 from kfp import dsl
 
 from components.layers import layer_sweep_report, layer_transfer
+from components.nodes import LAUNCHERS
 from components.pretrain import pretrain
 from pipelines import closing_run, ingest_data, parameters
 from tlpipe.cluster import Cluster, Placement
 
 
 def build(cluster: Cluster | None = None):
-    on = Placement(cluster)
+    on = Placement(cluster, LAUNCHERS)
 
     def steps(p):
         with closing_run(on, p.experiment):

@@ -11,13 +11,14 @@ from kfp import dsl
 from components.adapt import adapt
 from components.champion import champion
 from components.evaluate import evaluate_retrain
+from components.nodes import LAUNCHERS
 from pipelines import closing_run, finetuned_model, gated_register, ingest_data, parameters
 from tlpipe.cluster import Cluster, Placement
 
 
 def build(cluster: Cluster | None = None):
     """The retrain pipeline, for kfp.local (no cluster) or compiled for a Kubeflow cluster."""
-    on = Placement(cluster)
+    on = Placement(cluster, LAUNCHERS)
 
     def steps(p):
         with closing_run(on, p.experiment):

@@ -13,13 +13,14 @@ from components.adapt import adapt
 from components.champion import registered_model
 from components.evaluate import evaluate
 from components.finetune import finetune
+from components.nodes import LAUNCHERS
 from pipelines import closing_run, gated_register, ingest_data, parameters
 from tlpipe.cluster import Cluster, Placement
 
 
 def build(cluster: Cluster | None = None):
     """The source-free pipeline, for kfp.local (no cluster) or compiled for a Kubeflow cluster."""
-    on = Placement(cluster)
+    on = Placement(cluster, LAUNCHERS)
 
     def steps(p):
         with closing_run(on, p.experiment):

@@ -8,6 +8,7 @@ from kfp import dsl
 from components.adapt import adapt
 from components.evaluate import evaluate
 from components.finetune import finetune
+from components.nodes import LAUNCHERS
 from components.pretrain import pretrain
 from pipelines import closing_run, finetuned_model, gated_register, ingest_data, parameters
 from tlpipe.cluster import Cluster, Placement
@@ -15,7 +16,7 @@ from tlpipe.cluster import Cluster, Placement
 
 def build(cluster: Cluster | None = None):
     """The transfer pipeline, for kfp.local (no cluster) or compiled for a Kubeflow cluster."""
-    on = Placement(cluster)
+    on = Placement(cluster, LAUNCHERS)
 
     def steps(p):
         with closing_run(on, p.experiment):

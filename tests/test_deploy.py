@@ -208,12 +208,32 @@ def test_production_values_use_existing_secrets_ingress_network_policy_and_sched
     assert args.checkpoint_root == "s3://team-vision-tlpipe/checkpoints"
 
 
+def test_the_trainer_role_lets_the_pipelines_pods_run_trainjobs_and_is_off_by_default():
+    assert not [d for d in render() if d["metadata"]["name"].endswith("-trainjobs")]
+    values = {**TRIAL, "trainerRbac": {"create": True, "namespace": "kubeflow-team-a"},
+              "retraining": {"nodes": 4}}
+    docs = render(values)
+    [role] = [d for d in by_kind(docs, "Role") if d["metadata"]["name"] == "tlpipe-trainjobs"]
+    [binding] = [d for d in by_kind(docs, "RoleBinding") if d["metadata"]["name"] == "tlpipe-trainjobs"]
+    for doc in (role, binding):
+        kubernetes_validate.validate(doc, KUBERNETES, strict=True)
+        assert doc["metadata"]["namespace"] == "kubeflow-team-a"
+    rules = {(group, resource): set(rule["verbs"]) for rule in role["rules"]
+             for group in rule["apiGroups"] for resource in rule["resources"]}
+    assert {"create", "get", "delete"} <= rules[("trainer.kubeflow.org", "trainjobs")]
+    assert "get" in rules[("", "pods/log")] and "list" in rules[("", "pods")]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "default-editor", "namespace": "kubeflow-team-a"}]
+    [job] = by_kind(docs, "Job")  # the scheduled retraining compiles its training steps for 4 nodes
+    assert build_parser().parse_args(job["spec"]["template"]["spec"]["containers"][0]["args"][1:]).nodes == 4
+
+
 @pytest.mark.parametrize("values, key", [
     ({"retraining": {"cron": "0 3 * * *"}}, "cron"),
     ({"s3": {"endpoint": "s3.example.com", "bucket": "b-1"}}, "endpoint"),
     ({"mlflow": {"backendStore": {"uri": "postgres-without-scheme"}}}, "uri"),
     ({"retraining": {"tolerations": ["gpu"]}}, "tolerations"),
     ({"retraining": {"checkpointRoot": "/data/checkpoints"}}, "checkpointRoot"),
+    ({"retraining": {"nodes": 0}}, "nodes"),
     ({"mlfow": {}}, "mlfow"),
 ])
 def test_values_schema_rejects_bad_values(values, key):

@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 import mlflow
@@ -135,13 +136,13 @@ def _pretrain_parameters(tmp_path, train, val, **overrides) -> dict:
             "source_augment": "none", "experiment": "nodes", **overrides}
 
 
-def _node(spec: dict, node_rank: int, nnodes: int, port: int, env: dict) -> subprocess.Popen:
+def _node(spec: dict, node_rank: int, nnodes: int, port: int, env: dict, log) -> subprocess.Popen:
     """One node's torchrun, as a Trainer job's pod starts it (here both nodes on localhost, gloo)."""
     command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", str(nnodes), "--nproc-per-node", "1",
                "--node-rank", str(node_rank), "--rdzv-backend", "c10d", "--rdzv-endpoint", f"localhost:{port}",
                "--rdzv-id", "nodes-test", "--max-restarts", "0", "-m", "tlpipe.launch", json.dumps(spec)]
-    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    # Output to a file: a failing job's tracebacks can fill a pipe nobody reads until the end.
+    return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def _free_port() -> int:
@@ -151,14 +152,21 @@ def _free_port() -> int:
 
 
 def _two_nodes(spec: dict, env: dict, kill_node_1_when=None) -> list[tuple[int, str]]:
+    """Both nodes' exit status and output; with `kill_node_1_when`, node 1 is killed once it holds."""
     port = _free_port()
-    nodes = [_node(spec, rank, 2, port, env) for rank in (0, 1)]
-    if kill_node_1_when is not None:
-        deadline = time.monotonic() + 120
-        while not kill_node_1_when() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        os.killpg(nodes[1].pid, signal.SIGKILL)
-    return [(node.wait(timeout=300), node.stdout.read()) for node in nodes]
+    with tempfile.TemporaryFile("w+") as log0, tempfile.TemporaryFile("w+") as log1:
+        nodes = [_node(spec, rank, 2, port, env, log) for rank, log in ((0, log0), (1, log1))]
+        if kill_node_1_when is not None:
+            deadline = time.monotonic() + 120
+            while not kill_node_1_when() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            os.killpg(nodes[1].pid, signal.SIGKILL)
+        codes = [node.wait(timeout=300) for node in nodes]
+        outputs = []
+        for log in (log0, log1):
+            log.seek(0)
+            outputs.append(log.read())
+        return list(zip(codes, outputs))
 
 
 def test_two_nodes_under_torchrun_train_like_one_node_and_resume_after_a_node_dies(digits, tmp_path, monkeypatch):

@@ -87,10 +87,16 @@ class Cluster:
     # The default of the pipelines' checkpoint_root: a retry runs in a new pod, which finds its
     # predecessor's checkpoint only off the container's disk (the chart's bucket by default).
     checkpoint_root: str = "s3://tlpipe/checkpoints"
+    # Above 1: pretrain, finetune and adapt run as Kubeflow Trainer jobs of this many nodes, each with `gpus`
+    # GPUs and the training resources, on this ClusterTrainingRuntime (tlpipe.trainjob).
+    nodes: int = 1
+    trainer_runtime: str = "torch-distributed"
 
     def __post_init__(self):
         if self.gpus < 0 or self.retries < 0:
             raise TlpipeError("gpus and retries must be 0 or more.")
+        if self.nodes < 1:
+            raise TlpipeError(f"nodes must be 1 or more, got {self.nodes}.")
         check_cluster_checkpoint_root(self.checkpoint_root)
         if self.score_on not in ("gpu", "cpu"):
             raise TlpipeError(f"score_on must be gpu or cpu, got '{self.score_on}'.")
@@ -107,8 +113,10 @@ def check_cluster_checkpoint_root(location: str) -> None:
 class Placement:
     """Builds a pipeline's tasks for a cluster (or for kfp.local when cluster is None)."""
 
-    def __init__(self, cluster: Cluster | None):
+    def __init__(self, cluster: Cluster | None, launchers: dict | None = None):
+        """`launchers`: by a training component's name, its multi-node launcher (components/nodes.py)."""
         self.cluster = cluster
+        self.launchers = launchers or {}
         self._components = {}
         # Locally "" (checkpoints under $TLPIPE_HOME, tlpipe.steps.common.checkpointed); on a cluster, S3.
         self.checkpoint_root = cluster.checkpoint_root if cluster else ""
@@ -125,11 +133,18 @@ class Placement:
         return self._components[key]
 
     def train(self, component, **arguments):
-        """A GPU training task: accelerators, GPU node placement, /dev/shm, retries, secrets."""
-        task = self._task(component, self.cluster.image if self.cluster else "", True, arguments)
-        if self.cluster is None:
-            return task
+        """A GPU training task: accelerators, GPU node placement, /dev/shm, retries, secrets. With several
+        nodes, the task launches a Trainer job and all of that passes through to the job's pods."""
         c = self.cluster
+        if c is not None and c.nodes > 1 and component.name in self.launchers:
+            arguments = {**arguments, "nodes": c.nodes, "node_image": c.image, "trainer_runtime": c.trainer_runtime,
+                         "s3_secret": c.s3_secret, "mlflow_secret": c.mlflow_secret}
+            task = self._task(self.launchers[component.name], c.light_image, True, arguments)
+            task.set_display_name(component.name)
+        else:
+            task = self._task(component, c.image if c else "", True, arguments)
+        if c is None:
+            return task
         if c.gpus:
             self._on_gpus(task, c.gpus)
         self._shared_memory(task)

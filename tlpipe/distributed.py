@@ -16,6 +16,7 @@ step is that of the whole batch. Only global rank 0 logs, checkpoints and writes
 import logging
 import os
 import signal
+import tempfile
 import uuid
 from datetime import timedelta
 
@@ -128,26 +129,31 @@ def run(nproc: int, fn, *args, **kwargs):
 
 
 def _launch_local(world: int, fn, args, kwargs) -> dict:
+    from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-    # torchrun's standalone mode: a c10d rendezvous on a free local port, no restarts (a retried step
-    # resumes from its checkpoint instead).
-    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=world, run_id=f"tlpipe-{uuid.uuid4().hex[:12]}",
-                          rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0, start_method="spawn",
-                          monitor_interval=0.1)
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)}
-    os.environ["TLPIPE_WORKER"] = "1"  # inherited by the workers only: they are not torchrun-launched steps
     # The agent logs each worker's traceback; the exception raised here carries it (a user's mistake: one sentence).
-    agent_log = logging.getLogger("torch.distributed.elastic")
-    level, agent_log.level = agent_log.level, logging.CRITICAL
+    loggers = [logging.getLogger(name) for name in ("torch.distributed.elastic", "torch.multiprocessing.spawn")]
+    levels = [log.level for log in loggers]
+    for log in loggers:
+        log.setLevel(logging.CRITICAL)
+    os.environ["TLPIPE_WORKER"] = "1"  # inherited by the workers only: they are not torchrun-launched steps
     try:
-        return elastic_launch(config, _worker)(fn, args, kwargs)[0]
+        with tempfile.TemporaryDirectory(prefix="tlpipe-ddp-") as logs:  # the workers' error files
+            # torchrun's standalone mode: a c10d rendezvous on a free local port, no restarts (a retried step
+            # resumes from its checkpoint instead).
+            config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=world, run_id=f"tlpipe-{uuid.uuid4().hex[:12]}",
+                                  rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0,
+                                  start_method="spawn", monitor_interval=0.1, logs_specs=DefaultLogsSpecs(log_dir=logs))
+            return elastic_launch(config, _worker)(fn, args, kwargs)[0]
     except ChildFailedError as error:
         raise _user_error(error) or error from None
     finally:
         del os.environ["TLPIPE_WORKER"]
-        agent_log.setLevel(level)
+        for log, level in zip(loggers, levels):
+            log.setLevel(level)
         for sig, handler in handlers.items():  # the agent's handlers stop the workers; the step's come back
             signal.signal(sig, handler)
 

@@ -33,7 +33,7 @@ def _cluster(args):
         ingest=Resources(*_request_limit(args.ingest_cpu), *_request_limit(args.ingest_memory)),
         score_on=args.score_on, score=Resources(*_request_limit(args.score_cpu), *_request_limit(args.score_memory)),
         shm_size=args.shm_size, retries=args.retries, s3_secret=args.s3_secret, mlflow_secret=args.mlflow_secret,
-        checkpoint_root=args.checkpoint_root,
+        checkpoint_root=args.checkpoint_root, nodes=args.nodes, trainer_runtime=args.trainer_runtime,
     )
 
 
@@ -125,6 +125,11 @@ def _add_cluster_options(parser) -> None:
                        help="image of ingest, evaluate and register, without CUDA (default: $TLPIPE_LIGHT_IMAGE or "
                             "%(default)s)")
     group.add_argument("--gpus", type=int, default=d.gpus, help="GPUs per training step; 0 for CPU nodes (default 1)")
+    group.add_argument("--nodes", type=int, default=d.nodes,
+                       help="nodes per training step (pretrain, finetune, adapt); above 1 each runs as a Kubeflow Trainer "
+                            "TrainJob of this many nodes x --gpus, launched by a small pod (default 1: no Trainer needed)")
+    group.add_argument("--trainer-runtime", default=d.trainer_runtime,
+                       help="ClusterTrainingRuntime of those TrainJobs, one that runs torchrun (default %(default)s)")
     group.add_argument("--gpu-resource", default=d.gpu_resource, help="accelerator resource/type (default %(default)s)")
     group.add_argument("--node-selector", action="append", metavar="KEY=VALUE",
                        help="node label of GPU nodes, repeatable (default nvidia.com/gpu.present=true)")
