@@ -13,6 +13,7 @@ step is that of the whole batch. Only global rank 0 logs, checkpoints and writes
   arguments to the other ranks, which wait in `follow()`. The step's code is the same either way.
 """
 
+import copy
 import logging
 import os
 import signal
@@ -97,6 +98,11 @@ def _worker(fn, args, kwargs):
     from tlpipe.lifetime import follow_parent
 
     follow_parent()  # workers end with `tlpipe run` too
+    # The arguments came through torch.multiprocessing, which leaves CPU tensors in memory shared with the
+    # step process and the other workers: without a copy of its own, every rank would update the same
+    # parameters (on CPU; a GPU rank moves its model to its own device anyway).
+    args = tuple(copy.deepcopy(a) if isinstance(a, torch.nn.Module) else a for a in args)
+    kwargs = {k: copy.deepcopy(v) if isinstance(v, torch.nn.Module) else v for k, v in kwargs.items()}
     join()
     try:
         result = fn(*args, **kwargs)
