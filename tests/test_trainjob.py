@@ -6,7 +6,6 @@ two nodes, runs for real in tests/test_distributed.py."""
 import copy
 import subprocess
 from dataclasses import dataclass
-from pathlib import Path
 
 import jsonschema
 import pytest
@@ -140,6 +139,16 @@ def test_the_crd_schema_refuses_a_malformed_trainjob():
     del bad["spec"]["runtimePatches"][0]["manager"]
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(bad, trainjob_schema())
+
+
+def test_artifacts_in_kfps_bundled_store_are_read_through_s3_and_others_refused():
+    parameters = launcher_parameters()
+    parameters["source_train"] = Artifact("minio://mlpipeline/v2/artifacts/run-1/ingest/source_train")
+    spec, _ = job_for("adapt", parameters, "run-1", "team-a")
+    assert spec["inputs"]["source_train"] == "s3://mlpipeline/v2/artifacts/run-1/ingest/source_train"
+    parameters["source_train"] = Artifact("gs://bucket/root/source_train")
+    with pytest.raises(TlpipeError, match="reads its inputs from S3"):
+        job_for("adapt", parameters, "run-1", "team-a")
 
 
 def test_job_names_are_kubernetes_names_after_step_and_run():

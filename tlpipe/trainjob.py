@@ -13,7 +13,6 @@ launcher's body, which needs a cluster.
 """
 
 import json
-import os
 import re
 import signal
 import sys
@@ -88,6 +87,16 @@ def secret_env(secrets: dict[str, tuple[tuple[str, bool], ...]]) -> list[dict]:
             for secret, keys in secrets.items() for key, optional in keys]
 
 
+def _on_s3(uri: str) -> str:
+    """An artifact's URI as the nodes read it: KFP's bundled object store names its bucket minio://."""
+    if uri.startswith("minio://"):
+        return "s3://" + uri.removeprefix("minio://")
+    if not uri.startswith("s3://"):
+        raise TlpipeError(f"a multi-node step reads its inputs from S3, but this pipeline's root gives '{uri}': "
+                          "set the pipeline root to an s3:// (or minio://) location.")
+    return uri
+
+
 def job_for(step: str, parameters: dict, pipeline_run: str, namespace: str) -> tuple[dict, dict]:
     """The launcher component's parameters (its locals) as (launch spec, TrainJob): artifacts go by location
     (their S3 URIs), everything else by value; the nodes get the run id and the step pod's Secrets."""
@@ -100,10 +109,10 @@ def job_for(step: str, parameters: dict, pipeline_run: str, namespace: str) -> t
     s3_secret, mlflow_secret = p.pop("s3_secret"), p.pop("mlflow_secret")
     if nodes < 1:
         raise TlpipeError(f"nodes={nodes} must be 1 or more.")
-    inputs = {name: value.uri for name, value in p.items() if hasattr(value, "uri")}
+    inputs = {name: _on_s3(value.uri) for name, value in p.items() if hasattr(value, "uri")}
     plain = {name: value for name, value in p.items()
              if name not in inputs and isinstance(value, (str, int, float, bool, type(None)))}
-    spec = launch_spec(step, plain, inputs, model.uri)
+    spec = launch_spec(step, plain, inputs, _on_s3(model.uri))
     env = [{"name": RUN_ENV, "value": pipeline_run}, *secret_env({
         s3_secret: tuple((k, False) for k in S3_KEYS),
         mlflow_secret: (*((k, False) for k in MLFLOW_KEYS), *((k, True) for k in MLFLOW_AUTH_KEYS))})]
