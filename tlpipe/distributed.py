@@ -101,8 +101,8 @@ def _worker(fn, args, kwargs):
     # The arguments came through torch.multiprocessing, which leaves CPU tensors in memory shared with the
     # step process and the other workers: without a copy of its own, every rank would update the same
     # parameters (on CPU; a GPU rank moves its model to its own device anyway).
-    args = tuple(copy.deepcopy(a) if isinstance(a, torch.nn.Module) else a for a in args)
-    kwargs = {k: copy.deepcopy(v) if isinstance(v, torch.nn.Module) else v for k, v in kwargs.items()}
+    own = lambda value: copy.deepcopy(value) if isinstance(value, torch.nn.Module) else value  # noqa: E731
+    args, kwargs = tuple(map(own, args)), {key: own(value) for key, value in kwargs.items()}
     join()
     try:
         result = fn(*args, **kwargs)

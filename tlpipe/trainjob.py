@@ -46,12 +46,14 @@ def launch_spec(step: str, parameters: dict, inputs: dict[str, str], model_uri: 
 
 
 def manifest(name: str, namespace: str, image: str, nodes: int, spec: dict, task_config, env: list[dict],
-             runtime: str = DEFAULT_RUNTIME, labels: dict[str, str] | None = None, user: int = 1000) -> dict:
+             runtime: str = DEFAULT_RUNTIME, labels: dict[str, str] | None = None) -> dict:
     """The TrainJob: `nodes` x the task's resources, one process per GPU of a node (1 without GPUs)."""
+    from tlpipe.cluster import IMAGE_UID
+
     resources = task_config.resources or {}
     gpus = max([int(float(v)) for k, v in (resources.get("limits") or {}).items() if k.endswith("/gpu")] or [0])
     pod = {
-        "securityContext": {"runAsUser": user, "runAsGroup": user, "runAsNonRoot": True},
+        "securityContext": {"runAsUser": IMAGE_UID, "runAsGroup": IMAGE_UID, "runAsNonRoot": True},
         "containers": [{"name": NODE, **({"volumeMounts": task_config.volume_mounts} if task_config.volume_mounts else {})}],
     }
     for key, value in (("nodeSelector", task_config.node_selector), ("tolerations", task_config.tolerations),
@@ -165,7 +167,7 @@ def _create(api, namespace: str, name: str, job: dict) -> None:
         elif error.status in (403, 404):
             raise TlpipeError(f"cannot create TrainJobs in namespace {namespace} ({error.reason}): is Kubeflow Trainer "
                               f"{TRAINER_VERSION} installed, and may the pipeline's service account create trainjobs "
-                              "(the chart's trainer.rbac)?") from None
+                              "(the chart's trainerRbac.create)?") from None
         else:
             raise
 
@@ -188,13 +190,11 @@ def _delete(api, namespace: str, name: str, wait: bool = False) -> None:
 
 def _follow(api, core, namespace: str, name: str) -> str:
     """Waits for the TrainJob to end, printing its rank-0 pod's log; "" when it completed, else why it failed."""
-    streaming = threading.Event()
-    last_error = [""]
+    streaming, last_error = False, [""]
     while True:
         job = api.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
         conditions = {c["type"]: c for c in (job.get("status") or {}).get("conditions", []) if c.get("status") == "True"}
-        if not streaming.is_set():
-            _stream_rank_0(core, namespace, name, streaming, last_error)
+        streaming = streaming or _stream_rank_0(core, namespace, name, last_error)
         if "Complete" in conditions:
             return ""
         if "Failed" in conditions:
@@ -202,13 +202,14 @@ def _follow(api, core, namespace: str, name: str) -> str:
         time.sleep(POLL_SECONDS)
 
 
-def _stream_rank_0(core, namespace: str, name: str, streaming: threading.Event, last_error: list) -> None:
+def _stream_rank_0(core, namespace: str, name: str, last_error: list) -> bool:
+    """Starts printing the rank-0 pod's log (its last `tlpipe: error:` sentence kept), once that pod has
+    started; whether it has."""
     pods = core.list_namespaced_pod(namespace, label_selector=f"jobset.sigs.k8s.io/jobset-name={name},"
                                                             "batch.kubernetes.io/job-completion-index=0").items
     running = [pod for pod in pods if pod.status.phase in ("Running", "Succeeded", "Failed")]
     if not running:
-        return
-    streaming.set()
+        return False
 
     def stream() -> None:
         from kubernetes import watch
@@ -220,3 +221,4 @@ def _stream_rank_0(core, namespace: str, name: str, streaming: threading.Event, 
                 last_error[0] = line.removeprefix("tlpipe: error: ")
 
     threading.Thread(target=stream, daemon=True).start()
+    return True
