@@ -59,38 +59,29 @@ def test_linear_probe_on_two_processes_equals_one_process(digits):
 
 def test_full_training_on_two_processes_matches_one_within_two_points(digits):
     """Batch norm normalises each rank's half batch by its own statistics (as DDP does without
-    SyncBatchNorm, which gloo lacks), so the runs differ slightly: accuracy within 2 points."""
+    SyncBatchNorm, which gloo lacks), so the runs differ slightly: accuracy within 2 points. Each rank trains
+    its own copy of the model, so batch norm counts the same steps as one process: the workers' model arrives
+    through torch.multiprocessing in shared memory, and ranks updating one copy counted both ranks' steps
+    (and made runs irreproducible; the two-node test below compares weights bit for bit)."""
     train, test = digits
-    results = {}
+    results, counted = {}, {}
     for nproc in (1, 2):
         torch.manual_seed(0)
         model = Classifier(ModelSpec("small-cnn", train.classes, 16)).train()
         final = distributed.run(nproc, pretrain, model, train, TrainConfig(epochs=6, batch_size=64, seed=0))
         results[nproc] = (score(model, test).accuracy, final)
+        counted[nproc] = [int(v) for k, v in model.state_dict().items() if k.endswith("num_batches_tracked")]
+    assert counted[2] == counted[1], counted
     (acc1, _), (acc2, final2) = results[1], results[2]
     assert acc1 > 0.8 and abs(acc1 - acc2) <= 0.02, (acc1, acc2)
     assert final2["images_per_second"] > 0
     print(f"test accuracy: 1 process {acc1:.4f}, 2 processes {acc2:.4f}")
 
 
-def test_two_process_training_is_reproducible_and_each_rank_trains_its_own_copy(digits):
-    """The workers' model arrives through torch.multiprocessing, in memory shared between processes; two
-    ranks updating one set of CPU parameters made runs differ and batch norm count both ranks' steps."""
-    train, _ = digits
-    trained = []
-    for _ in range(2):
-        torch.manual_seed(0)
-        model = Classifier(ModelSpec("small-cnn", train.classes, 16)).train()
-        distributed.run(2, pretrain, model, train, TrainConfig(epochs=1, batch_size=64, seed=0))
-        trained.append(model.state_dict())
-    assert [k for k in trained[0] if not torch.equal(trained[0][k], trained[1][k])] == []
-    steps = len(train) // 64
-    assert {int(v) for k, v in trained[0].items() if k.endswith("num_batches_tracked")} <= {steps, steps + 1}
-
-
-@pytest.mark.parametrize("method", ["dann", "fixmatch", "adamatch"])
+@pytest.mark.parametrize("method", ["dann", "adamatch"])
 def test_adaptation_runs_on_two_processes(digits, method):
-    """AdaMatch's source-only pass runs inside its one data-parallel forward, with the labelled target
+    """An alignment method (a discriminator in the data-parallel model) and self-training (FixMatch's loop,
+    which AdaMatch extends). AdaMatch's source-only pass runs inside its one data-parallel forward, with the labelled target
     images as a third loader."""
     train, test = digits
     source = source_model(train)
